@@ -7,7 +7,11 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringws", version, about = "A thread-per-core io_uring WebSocket server")]
+#[command(
+    name = "ringws",
+    version,
+    about = "A thread-per-core io_uring WebSocket server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,1 +1,328 @@
 //! Frame headers: decoding and encoding (RFC 6455 §5.2).
+//!
+//! Decoding here is stateless: [`decode_header`] reads a header from the front of a
+//! buffer or says how many more bytes it needs. The [`Session`](super::Session) keeps the
+//! few bytes of a header split across reads and applies the role's rules.
+
+use bytes::BufMut;
+
+use super::ProtocolError;
+use super::close::CloseCode;
+use super::mask::apply_mask;
+
+/// The longest frame header: 2 bytes, an 8-byte length and a 4-byte mask key.
+pub const MAX_HEADER_LEN: usize = 14;
+
+/// The largest payload a control frame may carry (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// A frame's opcode (RFC 6455 §5.2); reserved values are rejected when decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum OpCode {
+    Continuation = 0x0,
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+impl OpCode {
+    /// Maps the low four bits of the first header byte; `None` for reserved opcodes.
+    pub const fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Self::Continuation,
+            0x1 => Self::Text,
+            0x2 => Self::Binary,
+            0x8 => Self::Close,
+            0x9 => Self::Ping,
+            0xA => Self::Pong,
+            _ => return None,
+        })
+    }
+
+    /// Control frames (close, ping, pong) may interleave a fragmented message.
+    pub const fn is_control(self) -> bool {
+        self as u8 & 0x8 != 0
+    }
+}
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub fin: bool,
+    /// RSV1: "per-message compressed" once permessage-deflate is negotiated.
+    pub rsv1: bool,
+    pub opcode: OpCode,
+    pub mask: Option<[u8; 4]>,
+    pub payload_len: u64,
+}
+
+impl FrameHeader {
+    /// The encoded size of this header.
+    pub const fn encoded_len(&self) -> usize {
+        header_len(self.payload_len, self.mask.is_some())
+    }
+}
+
+/// The size of a header for a payload of `len` bytes.
+pub const fn header_len(payload_len: u64, masked: bool) -> usize {
+    let base = match payload_len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    };
+    if masked { base + 4 } else { base }
+}
+
+/// The outcome of looking for a header at the front of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole header, and how many bytes it took.
+    Header(FrameHeader, usize),
+    /// The buffer holds only the start of a header; at least this many bytes are needed in all.
+    NeedBytes(usize),
+}
+
+/// Decodes the header at the front of `buf`.
+///
+/// Checks what the header alone can tell: reserved opcodes, RSV2/RSV3, a 64-bit length with the
+/// top bit set, and the control-frame rules. RSV1 and masking depend on the session and are
+/// checked there.
+pub fn decode_header(buf: &[u8]) -> Result<Decoded, ProtocolError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(Decoded::NeedBytes(2));
+    };
+    let masked = b1 & 0x80 != 0;
+    let len7 = b1 & 0x7F;
+    let (len_bytes, mask_at) = match len7 {
+        126 => (2, 4),
+        127 => (8, 10),
+        _ => (0, 2),
+    };
+    let total = mask_at + if masked { 4 } else { 0 };
+    if buf.len() < total {
+        return Ok(Decoded::NeedBytes(total));
+    }
+
+    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(ProtocolError::protocol("reserved opcode"))?;
+    if b0 & 0x30 != 0 {
+        return Err(ProtocolError::protocol(
+            "RSV2 or RSV3 set without a negotiated extension",
+        ));
+    }
+    let payload_len = match len_bytes {
+        0 => u64::from(len7),
+        2 => u64::from(u16::from_be_bytes([buf[2], buf[3]])),
+        _ => {
+            let mut be = [0u8; 8];
+            be.copy_from_slice(&buf[2..10]);
+            let len = u64::from_be_bytes(be);
+            if len >> 63 != 0 {
+                return Err(ProtocolError::protocol(
+                    "64-bit payload length with the top bit set",
+                ));
+            }
+            len
+        }
+    };
+    let fin = b0 & 0x80 != 0;
+    if opcode.is_control() {
+        if payload_len > MAX_CONTROL_PAYLOAD as u64 {
+            return Err(ProtocolError::protocol(
+                "control frame longer than 125 bytes",
+            ));
+        }
+        if !fin {
+            return Err(ProtocolError::protocol("fragmented control frame"));
+        }
+    }
+    let mask = masked.then(|| {
+        [
+            buf[mask_at],
+            buf[mask_at + 1],
+            buf[mask_at + 2],
+            buf[mask_at + 3],
+        ]
+    });
+    let header = FrameHeader {
+        fin,
+        rsv1: b0 & 0x40 != 0,
+        opcode,
+        mask,
+        payload_len,
+    };
+    Ok(Decoded::Header(header, total))
+}
+
+/// Encodes a header into `dst`, returning its length.
+pub fn encode_header(dst: &mut [u8; MAX_HEADER_LEN], header: &FrameHeader) -> usize {
+    dst[0] = (u8::from(header.fin) << 7) | (u8::from(header.rsv1) << 6) | header.opcode as u8;
+    let mask_bit = if header.mask.is_some() { 0x80 } else { 0 };
+    let len = header.payload_len;
+    let mut at = match len {
+        0..=125 => {
+            dst[1] = mask_bit | len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            dst[1] = mask_bit | 126;
+            dst[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            dst[1] = mask_bit | 127;
+            dst[2..10].copy_from_slice(&len.to_be_bytes());
+            10
+        }
+    };
+    if let Some(key) = header.mask {
+        dst[at..at + 4].copy_from_slice(&key);
+        at += 4;
+    }
+    at
+}
+
+/// Appends a whole frame to `out`, masking the payload with `mask` when given.
+pub fn write_frame<B: BufMut>(
+    out: &mut B,
+    opcode: OpCode,
+    fin: bool,
+    rsv1: bool,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
+    let header = FrameHeader {
+        fin,
+        rsv1,
+        opcode,
+        mask,
+        payload_len: payload.len() as u64,
+    };
+    let mut head = [0u8; MAX_HEADER_LEN];
+    let head_len = encode_header(&mut head, &header);
+    out.put_slice(&head[..head_len]);
+    match mask {
+        None => out.put_slice(payload),
+        Some(key) => {
+            // Mask through a small stack buffer: `BufMut` gives no in-place access.
+            let mut chunk = [0u8; 4096];
+            for (i, piece) in payload.chunks(chunk.len()).enumerate() {
+                let dst = &mut chunk[..piece.len()];
+                dst.copy_from_slice(piece);
+                apply_mask(dst, key, i * 4096);
+                out.put_slice(dst);
+            }
+        }
+    }
+}
+
+/// The payload of a close frame: the code, then a UTF-8 reason cut to fit 125 bytes.
+pub fn close_payload(code: CloseCode, reason: &str) -> ([u8; MAX_CONTROL_PAYLOAD], usize) {
+    let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+    payload[..2].copy_from_slice(&code.as_u16().to_be_bytes());
+    let mut cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
+    (payload, 2 + cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(header: FrameHeader) {
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut buf, &header);
+        assert_eq!(n, header.encoded_len());
+        assert_eq!(decode_header(&buf[..n]), Ok(Decoded::Header(header, n)));
+        for short in 0..n {
+            assert!(
+                matches!(decode_header(&buf[..short]), Ok(Decoded::NeedBytes(need)) if need > short)
+            );
+        }
+    }
+
+    #[test]
+    fn all_length_forms_roundtrip() {
+        for len in [
+            0,
+            1,
+            125,
+            126,
+            127,
+            0xFFFF,
+            0x1_0000,
+            u32::MAX as u64 + 7,
+            (1 << 63) - 1,
+        ] {
+            for mask in [None, Some([1, 2, 3, 4])] {
+                for opcode in [OpCode::Text, OpCode::Binary, OpCode::Continuation] {
+                    roundtrip(FrameHeader {
+                        fin: len % 2 == 0,
+                        rsv1: false,
+                        opcode,
+                        mask,
+                        payload_len: len,
+                    });
+                }
+            }
+        }
+        roundtrip(FrameHeader {
+            fin: true,
+            rsv1: true,
+            opcode: OpCode::Ping,
+            mask: None,
+            payload_len: 125,
+        });
+    }
+
+    #[test]
+    fn rejects_what_the_header_alone_forbids() {
+        let cases: &[&[u8]] = &[
+            &[0x83, 0x00],                            // reserved data opcode
+            &[0x8B, 0x00],                            // reserved control opcode
+            &[0xA1, 0x00],                            // RSV2
+            &[0x91, 0x00],                            // RSV3
+            &[0x89, 0x7E, 0x00, 0x7E],                // ping of 126 bytes
+            &[0x09, 0x00],                            // fragmented ping
+            &[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0], // top bit of 64-bit length
+        ];
+        for case in cases {
+            let err = decode_header(case).unwrap_err();
+            assert_eq!(err.code, CloseCode::PROTOCOL_ERROR, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn masked_frame_writes_masked_payload() {
+        let mut out = Vec::new();
+        let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        write_frame(
+            &mut out,
+            OpCode::Binary,
+            true,
+            false,
+            &payload,
+            Some([9, 8, 7, 6]),
+        );
+        let Ok(Decoded::Header(header, n)) = decode_header(&out) else {
+            panic!("no header")
+        };
+        let mut body = out[n..].to_vec();
+        apply_mask(&mut body, [9, 8, 7, 6], 0);
+        assert_eq!(header.payload_len, 10_000);
+        assert_eq!(body, payload);
+    }
+
+    #[test]
+    fn close_reason_is_cut_on_a_char_boundary() {
+        let reason = "é".repeat(100);
+        let (payload, len) = close_payload(CloseCode::NORMAL, &reason);
+        assert!(len <= MAX_CONTROL_PAYLOAD);
+        assert!(std::str::from_utf8(&payload[2..len]).is_ok());
+    }
+}

@@ -29,7 +29,10 @@ pub struct Utf8Validator {
 
 impl Utf8Validator {
     pub const fn new() -> Self {
-        Self { pending: [0; 4], pending_len: 0 }
+        Self {
+            pending: [0; 4],
+            pending_len: 0,
+        }
     }
 
     /// Validates the next piece; fails as soon as an invalid sequence is seen.
@@ -141,7 +144,11 @@ mod tests {
         for sample in samples {
             let expected = std::str::from_utf8(sample).is_ok();
             for cut in 0..=sample.len() {
-                assert_eq!(feed_split(sample, &[cut]).is_ok(), expected, "{sample:?} cut at {cut}");
+                assert_eq!(
+                    feed_split(sample, &[cut]).is_ok(),
+                    expected,
+                    "{sample:?} cut at {cut}"
+                );
             }
         }
     }
