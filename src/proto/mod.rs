@@ -4,6 +4,7 @@
 //! given. Input may arrive in pieces of any size, down to one byte at a time.
 
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

@@ -12,6 +12,7 @@ use std::ops::Range;
 use bytes::BufMut;
 
 use super::close::{CloseCode, CloseFrame, parse_close_payload};
+use super::deflate::{Compressor, Decompressor, DeflateParams, Direction};
 use super::frame::{Decoded, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use super::frame::{close_payload, decode_header, write_frame};
 use super::mask::apply_mask;
@@ -27,12 +28,15 @@ pub struct SessionConfig {
     /// Largest message accepted, counted over all its fragments; larger ones fail with 1009
     /// as soon as a frame header announces them, before their payload arrives.
     pub max_message_size: usize,
+    /// permessage-deflate, when the handshake negotiated it.
+    pub deflate: Option<DeflateParams>,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            deflate: None,
         }
     }
 }
@@ -140,6 +144,14 @@ pub struct Session {
     frame: Option<Frame>,
     /// The opcode of a fragmented message in progress.
     message: Option<OpCode>,
+    /// The message in progress is compressed (RSV1 on its first frame).
+    compressed: bool,
+    /// Compressed bytes of the message in progress.
+    compressed_len: u64,
+    deflate: Option<DeflateParams>,
+    /// Inflate state, created by the first compressed message; kept between messages only
+    /// when the peer compresses with context takeover.
+    inflater: Option<Box<Decompressor>>,
     /// Payload of a message assembled from several frames or reads.
     assembled: Vec<u8>,
     utf8: Utf8Validator,
@@ -161,6 +173,10 @@ impl Session {
             header_len: 0,
             frame: None,
             message: None,
+            compressed: false,
+            compressed_len: 0,
+            deflate: config.deflate,
+            inflater: None,
             assembled: Vec::new(),
             utf8: Utf8Validator::new(),
             control: Vec::new(),
@@ -264,6 +280,35 @@ impl Session {
         Ok(())
     }
 
+    /// Writes one whole data message compressed with `compressor`, or plainly when it is a
+    /// control frame, shorter than the compressor's threshold, or deflate was not negotiated.
+    pub fn send_compressed<B: BufMut>(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        compressor: &mut Compressor,
+        out: &mut B,
+    ) -> Result<(), SendError> {
+        if opcode.is_control() || self.deflate.is_none() || payload.len() < compressor.min_size() {
+            return self.send(opcode, payload, out);
+        }
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        let mask = self.next_mask();
+        compressor.write_frame(opcode, payload, mask, out);
+        Ok(())
+    }
+
+    /// The direction this side compresses in, when deflate was negotiated.
+    pub fn own_direction(&self) -> Option<Direction> {
+        let params = self.deflate?;
+        Some(match self.role {
+            Role::Server => params.server(),
+            Role::Client => params.client(),
+        })
+    }
+
     /// Starts the close handshake: writes a close frame; the reason is cut to fit.
     pub fn close<B: BufMut>(
         &mut self,
@@ -301,6 +346,8 @@ impl Session {
         self.state = State::Closed;
         self.frame = None;
         self.message = None;
+        self.compressed = false;
+        self.inflater = None;
         self.assembled = Vec::new();
         self.control = Vec::new();
     }
@@ -378,7 +425,19 @@ impl Session {
         }
 
         let opcode = self.message.unwrap_or(frame.opcode);
-        let whole_message_here = fresh && done && frame.fin && self.message.is_none();
+        let text = opcode == OpCode::Text;
+        let last = done && frame.fin;
+        if self.compressed {
+            self.inflate(chunk, text, last)?;
+            if !last {
+                self.message = Some(opcode);
+                return Ok(Step::Consumed(used));
+            }
+            self.compressed = false;
+            self.compressed_len = 0;
+            return self.message_complete(used, text);
+        }
+        let whole_message_here = fresh && last && self.message.is_none();
         if whole_message_here {
             if opcode == OpCode::Text {
                 utf8::validate(chunk)
@@ -402,31 +461,67 @@ impl Session {
                 .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
         }
         self.assembled.extend_from_slice(chunk);
-        if !done {
-            // The rest of this frame comes in a later read.
+        if !last {
+            // The rest comes in a later frame or read.
             self.message = Some(opcode);
             return Ok(Step::Consumed(used));
         }
-        if !frame.fin {
-            self.message = Some(opcode);
-            return Ok(Step::Consumed(used));
-        }
+        self.message_complete(used, text)
+    }
+
+    /// The last byte of a message arrived: deliver it from the assembly buffer.
+    fn message_complete(&mut self, used: usize, text: bool) -> Result<Step, ProtocolError> {
         self.message = None;
-        if opcode == OpCode::Text {
+        if text {
             self.utf8.finish().map_err(|_| {
                 ProtocolError::invalid_payload("text message ends inside a UTF-8 sequence")
             })?;
         }
-        let kind = if opcode == OpCode::Text {
-            Ready::Text
-        } else {
-            Ready::Binary
-        };
+        let kind = if text { Ready::Text } else { Ready::Binary };
         Ok(Step::Ready {
             used,
             kind,
             at: Location::Message,
         })
+    }
+
+    /// Inflates a piece of a compressed message into the assembly buffer, validating text
+    /// as it grows so invalid UTF-8 fails before the message ends.
+    fn inflate(&mut self, chunk: &[u8], text: bool, last: bool) -> Result<(), ProtocolError> {
+        let direction = self.peer_direction();
+        let limit = self.max_message_size as usize;
+        let inflater = self
+            .inflater
+            .get_or_insert_with(|| Box::new(Decompressor::new(direction)));
+        let before = self.assembled.len();
+        inflater.inflate(chunk, &mut self.assembled, limit)?;
+        if last {
+            inflater.finish_message(&mut self.assembled, limit)?;
+            if direction.no_context_takeover {
+                // Nothing carries over to the next message: free the inflate state.
+                self.inflater = None;
+            }
+        }
+        if text {
+            self.utf8
+                .feed(&self.assembled[before..])
+                .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
+        }
+        Ok(())
+    }
+
+    /// How the peer compresses: the client's direction for a server, and the reverse.
+    fn peer_direction(&self) -> Direction {
+        let params = self.deflate.unwrap_or(DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        });
+        match self.role {
+            Role::Server => params.client(),
+            Role::Client => params.server(),
+        }
     }
 
     /// Reads a header from the front of `input`, holding on to a header split across reads.
@@ -469,9 +564,16 @@ impl Session {
             _ => {}
         }
         if header.rsv1 {
-            return Err(ProtocolError::protocol(
-                "RSV1 set without a negotiated extension",
-            ));
+            if self.deflate.is_none() {
+                return Err(ProtocolError::protocol(
+                    "RSV1 set without a negotiated extension",
+                ));
+            }
+            if !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                return Err(ProtocolError::protocol(
+                    "RSV1 set on a control or continuation frame",
+                ));
+            }
         }
         if !header.opcode.is_control() {
             match (header.opcode, self.message) {
@@ -487,7 +589,20 @@ impl Session {
                 }
                 _ => {}
             }
-            if self.assembled.len() as u64 + header.payload_len > self.max_message_size {
+            if header.rsv1 {
+                self.compressed = true;
+            }
+            if self.compressed {
+                // Inflated bytes are checked as they appear; the compressed stream itself may
+                // not be much larger than the limit either (stored blocks add 5 bytes per 64 KiB).
+                self.compressed_len += header.payload_len;
+                let allowance = self.max_message_size + self.max_message_size / 1024 + 1024;
+                if self.compressed_len > allowance {
+                    return Err(ProtocolError::too_big(
+                        "compressed message larger than the maximum message size",
+                    ));
+                }
+            } else if self.assembled.len() as u64 + header.payload_len > self.max_message_size {
                 return Err(ProtocolError::too_big(
                     "message larger than the maximum message size",
                 ));
