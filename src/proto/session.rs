@@ -132,11 +132,20 @@ enum Location {
     Control,
 }
 
-/// The sans-io state of one WebSocket connection.
+/// The sans-io state of one WebSocket connection: a [`Reader`] and a [`Writer`].
+///
+/// The two halves are public so a caller can hold a received message (borrowed from the
+/// reader) while it sends on the writer, as an echo does.
 #[derive(Debug)]
 pub struct Session {
+    pub reader: Reader,
+    pub writer: Writer,
+}
+
+/// The receiving half: frame decoding, message assembly, inflating.
+#[derive(Debug)]
+pub struct Reader {
     role: Role,
-    state: State,
     max_message_size: u64,
     /// The start of a frame header split across reads.
     header: [u8; MAX_HEADER_LEN],
@@ -159,6 +168,14 @@ pub struct Session {
     control: Vec<u8>,
     /// The buffer the last event lent out, to be freed by the next read.
     lent: Option<Location>,
+}
+
+/// The sending half: the close handshake's state and the frames this side writes.
+#[derive(Debug)]
+pub struct Writer {
+    role: Role,
+    state: State,
+    deflate: Option<DeflateParams>,
     /// Masking-key generator state (clients only).
     rng: u64,
 }
@@ -166,8 +183,30 @@ pub struct Session {
 impl Session {
     pub fn new(role: Role, config: SessionConfig) -> Self {
         Self {
+            reader: Reader::new(role, config),
+            writer: Writer::new(role, config.deflate),
+        }
+    }
+
+    /// Where the close handshake stands.
+    pub fn state(&self) -> State {
+        self.writer.state
+    }
+
+    /// Decodes `input`: see [`Reader::read`].
+    pub fn read<'a, B: BufMut>(
+        &'a mut self,
+        input: &'a mut [u8],
+        out: &mut B,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        self.reader.read(input, &mut self.writer, out)
+    }
+}
+
+impl Reader {
+    fn new(role: Role, config: SessionConfig) -> Self {
+        Self {
             role,
-            state: State::Open,
             max_message_size: config.max_message_size as u64,
             header: [0; MAX_HEADER_LEN],
             header_len: 0,
@@ -181,21 +220,7 @@ impl Session {
             utf8: Utf8Validator::new(),
             control: Vec::new(),
             lent: None,
-            rng: if role == Role::Client { seed() } else { 0 },
         }
-    }
-
-    pub fn role(&self) -> Role {
-        self.role
-    }
-
-    pub fn state(&self) -> State {
-        self.state
-    }
-
-    /// Whether messages may still be sent.
-    pub fn is_open(&self) -> bool {
-        self.state == State::Open
     }
 
     /// Bytes of a partly received message held in memory.
@@ -206,21 +231,22 @@ impl Session {
     /// Decodes `input` until an event is ready or the input is used up, unmasking in place.
     ///
     /// Returns how many bytes were used; call again with the rest. Replies the protocol
-    /// requires go to `out`. On a protocol error the close frame with its code is written to
-    /// `out`, the session is closed, and the error says what the peer did wrong. Bytes that
-    /// arrive once the session is closed are discarded.
+    /// requires go to `out` through `writer`. On a protocol error the close frame with its
+    /// code is written to `out`, the session is closed, and the error says what the peer did
+    /// wrong. Bytes that arrive once the session is closed are discarded.
     pub fn read<'a, B: BufMut>(
         &'a mut self,
         input: &'a mut [u8],
+        writer: &mut Writer,
         out: &mut B,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         self.free_delivered_buffer();
-        if self.state == State::Closed {
+        if writer.state == State::Closed {
             return Ok((input.len(), None));
         }
         let mut used = 0;
         while used < input.len() {
-            match self.step(&mut input[used..], out) {
+            match self.step(&mut input[used..], writer, out) {
                 Ok(Step::Consumed(n)) => used += n,
                 Ok(Step::Ready { used: n, kind, at }) => {
                     let start = used;
@@ -234,7 +260,8 @@ impl Session {
                     return Ok((used, Some(event(kind, payload))));
                 }
                 Err(err) => {
-                    self.fail(err, out);
+                    writer.fail(err, out);
+                    self.reset();
                     return Err(err);
                 }
             }
@@ -242,108 +269,8 @@ impl Session {
         Ok((used, None))
     }
 
-    /// Writes a text message.
-    pub fn send_text<B: BufMut>(&mut self, text: &str, out: &mut B) -> Result<(), SendError> {
-        self.send(OpCode::Text, text.as_bytes(), out)
-    }
-
-    /// Writes a binary message.
-    pub fn send_binary<B: BufMut>(&mut self, data: &[u8], out: &mut B) -> Result<(), SendError> {
-        self.send(OpCode::Binary, data, out)
-    }
-
-    /// Writes a ping.
-    pub fn ping<B: BufMut>(&mut self, payload: &[u8], out: &mut B) -> Result<(), SendError> {
-        self.send(OpCode::Ping, payload, out)
-    }
-
-    /// Writes an unsolicited pong (a heartbeat that expects no answer).
-    pub fn pong<B: BufMut>(&mut self, payload: &[u8], out: &mut B) -> Result<(), SendError> {
-        self.send(OpCode::Pong, payload, out)
-    }
-
-    /// Writes one whole frame of `opcode`: data as one unfragmented message, or a control frame.
-    pub fn send<B: BufMut>(
-        &mut self,
-        opcode: OpCode,
-        payload: &[u8],
-        out: &mut B,
-    ) -> Result<(), SendError> {
-        if self.state != State::Open {
-            return Err(SendError::Closed);
-        }
-        if opcode.is_control() && payload.len() > MAX_CONTROL_PAYLOAD {
-            return Err(SendError::ControlTooLong);
-        }
-        let mask = self.next_mask();
-        write_frame(out, opcode, true, false, payload, mask);
-        Ok(())
-    }
-
-    /// Writes one whole data message compressed with `compressor`, or plainly when it is a
-    /// control frame, shorter than the compressor's threshold, or deflate was not negotiated.
-    pub fn send_compressed<B: BufMut>(
-        &mut self,
-        opcode: OpCode,
-        payload: &[u8],
-        compressor: &mut Compressor,
-        out: &mut B,
-    ) -> Result<(), SendError> {
-        if opcode.is_control() || self.deflate.is_none() || payload.len() < compressor.min_size() {
-            return self.send(opcode, payload, out);
-        }
-        if self.state != State::Open {
-            return Err(SendError::Closed);
-        }
-        let mask = self.next_mask();
-        compressor.write_frame(opcode, payload, mask, out);
-        Ok(())
-    }
-
-    /// The direction this side compresses in, when deflate was negotiated.
-    pub fn own_direction(&self) -> Option<Direction> {
-        let params = self.deflate?;
-        Some(match self.role {
-            Role::Server => params.server(),
-            Role::Client => params.client(),
-        })
-    }
-
-    /// Starts the close handshake: writes a close frame; the reason is cut to fit.
-    pub fn close<B: BufMut>(
-        &mut self,
-        code: CloseCode,
-        reason: &str,
-        out: &mut B,
-    ) -> Result<(), SendError> {
-        if self.state != State::Open {
-            return Err(SendError::Closed);
-        }
-        if !code.is_valid_on_wire() {
-            return Err(SendError::InvalidCloseCode);
-        }
-        self.write_close(Some(code), reason, out);
-        self.state = State::CloseSent;
-        Ok(())
-    }
-
-    fn write_close<B: BufMut>(&mut self, code: Option<CloseCode>, reason: &str, out: &mut B) {
-        let mask = self.next_mask();
-        match code {
-            Some(code) => {
-                let (payload, len) = close_payload(code, reason);
-                write_frame(out, OpCode::Close, true, false, &payload[..len], mask);
-            }
-            None => write_frame(out, OpCode::Close, true, false, &[], mask),
-        }
-    }
-
-    /// Fails the connection: the close frame carrying the error's code, unless one was sent.
-    fn fail<B: BufMut>(&mut self, err: ProtocolError, out: &mut B) {
-        if self.state == State::Open {
-            self.write_close(Some(err.code), err.reason, out);
-        }
-        self.state = State::Closed;
+    /// Drops any partial message after the connection failed.
+    fn reset(&mut self) {
         self.frame = None;
         self.message = None;
         self.compressed = false;
@@ -363,7 +290,12 @@ impl Session {
     }
 
     /// Decodes one header, or one run of payload, from the front of `input`.
-    fn step<B: BufMut>(&mut self, input: &mut [u8], out: &mut B) -> Result<Step, ProtocolError> {
+    fn step<B: BufMut>(
+        &mut self,
+        input: &mut [u8],
+        writer: &mut Writer,
+        out: &mut B,
+    ) -> Result<Step, ProtocolError> {
         let mut used = 0;
         let frame = match self.frame {
             Some(frame) => frame,
@@ -409,19 +341,12 @@ impl Session {
                 self.control.extend_from_slice(chunk);
                 Location::Control
             };
-            // Lend the control buffer out: answering needs `&mut self` for the reply.
-            let control = std::mem::take(&mut self.control);
             let payload = match &at {
                 Location::Input(range) => &input[range.clone()],
-                _ => &control[..],
+                _ => &self.control[..],
             };
-            let answered = self.answer_control(frame.opcode, payload, out);
-            self.control = control;
-            return Ok(Step::Ready {
-                used,
-                kind: answered?,
-                at,
-            });
+            let kind = writer.answer_control(frame.opcode, payload, out)?;
+            return Ok(Step::Ready { used, kind, at });
         }
 
         let opcode = self.message.unwrap_or(frame.opcode);
@@ -617,7 +542,9 @@ impl Session {
         };
         Ok(frame)
     }
+}
 
+impl Writer {
     /// Does what a whole control frame requires and says which event it makes.
     fn answer_control<B: BufMut>(
         &mut self,
@@ -645,6 +572,137 @@ impl Session {
                 Ready::Close(code)
             }
         })
+    }
+
+    fn new(role: Role, deflate: Option<DeflateParams>) -> Self {
+        Self {
+            role,
+            state: State::Open,
+            deflate,
+            rng: if role == Role::Client { seed() } else { 0 },
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether messages may still be sent.
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Writes a text message.
+    pub fn send_text<B: BufMut>(&mut self, text: &str, out: &mut B) -> Result<(), SendError> {
+        self.send(OpCode::Text, text.as_bytes(), out)
+    }
+
+    /// Writes a binary message.
+    pub fn send_binary<B: BufMut>(&mut self, data: &[u8], out: &mut B) -> Result<(), SendError> {
+        self.send(OpCode::Binary, data, out)
+    }
+
+    /// Writes a ping.
+    pub fn ping<B: BufMut>(&mut self, payload: &[u8], out: &mut B) -> Result<(), SendError> {
+        self.send(OpCode::Ping, payload, out)
+    }
+
+    /// Writes an unsolicited pong (a heartbeat that expects no answer).
+    pub fn pong<B: BufMut>(&mut self, payload: &[u8], out: &mut B) -> Result<(), SendError> {
+        self.send(OpCode::Pong, payload, out)
+    }
+
+    /// Writes one whole frame of `opcode`: data as one unfragmented message, or a control frame.
+    pub fn send<B: BufMut>(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        out: &mut B,
+    ) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        if opcode.is_control() && payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlTooLong);
+        }
+        let mask = self.next_mask();
+        write_frame(out, opcode, true, false, payload, mask);
+        Ok(())
+    }
+
+    /// Writes one whole data message compressed with `compressor`, or plainly when it is a
+    /// control frame, shorter than the compressor's threshold, or deflate was not negotiated.
+    pub fn send_compressed<B: BufMut>(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        compressor: &mut Compressor,
+        out: &mut B,
+    ) -> Result<(), SendError> {
+        if opcode.is_control() || self.deflate.is_none() || payload.len() < compressor.min_size() {
+            return self.send(opcode, payload, out);
+        }
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        let mask = self.next_mask();
+        compressor.write_frame(opcode, payload, mask, out);
+        Ok(())
+    }
+
+    /// The direction this side compresses in, when deflate was negotiated.
+    pub fn own_direction(&self) -> Option<Direction> {
+        let params = self.deflate?;
+        Some(match self.role {
+            Role::Server => params.server(),
+            Role::Client => params.client(),
+        })
+    }
+
+    /// Starts the close handshake: writes a close frame; the reason is cut to fit.
+    pub fn close<B: BufMut>(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        out: &mut B,
+    ) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        if !code.is_valid_on_wire() {
+            return Err(SendError::InvalidCloseCode);
+        }
+        self.write_close(Some(code), reason, out);
+        self.state = State::CloseSent;
+        Ok(())
+    }
+
+    pub(crate) fn write_close<B: BufMut>(
+        &mut self,
+        code: Option<CloseCode>,
+        reason: &str,
+        out: &mut B,
+    ) {
+        let mask = self.next_mask();
+        match code {
+            Some(code) => {
+                let (payload, len) = close_payload(code, reason);
+                write_frame(out, OpCode::Close, true, false, &payload[..len], mask);
+            }
+            None => write_frame(out, OpCode::Close, true, false, &[], mask),
+        }
+    }
+
+    /// Fails the connection: the close frame carrying the error's code, unless one was sent.
+    fn fail<B: BufMut>(&mut self, err: ProtocolError, out: &mut B) {
+        if self.state == State::Open {
+            self.write_close(Some(err.code), err.reason, out);
+        }
+        self.state = State::Closed;
     }
 
     /// A fresh masking key for a client's frame; `None` for a server.

@@ -301,7 +301,10 @@ fn close_handshake_initiated_by_peer() {
     // Anything after the close is discarded, and nothing can be sent.
     let (rest, event) = session.read(&mut data[used..], &mut out).unwrap();
     assert_eq!((rest, event), (stream.len() - used, None));
-    assert_eq!(session.send_text("late", &mut out), Err(SendError::Closed));
+    assert_eq!(
+        session.writer.send_text("late", &mut out),
+        Err(SendError::Closed)
+    );
 }
 
 #[test]
@@ -309,11 +312,12 @@ fn close_handshake_initiated_here() {
     let mut session = Session::new(Role::Server, SessionConfig::default());
     let mut out = Vec::new();
     session
+        .writer
         .close(CloseCode::GOING_AWAY, "shutting down", &mut out)
         .unwrap();
     assert_eq!(session.state(), State::CloseSent);
     assert_eq!(
-        session.close(CloseCode::NORMAL, "", &mut out),
+        session.writer.close(CloseCode::NORMAL, "", &mut out),
         Err(SendError::Closed)
     );
     // A ping that arrives now gets no pong (nothing may follow our close).
@@ -349,11 +353,11 @@ fn sending_checks_its_arguments() {
     let mut session = Session::new(Role::Client, SessionConfig::default());
     let mut out = Vec::new();
     assert_eq!(
-        session.ping(&[0; 126], &mut out),
+        session.writer.ping(&[0; 126], &mut out),
         Err(SendError::ControlTooLong)
     );
     assert_eq!(
-        session.close(CloseCode::ABNORMAL, "", &mut out),
+        session.writer.close(CloseCode::ABNORMAL, "", &mut out),
         Err(SendError::InvalidCloseCode)
     );
     assert!(out.is_empty());
@@ -379,7 +383,10 @@ fn idle_session_is_small_and_frees_message_buffers() {
         rest = &mut rest[used..];
     }
     session.read(&mut [], &mut out).unwrap();
-    assert_eq!(session.assembled.capacity() + session.control.capacity(), 0);
+    assert_eq!(
+        session.reader.assembled.capacity() + session.reader.control.capacity(),
+        0
+    );
 }
 
 fn deflate_config(max_message_size: usize, client_no_context_takeover: bool) -> SessionConfig {
@@ -532,14 +539,16 @@ fn compressed_roundtrip_between_sessions() {
         min_size: 16,
         ..DeflateConfig::default()
     };
-    let mut client_tx = Compressor::new(client.own_direction().unwrap(), &config).unwrap();
-    let mut server_tx = Compressor::new(server.own_direction().unwrap(), &config).unwrap();
+    let mut client_tx = Compressor::new(client.writer.own_direction().unwrap(), &config).unwrap();
+    let mut server_tx = Compressor::new(server.writer.own_direction().unwrap(), &config).unwrap();
     let text = "ticker update ".repeat(100);
     let mut wire = Vec::new();
     client
+        .writer
         .send_compressed(OpCode::Text, text.as_bytes(), &mut client_tx, &mut wire)
         .unwrap();
     client
+        .writer
         .send_compressed(OpCode::Text, b"tiny", &mut client_tx, &mut wire)
         .unwrap();
     assert!(wire.len() < text.len() / 4);
@@ -551,6 +560,7 @@ fn compressed_roundtrip_between_sessions() {
         if let Some(Event::Text(t)) = event {
             let t = t.to_owned();
             server
+                .writer
                 .send_compressed(OpCode::Text, t.as_bytes(), &mut server_tx, &mut back)
                 .unwrap();
         }
@@ -703,9 +713,9 @@ proptest! {
         let mut wire = Vec::new();
         for msg in &msgs {
             if msg.text {
-                client.send_text(std::str::from_utf8(&msg.payload).unwrap(), &mut wire).unwrap();
+                client.writer.send_text(std::str::from_utf8(&msg.payload).unwrap(), &mut wire).unwrap();
             } else {
-                client.send_binary(&msg.payload, &mut wire).unwrap();
+                client.writer.send_binary(&msg.payload, &mut wire).unwrap();
             }
         }
         // Server echoes each message it reads; the client reads the echoes.
