@@ -7,3 +7,4 @@
 //! - `server`: composes the two into shards, connections and the application API.
 
 pub mod proto;
+pub mod server;
