@@ -7,4 +7,5 @@
 //! - `server`: composes the two into shards, connections and the application API.
 
 pub mod proto;
+pub mod runtime;
 pub mod server;

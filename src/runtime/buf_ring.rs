@@ -1,0 +1,140 @@
+//! The shard's provided-buffer ring: receive buffers the kernel picks per completion, so a
+//! connection holds no buffer while it has nothing to read.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::Submitter;
+use io_uring::types::BufRingEntry;
+
+/// An anonymous, page-aligned memory mapping.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region mapped in `new`, once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A registered buffer ring and the buffers it hands out.
+///
+/// Must be dropped after the io_uring it is registered with (the shard declares its ring
+/// first), so the kernel never writes into unmapped memory.
+pub(crate) struct BufRing {
+    entries: Mapping,
+    buffers: Mapping,
+    count: u16,
+    buffer_size: usize,
+    /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
+    tail: u16,
+}
+
+impl BufRing {
+    /// Maps `count` buffers of `buffer_size` bytes and registers them as group `group`.
+    pub fn new(
+        submitter: &Submitter<'_>,
+        count: u16,
+        buffer_size: usize,
+        group: u16,
+    ) -> io::Result<Self> {
+        if !count.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two",
+            ));
+        }
+        let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
+        let buffers = Mapping::new(usize::from(count) * buffer_size)?;
+        // SAFETY: `entries` is a page-aligned mapping of `count` entries that lives as long as
+        // this value, which outlives the ring's use of it (see the type's docs).
+        unsafe {
+            submitter.register_buf_ring_with_flags(entries.ptr.as_ptr() as u64, count, group, 0)?
+        };
+        let mut ring = Self {
+            entries,
+            buffers,
+            count,
+            buffer_size,
+            tail: 0,
+        };
+        for id in 0..count {
+            ring.push(id);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    /// The first `len` bytes of buffer `id`, which the kernel filled for a completion.
+    pub fn filled(&mut self, id: u16, len: usize) -> &mut [u8] {
+        let id = usize::from(id % self.count);
+        let len = len.min(self.buffer_size);
+        // SAFETY: buffer `id` lies inside the mapping; the kernel handed it to us with the
+        // completion and will not touch it until we give it back with `recycle`.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.buffers.ptr.as_ptr().add(id * self.buffer_size),
+                len,
+            )
+        }
+    }
+
+    /// Gives buffer `id` back; the kernel sees it after the next [`BufRing::publish`].
+    pub fn recycle(&mut self, id: u16) {
+        self.push(id % self.count);
+    }
+
+    fn push(&mut self, id: u16) {
+        let slot = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `slot` < `count`, inside the entries mapping; the kernel reads entries only
+        // up to the published tail, and this slot is past it.
+        unsafe {
+            let entry = &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot);
+            entry.set_addr(
+                self.buffers
+                    .ptr
+                    .as_ptr()
+                    .add(usize::from(id) * self.buffer_size) as u64,
+            );
+            entry.set_len(self.buffer_size as u32);
+            entry.set_bid(id);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes every recycled buffer visible to the kernel.
+    pub fn publish(&mut self) {
+        // SAFETY: the tail field overlays the first entry's reserved field, as the kernel
+        // defines it; the entries mapping is page aligned. The release store orders the entry
+        // writes before the kernel can see the new tail.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries.ptr.as_ptr().cast::<BufRingEntry>());
+            (*tail.cast::<AtomicU16>()).store(self.tail, Ordering::Release);
+        }
+    }
+}
