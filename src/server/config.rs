@@ -74,7 +74,10 @@ impl ServerConfig {
             None => true,
             Some(origin) => {
                 self.allowed_origins.is_empty()
-                    || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
+                    || self
+                        .allowed_origins
+                        .iter()
+                        .any(|allowed| allowed.eq_ignore_ascii_case(origin))
             }
         }
     }
@@ -83,31 +86,49 @@ impl ServerConfig {
 /// Parses a byte size: `16777216`, `64KiB`, `16MiB`, `1GiB` (also `k`, `m`, `g`, binary units).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: usize = digits.parse().map_err(|_| format!("`{text}` is not a size (try 16MiB)"))?;
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try 16MiB)"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KiB, MiB or GiB)"
+            ));
+        }
     };
-    value.checked_mul(1 << shift).ok_or_else(|| format!("size `{text}` is too large"))
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
 /// Parses a duration: `30s`, `500ms`, `2m`, `1h`, or `0` to disable.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| format!("`{text}` is not a duration (try 30s)"))?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 30s)"))?;
     Ok(match unit.trim() {
         "ms" => Duration::from_millis(value),
         "" | "s" => Duration::from_secs(value),
         "m" => Duration::from_secs(value.saturating_mul(60)),
         "h" => Duration::from_secs(value.saturating_mul(3600)),
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ));
+        }
     })
 }
 

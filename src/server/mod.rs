@@ -1,4 +1,108 @@
 //! The WebSocket server: shards of connections on the io_uring runtime, the application API,
-//! echo and pub/sub.
+//! and the echo application of `ringws serve`.
 
+pub mod app;
 pub mod config;
+mod conn;
+mod core;
+pub mod echo;
+mod handle;
+mod shard;
+mod transport;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use app::{Accept, App, Closed, Message, Reject, Upgrade};
+pub use config::{BackpressurePolicy, ServerConfig};
+pub use handle::Ws;
+pub use transport::ConnId;
+
+use crate::runtime::{self, Runtime};
+use shard::{ShardHandler, ShardMessage};
+
+/// A running server.
+pub struct Server {
+    runtime: Runtime<ShardMessage>,
+}
+
+impl Server {
+    /// Starts the shards; `make_app` runs once on each shard's thread.
+    pub fn start<A, F>(config: ServerConfig, make_app: F) -> io::Result<Self>
+    where
+        A: App,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
+        let shards = config.shards.max(1);
+        let runtime_config = runtime::Config {
+            listen: config.listen.clone(),
+            shards,
+            max_connections_per_shard: config.max_connections.div_ceil(shards),
+            shutdown_grace: config.shutdown_grace,
+            ..runtime::Config::default()
+        };
+        let config = Arc::new(config);
+        let runtime = runtime::start(runtime_config, move |ctx| {
+            ShardHandler::new(make_app(ctx.index), config.clone())
+        })?;
+        Ok(Self { runtime })
+    }
+
+    /// The addresses being listened on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.runtime.local_addrs()
+    }
+
+    /// Stops accepting, sends 1001 to every client, and waits (boundedly) for them to close.
+    pub fn shutdown(&self) {
+        self.runtime.shutdown();
+    }
+
+    /// Waits for every shard to end.
+    pub fn join(self) -> io::Result<()> {
+        self.runtime.join()
+    }
+}
+
+/// `ringws serve`: echo on every path, until SIGINT or SIGTERM.
+pub fn serve(config: ServerConfig) -> io::Result<()> {
+    // Shard threads inherit this mask: only `wait_for_signal` sees the signals.
+    let signals = block_termination_signals()?;
+    let server = Server::start(config, |_| echo::Echo)?;
+    for addr in server.local_addrs() {
+        println!("ringws: listening on {addr}");
+    }
+    use std::io::Write as _;
+    io::stdout().flush()?;
+    let signal = wait_for_signal(&signals)?;
+    tracing::info!("signal {signal}: closing connections");
+    server.shutdown();
+    server.join()
+}
+
+fn block_termination_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset; pthread_sigmask
+    // changes only the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> io::Result<i32> {
+    let mut signal = 0;
+    // SAFETY: sigwait reads the set and writes the signal number into a live i32.
+    let rc = unsafe { libc::sigwait(set, &mut signal) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(signal)
+}

@@ -1,0 +1,135 @@
+//! The runtime handler of one shard: a table of connections driven by `conn`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::proto::CloseCode;
+use crate::runtime::{self, CloseCause, ConnId, Io};
+
+use super::app::App;
+use super::config::ServerConfig;
+use super::conn::Connection;
+use super::core::ShardCore;
+use super::transport::Transport;
+
+/// Messages between shards (none yet: the type is open for pub/sub).
+pub enum ShardMessage {}
+
+pub(crate) struct ShardHandler<A: App> {
+    app: A,
+    core: ShardCore,
+    /// Indexed by the connection's direct-descriptor slot.
+    conns: Vec<Option<(ConnId, Connection<A::State>)>>,
+}
+
+impl<A: App> ShardHandler<A> {
+    pub fn new(app: A, config: Arc<ServerConfig>) -> Self {
+        Self {
+            app,
+            core: ShardCore::new(config),
+            conns: Vec::new(),
+        }
+    }
+
+    fn conn(&mut self, id: ConnId) -> Option<&mut Connection<A::State>> {
+        match self.conns.get_mut(id.slot() as usize) {
+            Some(Some((known, conn))) if *known == id => Some(conn),
+            _ => None,
+        }
+    }
+}
+
+impl<A: App> runtime::Handler for ShardHandler<A> {
+    type Message = ShardMessage;
+
+    fn on_open(&mut self, io: &mut Io, id: ConnId, peer: SocketAddr) {
+        let slot = id.slot() as usize;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        self.conns[slot] = Some((id, Connection::new(peer, &self.core, io.now())));
+        io.set_deadline(id, self.core.config.handshake_timeout);
+    }
+
+    fn on_data(&mut self, io: &mut Io, id: ConnId, data: &mut [u8]) {
+        let now = io.now();
+        let Some(Some((_, conn))) = self.conns.get_mut(id.slot() as usize) else {
+            return;
+        };
+        conn.on_data(id, data, &mut self.app, &mut self.core, io, now);
+    }
+
+    fn on_drained(&mut self, io: &mut Io, id: ConnId) {
+        let Some(Some((_, conn))) = self.conns.get_mut(id.slot() as usize) else {
+            return;
+        };
+        conn.on_drained(id, &mut self.app, &mut self.core, io);
+    }
+
+    fn on_deadline(&mut self, io: &mut Io, id: ConnId) {
+        let now = io.now();
+        let Some(Some((_, conn))) = self.conns.get_mut(id.slot() as usize) else {
+            return;
+        };
+        conn.on_deadline(id, &mut self.core, io, now);
+    }
+
+    fn on_closed(&mut self, _io: &mut Io, id: ConnId, _cause: CloseCause) {
+        if self.conn(id).is_none() {
+            return;
+        }
+        if let Some((_, conn)) = self.conns[id.slot() as usize].take() {
+            conn.on_closed(&mut self.app);
+        }
+    }
+
+    fn on_message(&mut self, _io: &mut Io, message: ShardMessage) {
+        match message {}
+    }
+
+    fn on_shutdown(&mut self, io: &mut Io) {
+        for entry in self.conns.iter_mut().flatten() {
+            let (id, conn) = entry;
+            conn.close_with(
+                *id,
+                CloseCode::GOING_AWAY,
+                "server shutting down",
+                &mut self.core,
+                io,
+            );
+        }
+    }
+}
+
+impl Transport for Io {
+    fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        Io::send(self, conn, bytes);
+    }
+
+    fn queued_bytes(&self, conn: ConnId) -> usize {
+        Io::queued_bytes(self, conn)
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        Io::close(self, conn);
+    }
+
+    fn abort(&mut self, conn: ConnId) {
+        Io::abort(self, conn);
+    }
+
+    fn pause_recv(&mut self, conn: ConnId) {
+        Io::pause_recv(self, conn);
+    }
+
+    fn resume_recv(&mut self, conn: ConnId) {
+        Io::resume_recv(self, conn);
+    }
+
+    fn set_deadline(&mut self, conn: ConnId, after: Duration) {
+        Io::set_deadline(self, conn, after);
+    }
+}
