@@ -11,3 +11,5 @@ step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 step "unit and integration tests"
 cargo test --workspace
+step "autobahn (fuzzingclient against ringws serve)"
+scripts/autobahn.sh
