@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Runs every test of the project, installing what the tests need by itself.
+# Runs every test of the project, installing what the tests need by itself:
+# a Python virtualenv with `websockets`, Node's `ws` (npm ci), and the Autobahn test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+started=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
 
 step "format"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
+
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "test clients: Python websockets and Node ws"
+RINGWS_TEST_PYTHON="$(scripts/lib/python-env.sh)/bin/python"
+export RINGWS_TEST_PYTHON
+npm ci --prefix tests/node --silent --no-audit --no-fund
+
 step "unit and integration tests"
 cargo test --workspace
+
 step "autobahn (fuzzingclient against ringws serve)"
 scripts/autobahn.sh
+
+step "all tests passed"

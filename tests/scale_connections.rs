@@ -6,54 +6,20 @@
 //! itself again as worker processes (selected by an environment variable), each holding its
 //! share from its own loopback source address.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringws::proto::OpCode;
 use ringws::proto::frame::write_frame;
+use support::{Server, read_head};
 
 const TOTAL: usize = 25_000;
 const WORKERS: usize = 2;
 const WORKER_ENV: &str = "RINGWS_SCALE_WORKER";
-
-/// Starts `ringws serve` on a free port and returns it with its address.
-fn start_server() -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--max-connections",
-            "40000",
-        ])
-        .args(["--idle-timeout", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ringws serve");
-    let stdout = child.stdout.take().expect("server stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(at) = line.find("listening on ") {
-            let addr = line[at + "listening on ".len()..]
-                .trim()
-                .parse()
-                .expect("address after `listening on`");
-            // Keep draining stdout so the server never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return (child, addr);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("ringws serve did not print `listening on` within 30 s");
-}
 
 /// A worker: opens `count` connections from `source`, upgrades them all, reports, waits for
 /// the word, then echoes one message on every connection and reports again.
@@ -154,16 +120,6 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("read response head");
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 fn spawn_worker(server: SocketAddr, index: usize) -> Child {
     Command::new(std::env::current_exe().expect("test binary path"))
         .args([
@@ -210,7 +166,15 @@ fn holds_25000_connections_beyond_the_fd_limit() {
         return worker(server, source, count);
     }
 
-    let (mut server, addr) = start_server();
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--max-connections",
+        "40000",
+        "--idle-timeout",
+        "0",
+    ]);
+    let addr = server.addr;
     let mut workers: Vec<Child> = (0..WORKERS).map(|i| spawn_worker(addr, i)).collect();
     let mut outputs: Vec<_> = workers
         .iter_mut()
@@ -242,9 +206,7 @@ fn holds_25000_connections_beyond_the_fd_limit() {
             "a worker failed"
         );
     }
-    // SAFETY: sending SIGTERM to the child we spawned, identified by its pid.
-    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
-    let status = server.wait().expect("server exit");
+    let status = server.terminate(Duration::from_secs(30));
     assert!(status.success(), "server exited with {status}");
 }
 

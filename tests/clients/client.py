@@ -1,0 +1,90 @@
+"""Drives a running `ringws serve` (echo, started with `--subprotocol chat`) with the Python
+`websockets` client and checks every answer. Prints one `ok:` line per scenario; any failure
+raises and exits non-zero.
+
+usage: client.py ws://HOST:PORT
+"""
+import sys
+import threading
+
+from websockets.sync.client import connect
+
+URL = sys.argv[1]
+BIG = 16 * 1024 * 1024
+
+
+def ok(name):
+    print(f"ok: {name}", flush=True)
+
+
+def echo_text_and_binary():
+    with connect(URL + "/py", subprotocols=["chat"]) as ws:
+        assert ws.subprotocol == "chat", ws.subprotocol
+        ws.send("Grüße, 世界 👋")
+        assert ws.recv(timeout=10) == "Grüße, 世界 👋"
+        ws.send(bytes(range(256)))
+        assert ws.recv(timeout=10) == bytes(range(256))
+        ws.send("")
+        assert ws.recv(timeout=10) == ""
+    ok("text, binary and empty messages echo")
+
+
+def fragmented():
+    with connect(URL + "/py") as ws:
+        ws.send(["frag", "mented ", "Grüße"])
+        assert ws.recv(timeout=10) == "fragmented Grüße"
+        ws.send([b"\x00\x01", b"", b"\x02"])
+        assert ws.recv(timeout=10) == b"\x00\x01\x02"
+    ok("fragmented messages reassemble")
+
+
+def sixteen_mib():
+    payload = bytes((i * 31) & 0xFF for i in range(256)) * (BIG // 256)
+    with connect(URL + "/py", max_size=BIG + 1024) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=60) == payload
+    ok("a 16 MiB message echoes")
+
+
+def ping_pong():
+    with connect(URL + "/py") as ws:
+        waiter = ws.ping(b"are you there")
+        assert waiter.wait(timeout=10), "no pong"
+        latency = ws.ping(b"")
+        assert latency.wait(timeout=10), "no pong to an empty ping"
+    ok("pings get pongs")
+
+
+def close_codes():
+    with connect(URL + "/py") as ws:
+        ws.close(code=4000, reason="bye now")
+        received = ws.protocol.close_rcvd
+    assert received is not None, "no close frame came back"
+    assert received.code == 4000, received
+    ok("a close is answered with the same code")
+
+
+def many_at_once():
+    errors = []
+
+    def run(n):
+        try:
+            with connect(URL + f"/py/{n}") as ws:
+                for i in range(100):
+                    ws.send(f"{n}:{i}")
+                    assert ws.recv(timeout=10) == f"{n}:{i}"
+        except Exception as error:  # collected and re-raised below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    ok("32 clients at once, 100 messages each")
+
+
+for scenario in (echo_text_and_binary, fragmented, sixteen_mib, ping_pong, close_codes, many_at_once):
+    scenario()
+print("python websockets: all scenarios passed", flush=True)

@@ -1,0 +1,197 @@
+//! What the integration tests share: the real `ringws serve` binary on a free port, and a
+//! minimal blocking WebSocket client over a plain TCP socket, so that a test controls every
+//! byte on the wire.
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ringws::proto::OpCode;
+use ringws::proto::frame::{Decoded, FrameHeader, decode_header, write_frame};
+
+/// The key of RFC 6455's example handshake, and the accept value it must produce.
+pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A running `ringws serve`, stopped when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `ringws serve --listen 127.0.0.1:0` with `args` and waits for `listening on`.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringws serve");
+        let stdout = child.stdout.take().expect("server stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(at) = line.find("listening on ") {
+                let addr = line[at + "listening on ".len()..]
+                    .trim()
+                    .parse()
+                    .expect("address after `listening on`");
+                // Keep draining stdout so the server never blocks on a full pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Server { child, addr };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ringws serve did not print `listening on` within 30 s");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `limit`.
+    pub fn terminate(mut self, limit: Duration) -> ExitStatus {
+        // SAFETY: kill(2) on the pid of a child this struct spawned and has not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects with a read timeout, so a test that waits for bytes that never come fails
+/// instead of hanging.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to the server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("set a read timeout");
+    stream.set_nodelay(true).expect("TCP_NODELAY");
+    stream
+}
+
+/// An upgrade request for `path` with the sample key and `extra` header lines.
+pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &[&str]) -> String {
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {SAMPLE_KEY}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for line in extra {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request
+}
+
+/// Connects and upgrades; panics unless the answer is a correct 101.
+pub fn open(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = connect(addr);
+    stream
+        .write_all(upgrade_request(addr, path, &[]).as_bytes())
+        .expect("send the upgrade request");
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101 "), "not upgraded: {head}");
+    assert!(head.contains(SAMPLE_ACCEPT), "wrong accept key: {head}");
+    stream
+}
+
+/// Reads an HTTP response head, byte by byte so that nothing after it is consumed.
+pub fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("read a response head");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).expect("an ASCII response head")
+}
+
+/// Reads everything until the server closes the connection.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    stream
+        .read_to_end(&mut all)
+        .expect("read until the server closes");
+    all
+}
+
+/// A masked client frame, as bytes.
+pub fn frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_frame(
+        &mut out,
+        opcode,
+        fin,
+        false,
+        payload,
+        Some([0x12, 0x34, 0x56, 0x78]),
+    );
+    out
+}
+
+pub fn send(stream: &mut TcpStream, opcode: OpCode, fin: bool, payload: &[u8]) {
+    stream
+        .write_all(&frame(opcode, fin, payload))
+        .expect("send a frame");
+}
+
+/// Reads one server frame: its header and its payload.
+pub fn read_frame(stream: &mut TcpStream) -> (FrameHeader, Vec<u8>) {
+    let mut buf = Vec::with_capacity(14);
+    let (header, used) = loop {
+        match decode_header(&buf).expect("a valid frame header from the server") {
+            Decoded::Header(header, used) => break (header, used),
+            Decoded::NeedBytes(total) => {
+                let have = buf.len();
+                buf.resize(total, 0);
+                stream
+                    .read_exact(&mut buf[have..])
+                    .expect("read a frame header");
+            }
+        }
+    };
+    assert_eq!(used, buf.len());
+    assert!(header.mask.is_none(), "a server frame must not be masked");
+    let len = usize::try_from(header.payload_len).expect("payload length fits usize");
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .expect("read a frame payload");
+    (header, payload)
+}
+
+/// Reads the next frame and checks it is a close with `code`; returns the reason.
+pub fn expect_close(stream: &mut TcpStream, code: u16) -> String {
+    let (header, payload) = read_frame(stream);
+    assert_eq!(header.opcode, OpCode::Close, "expected a close frame");
+    assert!(payload.len() >= 2, "close frame without a code");
+    assert_eq!(
+        u16::from_be_bytes([payload[0], payload[1]]),
+        code,
+        "close reason: {}",
+        String::from_utf8_lossy(&payload[2..])
+    );
+    String::from_utf8(payload[2..].to_vec()).expect("a UTF-8 close reason")
+}
