@@ -1,11 +1,244 @@
 //! `ringws-loadgen`: load generator for WebSocket servers.
+//!
+//! Thread-per-core on tokio-uring; every virtual client is a task that speaks RFC 6455
+//! through `ringws::proto`. Every message carries its connection, sequence number, timestamp
+//! and checksum, so the report counts loss, duplication, reordering and corruption, not only
+//! speed.
 
+mod cpu;
+mod echo;
+mod payload;
+mod run;
+mod stats;
+mod target;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
 use mimalloc::MiMalloc;
+use tokio::sync::watch;
+
+use crate::echo::Load;
+use crate::run::{Clock, Phase, Plan, Progress};
+use crate::stats::{Report, Stats};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {
-    eprintln!("ringws-loadgen: not built yet");
-    std::process::exit(2);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Messages echoed back: closed loop (`--pipeline`) or open loop (`--rate`).
+    Echo,
+    /// Open the connections and keep them, sending nothing.
+    Hold,
+}
+
+/// Load generator for WebSocket servers: throughput, latency and message integrity.
+///
+/// Exits 0 when every connection opened and every message came back intact, 1 otherwise,
+/// 2 on a usage error.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The server: ws://HOST:PORT/PATH.
+    #[arg(long, default_value = "ws://127.0.0.1:9001/loadgen")]
+    url: String,
+    #[arg(long, value_enum, default_value = "echo")]
+    scenario: Scenario,
+    #[arg(long, default_value_t = 100)]
+    connections: u32,
+    /// Seconds of measurement, after every connection is open.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Messages each connection keeps in flight (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Total messages per second over all connections (open loop); latency then counts from
+    /// each message's scheduled time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Bytes per message; 20 is the smallest that carries the integrity stamp.
+    #[arg(long, default_value_t = 20)]
+    message_size: usize,
+    /// Worker threads, each with its own io_uring; defaults to one per core.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds to wait for echoes still in flight when the run ends; later ones count as lost.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Seconds allowed for opening every connection.
+    #[arg(long, default_value_t = 60.0)]
+    connect_timeout: f64,
+    /// Handshakes in progress at once, per thread.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("ringws-loadgen: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, String> {
+    let target = target::Target::parse(&args.url)?;
+    if args.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    if args.message_size < payload::MIN_SIZE {
+        return Err(format!(
+            "--message-size must be at least {} (the integrity stamp)",
+            payload::MIN_SIZE
+        ));
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, args.connections as usize);
+    let pipeline = match args.scenario {
+        Scenario::Echo => args.pipeline,
+        Scenario::Hold => 0,
+    };
+    let rate = match args.scenario {
+        Scenario::Echo => args.rate.map(|total| total / f64::from(args.connections)),
+        Scenario::Hold => None,
+    };
+    let seconds = |value: f64, name: &str| {
+        Duration::try_from_secs_f64(value)
+            .map_err(|_| format!("--{name} must be a number of seconds"))
+    };
+    let plan = Arc::new(Plan {
+        target,
+        connections: args.connections,
+        threads,
+        load: Load {
+            pipeline,
+            rate,
+            message_size: args.message_size,
+            drain: seconds(args.drain, "drain")?,
+        },
+        connect_concurrency: args.connect_concurrency.max(1),
+    });
+    let duration = seconds(args.duration, "duration")?;
+    let connect_timeout = seconds(args.connect_timeout, "connect-timeout")?;
+    Clock::get();
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
+    let progress = Arc::new(Progress::default());
+    let workers: Vec<_> = (0..threads)
+        .map(|index| {
+            let (plan, phase, progress) = (plan.clone(), phase_rx.clone(), progress.clone());
+            std::thread::Builder::new()
+                .name(format!("loadgen-{index}"))
+                .spawn(move || run::worker(plan, index, phase, progress))
+                .map_err(|e| format!("cannot start a worker thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+
+    // Connect everything first, so the measurement sees only the steady state.
+    let connect_start = Instant::now();
+    let total = u64::from(args.connections);
+    while progress.settled.load(Ordering::Relaxed) < total
+        && connect_start.elapsed() < connect_timeout
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        status(args, || {
+            format!(
+                "connecting: {} of {total} open",
+                progress.established.load(Ordering::Relaxed)
+            )
+        });
+    }
+
+    let cpu_start = cpu::process_cpu_time();
+    let started = Instant::now();
+    let _ = phase_tx.send(Phase::Running);
+    let mut last = (started, progress.received.load(Ordering::Relaxed));
+    while started.elapsed() < duration {
+        std::thread::sleep((duration - started.elapsed()).min(Duration::from_secs(1)));
+        let now = (Instant::now(), progress.received.load(Ordering::Relaxed));
+        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
+        last = now;
+        status(args, || {
+            format!(
+                "{:>5.1} s  {} connections  {:.0} msg/s",
+                started.elapsed().as_secs_f64(),
+                progress.established.load(Ordering::Relaxed),
+                rate
+            )
+        });
+    }
+    let measured = started.elapsed();
+    let cpu_used = cpu::process_cpu_time().saturating_sub(cpu_start);
+    let _ = phase_tx.send(Phase::Draining);
+    status(args, || "draining".to_owned());
+
+    let mut stats = Stats::default();
+    for worker in workers {
+        let part = worker
+            .join()
+            .map_err(|_| "a worker thread panicked".to_owned())?;
+        stats.merge(&part);
+    }
+    if !args.quiet {
+        eprintln!();
+    }
+
+    let report = Report {
+        scenario: match args.scenario {
+            Scenario::Echo => "echo",
+            Scenario::Hold => "hold",
+        },
+        url: &args.url,
+        connections: total,
+        duration_secs: measured.as_secs_f64(),
+        stats: &stats,
+        cpu_percent: 100.0 * cpu_used.as_secs_f64() / (measured.as_secs_f64() * threads as f64),
+        threads,
+    };
+    report.print_table();
+    if report.cpu_percent > 90.0 {
+        println!(
+            "warning         the generator used {:.0}% of its {threads} threads: the numbers \
+             may show its limit, not the server's",
+            report.cpu_percent
+        );
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    let clean = stats.connect_errors == 0
+        && stats.connections_dropped == 0
+        && stats.connections_established == total
+        && stats.messages_lost == 0
+        && stats.messages_corrupted == 0
+        && stats.messages_duplicated == 0
+        && stats.messages_reordered == 0;
+    Ok(clean)
+}
+
+/// One progress line on stderr, rewritten in place.
+fn status(args: &Args, line: impl FnOnce() -> String) {
+    if !args.quiet {
+        eprint!("\r\x1b[2K{}", line());
+        let _ = std::io::stderr().flush();
+    }
 }

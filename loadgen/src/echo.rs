@@ -1,0 +1,366 @@
+//! One virtual client of the `echo` and `hold` scenarios: three tasks around one socket.
+//!
+//! - the reader owns the socket's receive side and the protocol session, checks every echo
+//!   and records its latency;
+//! - the writer is the only task that writes, so frames never interleave;
+//! - the pacer decides when messages are due: in the closed loop every echo earns the next
+//!   send; in the open loop a fixed schedule does, and each message carries the time it was
+//!   due, so a stalled server shows as latency instead of hiding behind a stalled client.
+//!
+//! When the run ends, the client waits for the echoes still in flight (at most the drain
+//! time), then closes with 1000 and reads until the server's close.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ringws::proto::frame::write_frame;
+use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
+use tokio::sync::{mpsc, watch};
+use tokio_uring::net::TcpStream;
+
+use crate::payload::Stamp;
+use crate::run::{Clock, Phase};
+use crate::stats::Stats;
+
+/// How each connection sends.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Messages kept in flight in the closed loop; 0 sends nothing (`hold`).
+    pub pipeline: usize,
+    /// Messages per second per connection: the open loop.
+    pub rate: Option<f64>,
+    pub message_size: usize,
+    pub drain: Duration,
+}
+
+/// Skipped sequence numbers remembered per connection, to tell late from duplicate.
+const MAX_GAPS: usize = 1024;
+
+enum WriterCmd {
+    /// Messages due now (closed loop).
+    Send(usize),
+    /// One message due at this instant (open loop).
+    Due(Instant),
+    /// Protocol replies the session produced (pongs).
+    Raw(Vec<u8>),
+    /// The run is over: close with 1000.
+    Close,
+}
+
+/// What the three tasks of a connection share.
+struct Shared {
+    id: u32,
+    sent: Cell<u32>,
+    /// Distinct messages that came back intact.
+    received: Cell<u32>,
+    /// The sequence number expected next.
+    expected: Cell<u32>,
+    /// Sequence numbers skipped over: lost, unless they arrive late (reordered).
+    gaps: RefCell<BTreeSet<u32>>,
+    closing: Cell<bool>,
+    stats: Rc<RefCell<Stats>>,
+}
+
+impl Shared {
+    fn in_flight(&self) -> u32 {
+        self.sent.get() - self.received.get()
+    }
+}
+
+pub async fn run(
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    id: u32,
+    load: Load,
+    clock: Clock,
+    mut phase: watch::Receiver<Phase>,
+    stats: Rc<RefCell<Stats>>,
+) {
+    let stream = Rc::new(stream);
+    let shared = Rc::new(Shared {
+        id,
+        sent: Cell::new(0),
+        received: Cell::new(0),
+        expected: Cell::new(0),
+        gaps: RefCell::new(BTreeSet::new()),
+        closing: Cell::new(false),
+        stats,
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio_uring::spawn(write_loop(stream.clone(), rx, shared.clone(), load, clock));
+    let pacer = tokio_uring::spawn(pace(tx.clone(), phase.clone(), shared.clone(), load));
+
+    let _ = phase.wait_for(|p| *p != Phase::Connecting).await;
+    if load.rate.is_none() && load.pipeline > 0 && *phase.borrow() == Phase::Running {
+        let _ = tx.send(WriterCmd::Send(load.pipeline));
+    }
+    read_loop(&stream, leftover, &shared, load, clock, &phase, &tx).await;
+    shared.stats.borrow_mut().messages_lost += u64::from(shared.in_flight());
+    drop(tx);
+    pacer.abort();
+    let _ = writer.await;
+}
+
+async fn read_loop(
+    stream: &TcpStream,
+    mut pending: Vec<u8>,
+    shared: &Shared,
+    load: Load,
+    clock: Clock,
+    phase: &watch::Receiver<Phase>,
+    tx: &mpsc::UnboundedSender<WriterCmd>,
+) {
+    let mut session = Session::new(Role::Client, SessionConfig::default());
+    let mut replies = Vec::new();
+    let mut buf = Vec::with_capacity(64 << 10);
+    loop {
+        // Decode everything pending; each event may earn a reply or the next message.
+        let mut at = 0;
+        let mut earned = 0;
+        while at < pending.len() {
+            let (used, event) = match session.read(&mut pending[at..], &mut replies) {
+                Ok(step) => step,
+                Err(error) => {
+                    fail(
+                        shared,
+                        format!("protocol error from the server: {}", error.reason),
+                    );
+                    return;
+                }
+            };
+            at += used;
+            match event {
+                Some(Event::Binary(message)) => {
+                    let running = *phase.borrow() == Phase::Running;
+                    if check_echo(shared, message, load, clock) && running {
+                        shared.stats.borrow_mut().messages_in_window += 1;
+                        if load.rate.is_none() {
+                            earned += 1;
+                        }
+                    }
+                }
+                Some(Event::Text(_)) => {
+                    shared.stats.borrow_mut().messages_corrupted += 1;
+                }
+                Some(Event::Close(frame)) => {
+                    if !shared.closing.get() {
+                        let code = frame.map_or(CloseCode::NO_STATUS, |f| f.code);
+                        fail(
+                            shared,
+                            format!("the server closed with {}", u16::from(code)),
+                        );
+                    }
+                    if !replies.is_empty() {
+                        let _ = tx.send(WriterCmd::Raw(std::mem::take(&mut replies)));
+                    }
+                    return;
+                }
+                Some(Event::Ping(_) | Event::Pong(_)) | None => {}
+            }
+        }
+        pending.clear();
+        if !replies.is_empty() {
+            let _ = tx.send(WriterCmd::Raw(std::mem::take(&mut replies)));
+        }
+        if earned > 0 {
+            let _ = tx.send(WriterCmd::Send(earned));
+        }
+        if *phase.borrow() != Phase::Running && shared.in_flight() == 0 && !shared.closing.get() {
+            shared.closing.set(true);
+            let _ = tx.send(WriterCmd::Close);
+        }
+
+        buf.clear();
+        let (result, read) = stream.read(buf).await;
+        buf = read;
+        match result {
+            Ok(0) => {
+                if !shared.closing.get() {
+                    fail(shared, "the server closed the connection".to_owned());
+                }
+                return;
+            }
+            Ok(_) => pending.extend_from_slice(&buf),
+            Err(error) => {
+                fail(shared, format!("read: {error}"));
+                return;
+            }
+        }
+    }
+}
+
+/// Accounts for one echoed message; returns whether it was the one expected next.
+fn check_echo(shared: &Shared, message: &[u8], load: Load, clock: Clock) -> bool {
+    let mut stats = shared.stats.borrow_mut();
+    let stamp = match Stamp::read(message, load.message_size, shared.id) {
+        Ok(stamp) => stamp,
+        Err(_) => {
+            stats.messages_corrupted += 1;
+            return false;
+        }
+    };
+    let expected = shared.expected.get();
+    if stamp.sequence < expected {
+        if !shared.gaps.borrow_mut().remove(&stamp.sequence) {
+            stats.messages_duplicated += 1;
+            return false;
+        }
+        stats.messages_reordered += 1;
+    } else {
+        if stamp.sequence > expected {
+            let mut gaps = shared.gaps.borrow_mut();
+            // A server that loses much needs no exact list: what is not received is lost.
+            let room = MAX_GAPS.saturating_sub(gaps.len()) as u32;
+            gaps.extend(expected..stamp.sequence.min(expected.saturating_add(room)));
+        }
+        shared.expected.set(stamp.sequence + 1);
+    }
+    shared.received.set(shared.received.get() + 1);
+    stats.messages_received += 1;
+    stats.record_latency(clock.now_ns().saturating_sub(stamp.sent_at_ns) / 1000);
+    true
+}
+
+fn fail(shared: &Shared, error: String) {
+    let mut stats = shared.stats.borrow_mut();
+    stats.connections_dropped += 1;
+    stats.note_error(error);
+}
+
+async fn write_loop(
+    stream: Rc<TcpStream>,
+    mut rx: mpsc::UnboundedReceiver<WriterCmd>,
+    shared: Rc<Shared>,
+    load: Load,
+    clock: Clock,
+) {
+    let mut out = Vec::with_capacity(4096);
+    let mut message = Vec::with_capacity(load.message_size);
+    let mut mask = MaskSource(u64::from(shared.id).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut closed = false;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Everything already queued leaves in one write.
+        while let Some(cmd) = next.take().or_else(|| rx.try_recv().ok()) {
+            let due_list: (usize, Option<Instant>) = match cmd {
+                WriterCmd::Send(n) => (n, None),
+                WriterCmd::Due(at) => (1, Some(at)),
+                WriterCmd::Raw(bytes) => {
+                    out.extend_from_slice(&bytes);
+                    (0, None)
+                }
+                WriterCmd::Close => {
+                    if !closed {
+                        let code = u16::from(CloseCode::NORMAL).to_be_bytes();
+                        write_frame(
+                            &mut out,
+                            OpCode::Close,
+                            true,
+                            false,
+                            &code,
+                            Some(mask.next()),
+                        );
+                        closed = true;
+                    }
+                    (0, None)
+                }
+            };
+            if closed {
+                continue;
+            }
+            let (count, due) = due_list;
+            for _ in 0..count {
+                let sequence = shared.sent.get();
+                let sent_at_ns = due.map_or_else(|| clock.now_ns(), |at| clock.ns_at(at));
+                message.clear();
+                Stamp {
+                    connection: shared.id,
+                    sequence,
+                    sent_at_ns,
+                }
+                .write(load.message_size, &mut message);
+                write_frame(
+                    &mut out,
+                    OpCode::Binary,
+                    true,
+                    false,
+                    &message,
+                    Some(mask.next()),
+                );
+                shared.sent.set(sequence + 1);
+            }
+            if count > 0 {
+                shared.stats.borrow_mut().messages_sent += count as u64;
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let (result, written) = stream.write_all(out).await;
+        out = written;
+        out.clear();
+        if let Err(error) = result {
+            if !shared.closing.get() {
+                fail(&shared, format!("write: {error}"));
+            }
+            return;
+        }
+    }
+}
+
+/// Decides when the run's end begins the close, and in the open loop, when messages are due.
+async fn pace(
+    tx: mpsc::UnboundedSender<WriterCmd>,
+    mut phase: watch::Receiver<Phase>,
+    shared: Rc<Shared>,
+    load: Load,
+) {
+    let _ = phase.wait_for(|p| *p != Phase::Connecting).await;
+    if let Some(rate) = load.rate.filter(|r| *r > 0.0) {
+        let period = Duration::from_secs_f64(1.0 / rate);
+        // Spread the connections' schedules over one period so they do not send in lockstep.
+        let offset = period.mul_f64(f64::from(shared.id % 997) / 997.0);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        // Burst: after a stall every missed message is sent at once, stamped with the time it
+        // was due.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            tokio::select! {
+                at = ticks.tick() => {
+                    if *phase.borrow() != Phase::Running {
+                        break;
+                    }
+                    let _ = tx.send(WriterCmd::Due(at.into_std()));
+                }
+                _ = phase.changed() => {
+                    if *phase.borrow() != Phase::Running {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = phase.wait_for(|p| *p != Phase::Running).await;
+    // Echoes still in flight get the drain time; the reader closes as soon as they are in.
+    if shared.in_flight() > 0 {
+        tokio::time::sleep(load.drain).await;
+    }
+    if !shared.closing.replace(true) {
+        let _ = tx.send(WriterCmd::Close);
+    }
+}
+
+/// Masking keys for the client's frames: xorshift, seeded per connection. RFC 6455 wants them
+/// unpredictable to intermediaries, not secret.
+struct MaskSource(u64);
+
+impl MaskSource {
+    fn next(&mut self) -> [u8; 4] {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 as u32).to_ne_bytes()
+    }
+}

@@ -1,0 +1,149 @@
+//! The run: worker threads, each a tokio-uring runtime holding its share of the connections,
+//! steered through the phases by the main thread, their statistics merged at the end.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::echo::{self, Load};
+use crate::stats::Stats;
+use crate::target::{self, Target};
+
+/// Where the run stands; every connection watches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Connecting,
+    Running,
+    /// Sending stopped: collect the echoes in flight, then close.
+    Draining,
+}
+
+/// Nanoseconds since the start of the process, the same on every thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    pub fn get() -> Clock {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        Clock {
+            epoch: *EPOCH.get_or_init(Instant::now),
+        }
+    }
+
+    pub fn now_ns(self) -> u64 {
+        self.ns_at(Instant::now())
+    }
+
+    pub fn ns_at(self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+/// Counters the main thread reads while the run goes on, for progress and phase changes.
+#[derive(Default)]
+pub struct Progress {
+    /// Connections that finished connecting, successfully or not.
+    pub settled: AtomicU64,
+    pub established: AtomicU64,
+    /// Messages received, flushed from the workers a few times a second.
+    pub received: AtomicU64,
+}
+
+pub struct Plan {
+    pub target: Target,
+    pub connections: u32,
+    pub threads: usize,
+    pub load: Load,
+    /// Handshakes in progress at once, per thread.
+    pub connect_concurrency: usize,
+}
+
+/// One worker thread: connects its connections, runs them, returns what it measured.
+pub fn worker(
+    plan: Arc<Plan>,
+    index: usize,
+    phase: watch::Receiver<Phase>,
+    progress: Arc<Progress>,
+) -> Stats {
+    let ids: Vec<u32> = (0..plan.connections)
+        .filter(|id| *id as usize % plan.threads == index)
+        .collect();
+    let entries = (ids.len() as u32 * 2)
+        .clamp(256, 32 * 1024)
+        .next_power_of_two();
+    tokio_uring::builder().entries(entries).start(async move {
+        let stats = Rc::new(RefCell::new(Stats::default()));
+        let clock = Clock::get();
+        let gate = Rc::new(Semaphore::new(plan.connect_concurrency));
+        let flusher = tokio_uring::spawn(flush_progress(stats.clone(), progress.clone()));
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (plan, stats, gate, phase, progress) = (
+                plan.clone(),
+                stats.clone(),
+                gate.clone(),
+                phase.clone(),
+                progress.clone(),
+            );
+            tasks.push(tokio_uring::spawn(async move {
+                let started = Instant::now();
+                let opened = {
+                    let _permit = gate.acquire().await;
+                    target::open(&plan.target).await
+                };
+                progress.settled.fetch_add(1, Ordering::Relaxed);
+                match opened {
+                    Ok((stream, leftover)) => {
+                        {
+                            let mut stats = stats.borrow_mut();
+                            stats.connections_established += 1;
+                            stats.record_handshake(started.elapsed().as_micros() as u64);
+                        }
+                        progress.established.fetch_add(1, Ordering::Relaxed);
+                        echo::run(stream, leftover, id, plan.load, clock, phase, stats).await;
+                    }
+                    Err(error) => {
+                        let mut stats = stats.borrow_mut();
+                        stats.connect_errors += 1;
+                        stats.note_error(error);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        flusher.abort();
+        let stats = stats.borrow().clone();
+        let before = FLUSHED.with(|f| f.get());
+        progress
+            .received
+            .fetch_add(stats.messages_received - before, Ordering::Relaxed);
+        stats
+    })
+}
+
+thread_local! {
+    /// How much of this thread's received count `Progress` already has.
+    static FLUSHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Publishes this thread's received count a few times a second, without touching a shared
+/// atomic on every message.
+async fn flush_progress(stats: Rc<RefCell<Stats>>, progress: Arc<Progress>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let received = stats.borrow().messages_received;
+        let before = FLUSHED.with(|f| f.replace(received));
+        progress
+            .received
+            .fetch_add(received - before, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,208 @@
+//! Counters and latency histograms: one set per worker thread, merged exactly at the end
+//! (histograms are added, never averaged).
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// Latencies are recorded in microseconds, from 1 µs to 10 minutes, at 3 significant digits.
+const MAX_LATENCY_US: u64 = 600_000_000;
+
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub connections_established: u64,
+    pub connect_errors: u64,
+    /// Connections that ended early: reset, closed by the server, or a protocol error.
+    pub connections_dropped: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// Received while the run was on, not while draining: what throughput is counted from.
+    pub messages_in_window: u64,
+    pub messages_corrupted: u64,
+    pub messages_duplicated: u64,
+    pub messages_reordered: u64,
+    /// Messages sent and never answered by the end of the drain.
+    pub messages_lost: u64,
+    pub latency_us: Histogram<u64>,
+    pub handshake_us: Histogram<u64>,
+    /// The first few error messages, for the report.
+    pub errors: Vec<String>,
+}
+
+const MAX_ERRORS_KEPT: usize = 10;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds are valid")
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            connections_established: 0,
+            connect_errors: 0,
+            connections_dropped: 0,
+            messages_sent: 0,
+            messages_received: 0,
+            messages_in_window: 0,
+            messages_corrupted: 0,
+            messages_duplicated: 0,
+            messages_reordered: 0,
+            messages_lost: 0,
+            latency_us: histogram(),
+            handshake_us: histogram(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl Stats {
+    pub fn record_latency(&mut self, micros: u64) {
+        self.latency_us.saturating_record(micros.max(1));
+    }
+
+    pub fn record_handshake(&mut self, micros: u64) {
+        self.handshake_us.saturating_record(micros.max(1));
+    }
+
+    pub fn note_error(&mut self, error: String) {
+        if self.errors.len() < MAX_ERRORS_KEPT && !self.errors.contains(&error) {
+            self.errors.push(error);
+        }
+    }
+
+    pub fn merge(&mut self, other: &Stats) {
+        self.connections_established += other.connections_established;
+        self.connect_errors += other.connect_errors;
+        self.connections_dropped += other.connections_dropped;
+        self.messages_sent += other.messages_sent;
+        self.messages_received += other.messages_received;
+        self.messages_in_window += other.messages_in_window;
+        self.messages_corrupted += other.messages_corrupted;
+        self.messages_duplicated += other.messages_duplicated;
+        self.messages_reordered += other.messages_reordered;
+        self.messages_lost += other.messages_lost;
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.handshake_us.add(&other.handshake_us);
+        for error in &other.errors {
+            self.note_error(error.clone());
+        }
+    }
+}
+
+/// What a run measured, with what it took to measure it.
+pub struct Report<'a> {
+    pub scenario: &'a str,
+    pub url: &'a str,
+    pub connections: u64,
+    pub duration_secs: f64,
+    pub stats: &'a Stats,
+    /// The generator's own CPU time over the run, as a share of the cores it ran on.
+    pub cpu_percent: f64,
+    pub threads: usize,
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> Value {
+    let at = |q: f64| {
+        if histogram.is_empty() {
+            0
+        } else {
+            histogram.value_at_quantile(q)
+        }
+    };
+    json!({
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": histogram.max(),
+        "mean": (histogram.mean() * 10.0).round() / 10.0,
+        "count": histogram.len(),
+    })
+}
+
+impl Report<'_> {
+    pub fn throughput(&self) -> f64 {
+        if self.duration_secs > 0.0 {
+            self.stats.messages_in_window as f64 / self.duration_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The JSON fields other tooling reads; see the README of the crate.
+    pub fn to_json(&self) -> Value {
+        let s = self.stats;
+        json!({
+            "scenario": self.scenario,
+            "url": self.url,
+            "connections": self.connections,
+            "duration_secs": self.duration_secs,
+            "connections_established": s.connections_established,
+            "connect_errors": s.connect_errors,
+            "connections_dropped": s.connections_dropped,
+            "messages_sent": s.messages_sent,
+            "messages_received": s.messages_received,
+            "messages_lost": s.messages_lost,
+            "messages_corrupted": s.messages_corrupted,
+            "messages_duplicated": s.messages_duplicated,
+            "messages_reordered": s.messages_reordered,
+            "throughput_msgs_per_sec": self.throughput().round(),
+            "latency_us": percentiles(&s.latency_us),
+            "handshake_latency_us": percentiles(&s.handshake_us),
+            "loadgen_cpu_percent": (self.cpu_percent * 10.0).round() / 10.0,
+            "loadgen_threads": self.threads,
+            "errors": s.errors,
+        })
+    }
+
+    pub fn print_table(&self) {
+        let s = self.stats;
+        let latency = &s.latency_us;
+        let q = |q: f64| {
+            if latency.is_empty() {
+                0
+            } else {
+                latency.value_at_quantile(q)
+            }
+        };
+        println!("scenario        {} against {}", self.scenario, self.url);
+        println!(
+            "connections     {} established, {} failed, {} dropped (of {})",
+            s.connections_established, s.connect_errors, s.connections_dropped, self.connections
+        );
+        println!(
+            "messages        {} sent, {} received in {:.1} s: {:.0} msg/s",
+            s.messages_sent,
+            s.messages_received,
+            self.duration_secs,
+            self.throughput()
+        );
+        println!(
+            "integrity       {} lost, {} corrupted, {} duplicated, {} reordered",
+            s.messages_lost, s.messages_corrupted, s.messages_duplicated, s.messages_reordered
+        );
+        println!(
+            "latency (µs)    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            latency.max()
+        );
+        if !s.handshake_us.is_empty() {
+            println!(
+                "handshake (µs)  p50 {}  p99 {}  max {}",
+                s.handshake_us.value_at_quantile(0.5),
+                s.handshake_us.value_at_quantile(0.99),
+                s.handshake_us.max()
+            );
+        }
+        println!(
+            "generator       {} threads, {:.0}% CPU",
+            self.threads, self.cpu_percent
+        );
+        for error in &s.errors {
+            println!("error           {error}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The load generator against real servers: `ringws serve`, a Python `websockets` echo
+//! server, and a deliberately faulty one whose losses and corruptions must be caught.
+//!
+//! `scripts/test.sh` provides the Python (`RINGWS_TEST_PYTHON`) and builds `ringws` in the same
+//! target directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A server process, killed when dropped.
+struct Peer {
+    child: Child,
+    addr: String,
+}
+
+impl Peer {
+    fn start(mut command: Command) -> Peer {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("server output");
+            if let Some(at) = line.find("listening on ") {
+                let addr = line[at + "listening on ".len()..].trim().to_owned();
+                std::thread::spawn(move || lines.for_each(drop));
+                return Peer { child, addr };
+            }
+        }
+        panic!("the server exited before listening");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ringws_serve() -> Peer {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_ringws-loadgen"));
+    let ringws = loadgen.with_file_name("ringws");
+    assert!(
+        ringws.exists(),
+        "{} is missing: build the workspace first (cargo test --workspace does)",
+        ringws.display()
+    );
+    let mut command = Command::new(ringws);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"]);
+    Peer::start(command)
+}
+
+fn python_echo(faulty: bool) -> Peer {
+    let python = std::env::var("RINGWS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("RINGWS_TEST_PYTHON is not set: run scripts/test.sh, which installs `websockets`")
+    });
+    let mut command = Command::new(python);
+    command.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/clients/echo_server.py"
+    ));
+    if faulty {
+        command.arg("--faulty");
+    }
+    Peer::start(command)
+}
+
+/// Runs the generator and returns its exit status and JSON report.
+fn loadgen(addr: &str, args: &[&str]) -> (Output, Value) {
+    let dir = tempdir();
+    let json = dir.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringws-loadgen"))
+        .args([
+            "--url",
+            &format!("ws://{addr}/loadgen"),
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("run ringws-loadgen");
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    let report = std::fs::read_to_string(&json).expect("the JSON report");
+    let _ = std::fs::remove_dir_all(&dir);
+    (output, serde_json::from_str(&report).expect("valid JSON"))
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ringws-loadgen-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}
+
+fn count(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{field}` missing from {report}"))
+}
+
+/// The fields other tooling reads, present and consistent with a clean run.
+fn assert_clean(report: &Value, connections: u64) {
+    assert_eq!(count(report, "connections_established"), connections);
+    assert_eq!(count(report, "connect_errors"), 0);
+    for field in ["messages_lost", "messages_corrupted"] {
+        assert_eq!(count(report, field), 0, "{field}");
+    }
+    let sent = count(report, "messages_sent");
+    assert!(sent > 0);
+    assert_eq!(count(report, "messages_received"), sent);
+    assert!(report["throughput_msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0);
+    let latency = &report["latency_us"];
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(latency[p].as_u64().is_some(), "latency_us.{p} missing");
+    }
+    assert!(latency["p50"].as_u64() <= latency["p99"].as_u64());
+    assert!(latency["p99"].as_u64() <= latency["max"].as_u64());
+}
+
+#[test]
+fn closed_loop_against_ringws_is_clean() {
+    let server = ringws_serve();
+    let (output, report) = loadgen(
+        &server.addr,
+        &[
+            "--connections",
+            "50",
+            "--pipeline",
+            "8",
+            "--duration",
+            "2",
+            "--message-size",
+            "100",
+        ],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert_clean(&report, 50);
+}
+
+#[test]
+fn open_loop_sends_at_the_rate_asked() {
+    let server = ringws_serve();
+    let (output, report) = loadgen(
+        &server.addr,
+        &["--connections", "20", "--rate", "2000", "--duration", "2"],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert_clean(&report, 20);
+    // 2,000 msg/s for about 2 s: the schedule, not the server's speed, sets the count.
+    let sent = count(&report, "messages_sent");
+    assert!((3000..=5000).contains(&sent), "sent {sent}");
+}
+
+#[test]
+fn works_against_a_python_websockets_server() {
+    let server = python_echo(false);
+    let (output, report) = loadgen(
+        &server.addr,
+        &["--connections", "10", "--pipeline", "4", "--duration", "2"],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert_clean(&report, 10);
+}
+
+#[test]
+fn a_faulty_server_is_caught_losing_and_corrupting_messages() {
+    let server = python_echo(true);
+    let (output, report) = loadgen(
+        &server.addr,
+        &[
+            "--connections",
+            "4",
+            "--pipeline",
+            "4",
+            "--duration",
+            "2",
+            "--drain",
+            "1",
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a faulty run must not exit 0"
+    );
+    assert!(count(&report, "messages_lost") > 0, "{report}");
+    assert!(count(&report, "messages_corrupted") > 0, "{report}");
+}
