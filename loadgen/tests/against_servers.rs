@@ -33,6 +33,8 @@ impl Peer {
                 return Peer { child, addr };
             }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the server exited before listening");
     }
 }
