@@ -116,7 +116,9 @@ async fn read_loop(
     let mut replies = Vec::new();
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
-        // Decode everything pending; each event may earn a reply or the next message.
+        // Decode everything pending; each event may earn a reply or the next message. One
+        // clock read serves the whole read: its echoes all arrived at once.
+        let now_ns = clock.now_ns();
         let mut at = 0;
         let mut earned = 0;
         while at < pending.len() {
@@ -134,7 +136,7 @@ async fn read_loop(
             match event {
                 Some(Event::Binary(message)) => {
                     let running = *phase.borrow() == Phase::Running;
-                    if check_echo(shared, message, load, clock) && running {
+                    if check_echo(shared, message, load, now_ns) && running {
                         shared.stats.borrow_mut().messages_in_window += 1;
                         if load.rate.is_none() {
                             earned += 1;
@@ -192,7 +194,7 @@ async fn read_loop(
 }
 
 /// Accounts for one echoed message; returns whether it was the one expected next.
-fn check_echo(shared: &Shared, message: &[u8], load: Load, clock: Clock) -> bool {
+fn check_echo(shared: &Shared, message: &[u8], load: Load, now_ns: u64) -> bool {
     let mut stats = shared.stats.borrow_mut();
     let stamp = match Stamp::read(message, load.message_size, shared.id) {
         Ok(stamp) => stamp,
@@ -219,7 +221,7 @@ fn check_echo(shared: &Shared, message: &[u8], load: Load, clock: Clock) -> bool
     }
     shared.received.set(shared.received.get() + 1);
     stats.messages_received += 1;
-    stats.record_latency(clock.now_ns().saturating_sub(stamp.sent_at_ns) / 1000);
+    stats.record_latency(now_ns.saturating_sub(stamp.sent_at_ns) / 1000);
     true
 }
 
@@ -241,8 +243,9 @@ async fn write_loop(
     let mut mask = MaskSource(u64::from(shared.id).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut closed = false;
     while let Some(first) = rx.recv().await {
+        // Everything in this batch leaves in one write, at one instant.
+        let now_ns = clock.now_ns();
         let mut next = Some(first);
-        // Everything already queued leaves in one write.
         while let Some(cmd) = next.take().or_else(|| rx.try_recv().ok()) {
             let due_list: (usize, Option<Instant>) = match cmd {
                 WriterCmd::Send(n) => (n, None),
@@ -273,7 +276,7 @@ async fn write_loop(
             let (count, due) = due_list;
             for _ in 0..count {
                 let sequence = shared.sent.get();
-                let sent_at_ns = due.map_or_else(|| clock.now_ns(), |at| clock.ns_at(at));
+                let sent_at_ns = due.map_or(now_ns, |at| clock.ns_at(at));
                 message.clear();
                 Stamp {
                     connection: shared.id,

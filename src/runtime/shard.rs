@@ -28,6 +28,8 @@ const BUFFER_GROUP: u16 = 0;
 const ACCEPTS_PER_LISTENER: usize = 16;
 /// How long to wait before accepting again after running out of memory or descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Spare sendmsg headers kept for reuse; each is about 1 KiB.
+const MAX_SPARE_SEND_BUFS: usize = 256;
 
 /// What a handler can do to connections; lent to every [`Handler`] call.
 pub struct Io {
@@ -46,6 +48,7 @@ pub struct Io {
     /// Boxed: the kernel reads a send buffer by address while its send is in flight, so
     /// it must not move when the pool grows.
     #[allow(clippy::vec_box)]
+    /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS.
     send_pool: Vec<Box<SendBuf>>,
     live: usize,
     shard: usize,
@@ -293,7 +296,11 @@ impl Io {
 
     fn on_send(&mut self, index: u32, result: i32) {
         if let Some(buf) = self.slots[index as usize].sending.take() {
-            self.send_pool.push(buf);
+            // A burst (thousands of handshake answers at once) must not leave a spare
+            // buffer behind for every connection that took part.
+            if self.send_pool.len() < MAX_SPARE_SEND_BUFS {
+                self.send_pool.push(buf);
+            }
         }
         let slot = &mut self.slots[index as usize];
         if result < 0 {

@@ -121,6 +121,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_slot_stays_small() {
+        let size = std::mem::size_of::<Slot>();
+        println!("runtime slot {size} B");
+        assert!(size <= 160, "{size}");
+    }
+
+    #[test]
     fn short_writes_resume_where_they_stopped() {
         let mut slot = Slot::default();
         for chunk in [&b"hello "[..], b"big ", b"world"] {

@@ -133,3 +133,16 @@ impl Transport for Io {
         Io::set_deadline(self, conn, after);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle connection costs in the shard's tables, measured by the type system.
+    #[test]
+    fn idle_connection_tables_stay_small() {
+        let conn = std::mem::size_of::<Option<(ConnId, Connection<()>)>>();
+        println!("connection entry {conn} B");
+        assert!(conn <= 384, "{conn}");
+    }
+}
