@@ -124,9 +124,11 @@ impl Kernel {
 /// The key as seen from a piece that starts at `phase`.
 #[inline]
 fn rotate(key: [u8; 4], phase: usize) -> [u8; 4] {
-    let mut rotated = key;
-    rotated.rotate_left(phase & 3);
-    rotated
+    // Byte i of the result is byte (i + phase) % 4 of the key: in a little-endian word,
+    // a right rotation by whole bytes.
+    u32::from_le_bytes(key)
+        .rotate_right(8 * (phase & 3) as u32)
+        .to_le_bytes()
 }
 
 /// The portable kernel, and the tail of every vector kernel. `key` is at phase 0.
