@@ -90,70 +90,76 @@ pub enum Decoded {
 /// Checks what the header alone can tell: reserved opcodes, RSV2/RSV3, a 64-bit length with the
 /// top bit set, and the control-frame rules. RSV1 and masking depend on the session and are
 /// checked there.
+#[inline]
 pub fn decode_header(buf: &[u8]) -> Result<Decoded, ProtocolError> {
     let [b0, b1, ..] = *buf else {
         return Ok(Decoded::NeedBytes(2));
     };
     let masked = b1 & 0x80 != 0;
     let len7 = b1 & 0x7F;
-    let (len_bytes, mask_at) = match len7 {
-        126 => (2, 4),
-        127 => (8, 10),
-        _ => (0, 2),
+    let mask_at = match len7 {
+        126 => 4,
+        127 => 10,
+        _ => 2,
     };
-    let total = mask_at + if masked { 4 } else { 0 };
+    let total = mask_at + 4 * usize::from(masked);
     if buf.len() < total {
         return Ok(Decoded::NeedBytes(total));
     }
-
-    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(ProtocolError::protocol("reserved opcode"))?;
-    if b0 & 0x30 != 0 {
-        return Err(ProtocolError::protocol(
-            "RSV2 or RSV3 set without a negotiated extension",
-        ));
-    }
-    let payload_len = match len_bytes {
-        0 => u64::from(len7),
-        2 => u64::from(u16::from_be_bytes([buf[2], buf[3]])),
-        _ => {
-            let mut be = [0u8; 8];
-            be.copy_from_slice(&buf[2..10]);
-            let len = u64::from_be_bytes(be);
-            if len >> 63 != 0 {
-                return Err(ProtocolError::protocol(
-                    "64-bit payload length with the top bit set",
-                ));
-            }
-            len
-        }
-    };
     let fin = b0 & 0x80 != 0;
-    if opcode.is_control() {
-        if payload_len > MAX_CONTROL_PAYLOAD as u64 {
-            return Err(ProtocolError::protocol(
-                "control frame longer than 125 bytes",
-            ));
-        }
-        if !fin {
-            return Err(ProtocolError::protocol("fragmented control frame"));
-        }
+    let payload_len = match mask_at {
+        2 => u64::from(len7),
+        4 => u64::from(u16::from_be_bytes([buf[2], buf[3]])),
+        _ => u64::from_be_bytes([
+            buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8], buf[9],
+        ]),
+    };
+    // One test for every rule a header can break on its own; the cold path says which.
+    let control = b0 & 0x08 != 0;
+    let opcode = OpCode::from_bits(b0 & 0x0F);
+    if opcode.is_none()
+        || b0 & 0x30 != 0
+        || payload_len >> 63 != 0
+        || (control && (!fin || payload_len > MAX_CONTROL_PAYLOAD as u64))
+    {
+        return Err(header_violation(b0, payload_len));
     }
-    let mask = masked.then(|| {
-        [
+    let mask = if masked {
+        Some([
             buf[mask_at],
             buf[mask_at + 1],
             buf[mask_at + 2],
             buf[mask_at + 3],
-        ]
-    });
+        ])
+    } else {
+        None
+    };
     let header = FrameHeader {
         fin,
         rsv1: b0 & 0x40 != 0,
-        opcode,
+        // The test above returned unless from_bits gave an opcode.
+        opcode: opcode.unwrap_or(OpCode::Continuation),
         mask,
         payload_len,
     };
     Ok(Decoded::Header(header, total))
+}
+
+/// Names the rule a header broke; [`decode_header`] found that it broke one.
+#[cold]
+fn header_violation(b0: u8, payload_len: u64) -> ProtocolError {
+    let reason = if OpCode::from_bits(b0 & 0x0F).is_none() {
+        "reserved opcode"
+    } else if b0 & 0x30 != 0 {
+        "RSV2 or RSV3 set without a negotiated extension"
+    } else if payload_len >> 63 != 0 {
+        "64-bit payload length with the top bit set"
+    } else if payload_len > MAX_CONTROL_PAYLOAD as u64 {
+        "control frame longer than 125 bytes"
+    } else {
+        "fragmented control frame"
+    };
+    ProtocolError::protocol(reason)
 }
 
 /// Encodes a header into `dst`, returning its length.
