@@ -1,6 +1,8 @@
 //! Real clients against the real binary: Python's `websockets` and Node's `ws`, each running
-//! its scripted scenarios (text, binary, fragmented and 16 MiB messages, pings, close codes,
-//! subprotocols, many connections at once) against `ringws serve`.
+//! its scripted scenarios against `ringws serve`: text, binary, fragmented and 16 MiB
+//! messages, pings, close codes, subprotocols and many connections at once; then, with
+//! permessage-deflate on (shared and dedicated compressors), every window size and
+//! context-takeover mode the client can ask for.
 //!
 //! `scripts/test.sh` installs both clients and says where through `RINGWS_TEST_PYTHON`
 //! (a Python with `websockets`) and `tests/node/node_modules`.
@@ -12,25 +14,7 @@ use std::process::Command;
 
 use support::Server;
 
-fn run_client(mut command: Command, name: &str) {
-    let server = Server::start(&["--subprotocol", "chat", "--shards", "2"]);
-    let output = command
-        .arg(server.url(""))
-        .output()
-        .unwrap_or_else(|e| panic!("could not start the {name} client: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    print!("{stdout}");
-    assert!(
-        output.status.success(),
-        "the {name} client failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert!(stdout.contains("all scenarios passed"), "{stdout}");
-}
-
-#[test]
-fn python_websockets_client() {
+fn python() -> Command {
     let python = std::env::var("RINGWS_TEST_PYTHON").unwrap_or_else(|_| {
         panic!(
             "RINGWS_TEST_PYTHON is not set: run scripts/test.sh, which installs the Python \
@@ -42,11 +26,10 @@ fn python_websockets_client() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/client.py"
     ));
-    run_client(command, "Python websockets");
+    command
 }
 
-#[test]
-fn node_ws_client() {
+fn node() -> Command {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     assert!(
         dir.join("node_modules/ws").is_dir(),
@@ -54,5 +37,68 @@ fn node_ws_client() {
     );
     let mut command = Command::new("node");
     command.arg(dir.join("client.mjs"));
-    run_client(command, "Node ws");
+    command
+}
+
+/// Starts `ringws serve` with `server_args` and runs the client against it.
+fn run_client(mut client: Command, name: &str, server_args: &[&str], client_args: &[&str]) {
+    let server = Server::start(server_args);
+    let output = client
+        .arg(server.url(""))
+        .args(client_args)
+        .output()
+        .unwrap_or_else(|e| panic!("could not start the {name} client: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the {name} client failed ({}) against ringws serve {server_args:?}:\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("all scenarios passed"), "{stdout}");
+}
+
+const PLAIN: &[&str] = &["--subprotocol", "chat", "--shards", "2"];
+const SHARED_DEFLATE: &[&str] = &["--deflate", "shared", "--shards", "2"];
+const DEDICATED_DEFLATE: &[&str] = &["--deflate", "dedicated", "--shards", "2"];
+
+#[test]
+fn python_websockets_client() {
+    run_client(python(), "Python websockets", PLAIN, &[]);
+}
+
+#[test]
+fn python_websockets_client_with_shared_compression() {
+    run_client(
+        python(),
+        "Python websockets",
+        SHARED_DEFLATE,
+        &["--deflate"],
+    );
+}
+
+#[test]
+fn python_websockets_client_with_dedicated_compression() {
+    run_client(
+        python(),
+        "Python websockets",
+        DEDICATED_DEFLATE,
+        &["--deflate"],
+    );
+}
+
+#[test]
+fn node_ws_client() {
+    run_client(node(), "Node ws", PLAIN, &[]);
+}
+
+#[test]
+fn node_ws_client_with_shared_compression() {
+    run_client(node(), "Node ws", SHARED_DEFLATE, &["--deflate"]);
+}
+
+#[test]
+fn node_ws_client_with_dedicated_compression() {
+    run_client(node(), "Node ws", DEDICATED_DEFLATE, &["--deflate"]);
 }

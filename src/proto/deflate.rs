@@ -104,8 +104,13 @@ impl DeflateParams {
         }
     }
 
-    /// The Sec-WebSocket-Extensions value of the server's response.
-    pub fn response_header(&self, offered_client_max_window_bits: bool) -> String {
+    /// The Sec-WebSocket-Extensions value of the server's response. A window the client
+    /// asked to limit is always answered (RFC 7692 §7.1.2.1), even when it is the full 15.
+    pub fn response_header(
+        &self,
+        offered_server_max_window_bits: bool,
+        offered_client_max_window_bits: bool,
+    ) -> String {
         let mut header = String::from(EXTENSION_NAME);
         if self.server_no_context_takeover {
             header.push_str("; server_no_context_takeover");
@@ -113,7 +118,7 @@ impl DeflateParams {
         if self.client_no_context_takeover {
             header.push_str("; client_no_context_takeover");
         }
-        if self.server_max_window_bits < 15 {
+        if offered_server_max_window_bits || self.server_max_window_bits < 15 {
             let _ = write!(
                 header,
                 "; server_max_window_bits={}",
@@ -217,7 +222,10 @@ pub fn accept_offer<'a>(
         server_max_window_bits,
         client_max_window_bits,
     };
-    let response = params.response_header(offer.client_max_window_bits.is_some());
+    let response = params.response_header(
+        offer.server_max_window_bits.is_some(),
+        offer.client_max_window_bits.is_some(),
+    );
     Ok(Agreement { params, response })
 }
 
@@ -482,6 +490,12 @@ mod tests {
                 window_bits: 9,
                 no_context_takeover: true
             }
+        );
+        // A window the client asked to limit is answered even at the full 15.
+        let agreed = accept_offer(&config, offer("server_max_window_bits=15")).unwrap();
+        assert_eq!(
+            agreed.response,
+            "permessage-deflate; server_max_window_bits=15"
         );
         // client_max_window_bits without a value: the server may limit it, or not.
         let limited = DeflateConfig {

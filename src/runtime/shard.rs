@@ -213,6 +213,7 @@ impl Io {
             return self.begin_closing(index, cause);
         }
         slot.phase = Phase::Lingering;
+        slot.shutdown_in_flight = true;
         let generation = slot.generation;
         let shutdown = opcode::Shutdown::new(Fixed(index), libc::SHUT_WR).build();
         self.push(shutdown.user_data(pack(Op::Shutdown, index, generation)));
@@ -235,6 +236,7 @@ impl Io {
         slot.phase = Phase::Closing;
         slot.cause = cause;
         let generation = slot.generation;
+        tracing::debug!(slot = index, ?cause, "closing connection");
         let cancel = pack(Op::Cancel, index, generation);
         if slot.recv_armed {
             self.push(
@@ -259,6 +261,7 @@ impl Io {
             || slot.recv_armed
             || slot.sending.is_some()
             || slot.close_submitted
+            || slot.shutdown_in_flight
         {
             return;
         }
@@ -319,6 +322,16 @@ impl Io {
             (Phase::Draining, true) => self.linger(index),
             (Phase::Open, true) => self.drained.push(index),
             _ => {}
+        }
+    }
+
+    fn on_shutdown_done(&mut self, index: u32, generation: u32) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if slot.generation == generation && slot.phase != Phase::Free {
+            slot.shutdown_in_flight = false;
+            self.close_when_idle(index);
         }
     }
 
@@ -513,8 +526,9 @@ impl<H: Handler> Shard<H> {
                 Op::Recv => self.on_recv(index, generation, result, flags),
                 Op::Send => self.io.on_send(index, result),
                 Op::Close => self.io.on_closed_fd(index),
+                Op::Shutdown => self.io.on_shutdown_done(index, generation),
                 Op::Wake => self.on_wake(),
-                Op::Shutdown | Op::Cancel => {}
+                Op::Cancel => {}
             }
         }
         completions.clear();

@@ -42,6 +42,10 @@ pub(crate) struct Slot {
     pub paused: bool,
     pub peer_closed: bool,
     pub close_submitted: bool,
+    /// A shutdown(SHUT_WR) is in flight. The close must wait for it: io_uring may run
+    /// unlinked requests out of order, and a shutdown that ran after the close would hit
+    /// whichever connection the kernel gave the slot to next.
+    pub shutdown_in_flight: bool,
     /// Listed for this turn's flush.
     pub dirty: bool,
     pub queue: VecDeque<Bytes>,
@@ -65,6 +69,7 @@ impl Default for Slot {
             paused: false,
             peer_closed: false,
             close_submitted: false,
+            shutdown_in_flight: false,
             dirty: false,
             queue: VecDeque::new(),
             head_offset: 0,

@@ -227,6 +227,7 @@ impl<S> Connection<S> {
             let (used, event) = match result {
                 Ok(read) => read,
                 Err(err) => {
+                    tracing::debug!(peer = %self.peer, code = u16::from(err.code), reason = err.reason, "protocol error");
                     // The close frame naming the error is queued; close once it is written.
                     self.ending = Some((err.code, err.reason.to_owned()));
                     io.close(id);

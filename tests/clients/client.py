@@ -2,14 +2,20 @@
 `websockets` client and checks every answer. Prints one `ok:` line per scenario; any failure
 raises and exits non-zero.
 
-usage: client.py ws://HOST:PORT
+usage: client.py ws://HOST:PORT [--deflate]
+
+With --deflate the server runs with permessage-deflate on, and the scenarios run over every
+window size and context-takeover mode the client can ask for.
 """
+import os
 import sys
 import threading
 
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
 
 URL = sys.argv[1]
+DEFLATE = "--deflate" in sys.argv
 BIG = 16 * 1024 * 1024
 
 
@@ -85,6 +91,41 @@ def many_at_once():
     ok("32 clients at once, 100 messages each")
 
 
-for scenario in (echo_text_and_binary, fragmented, sixteen_mib, ping_pong, close_codes, many_at_once):
+def compressed(**params):
+    """Every kind of message over one negotiated set of deflate parameters."""
+    factory = ClientPerMessageDeflateFactory(**params)
+    with connect(URL + "/py/deflate", extensions=[factory], compression=None, max_size=BIG) as ws:
+        agreed = [type(e).__name__ for e in ws.protocol.extensions]
+        assert agreed == ["PerMessageDeflate"], f"not negotiated with {params}: {agreed}"
+        text = '{"symbol": "ACME", "price": 101.25, "note": "Grüße"} ' * 40
+        for i in range(5):  # several messages: context takeover must carry between them
+            ws.send(text + str(i))
+            assert ws.recv(timeout=10) == text + str(i)
+        noise = os.urandom(1 << 20)
+        ws.send(noise)
+        assert ws.recv(timeout=30) == noise
+        ws.send(["frag", "mented " * 100, "end"])
+        assert ws.recv(timeout=10) == "frag" + "mented " * 100 + "end"
+        ws.send(b"")
+        assert ws.recv(timeout=10) == b""
+        ws.send("x")  # below the compression threshold
+        assert ws.recv(timeout=10) == "x"
+    ok(f"permessage-deflate {params or 'defaults'}")
+
+
+def deflate_matrix():
+    compressed()
+    for bits in (9, 12, 15):
+        compressed(server_max_window_bits=bits)
+        compressed(client_max_window_bits=bits)
+    compressed(server_no_context_takeover=True)
+    compressed(client_no_context_takeover=True)
+    compressed(server_no_context_takeover=True, client_no_context_takeover=True, server_max_window_bits=10)
+
+
+scenarios = [echo_text_and_binary, fragmented, sixteen_mib, ping_pong, close_codes, many_at_once]
+if DEFLATE:
+    scenarios = [deflate_matrix, sixteen_mib, many_at_once]
+for scenario in scenarios:
     scenario()
 print("python websockets: all scenarios passed", flush=True)

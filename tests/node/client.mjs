@@ -2,12 +2,16 @@
 // client and checks every answer. Prints one `ok:` line per scenario; any failure exits
 // non-zero.
 //
-// usage: node client.mjs ws://HOST:PORT
+// usage: node client.mjs ws://HOST:PORT [--deflate]
+//
+// With --deflate the server runs with permessage-deflate on, and the scenarios run over
+// window sizes and context-takeover modes.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import WebSocket from 'ws';
 
 const URL = process.argv[2];
+const DEFLATE = process.argv.includes('--deflate');
 const BIG = 16 * 1024 * 1024;
 
 function ok(name) {
@@ -24,9 +28,17 @@ async function connect(path, protocols, options = {}) {
     if (waiter) waiter(message);
     else messages.push(message);
   });
+  let closed = null;
+  ws.on('close', (code, reason) => {
+    closed = `the server closed the connection: ${code} ${reason}`;
+    for (const waiter of waiters.splice(0)) waiter(Promise.reject(new Error(closed)));
+  });
   await once(ws, 'open');
-  ws.next = () =>
-    messages.length > 0 ? Promise.resolve(messages.shift()) : new Promise((r) => waiters.push(r));
+  ws.next = () => {
+    if (messages.length > 0) return Promise.resolve(messages.shift());
+    if (closed) return Promise.reject(new Error(closed));
+    return new Promise((resolve) => waiters.push(resolve));
+  };
   return ws;
 }
 
@@ -113,11 +125,47 @@ async function manyAtOnce() {
   ok('64 clients at once, 100 messages each');
 }
 
+async function compressed(options) {
+  const ws = await connect('/node/deflate', undefined, { perMessageDeflate: { threshold: 0, ...options } });
+  assert.match(ws.extensions, /permessage-deflate/, `not negotiated with ${JSON.stringify(options)}`);
+  const text = '{"symbol": "ACME", "price": 101.25, "note": "Grüße"} '.repeat(40);
+  for (let i = 0; i < 5; i++) {
+    ws.send(text + i);
+    assert.equal(await ws.next(), text + i);
+  }
+  const noise = Buffer.alloc(1 << 20);
+  for (let i = 0; i < noise.length; i++) noise[i] = (Math.random() * 256) | 0;
+  ws.send(noise);
+  assert.ok(noise.equals(await ws.next()), 'random megabyte differs');
+  ws.send('frag', { fin: false });
+  ws.send('mented '.repeat(100), { fin: false });
+  ws.send('end', { fin: true });
+  assert.equal(await ws.next(), 'frag' + 'mented '.repeat(100) + 'end');
+  ws.send('');
+  assert.equal(await ws.next(), '');
+  await close(ws);
+  ok(`permessage-deflate ${JSON.stringify(options)} (${ws.extensions})`);
+}
+
+async function deflateMatrix() {
+  await compressed({});
+  for (const bits of [9, 12, 15]) {
+    await compressed({ serverMaxWindowBits: bits });
+    await compressed({ clientMaxWindowBits: bits });
+  }
+  await compressed({ serverNoContextTakeover: true });
+  await compressed({ clientNoContextTakeover: true });
+  await compressed({ serverNoContextTakeover: true, clientNoContextTakeover: true, serverMaxWindowBits: 10 });
+}
+
 const timer = setTimeout(() => {
   console.error('node ws: timed out');
   process.exit(1);
 }, 120_000);
-for (const scenario of [echoTextAndBinary, fragmented, sixteenMib, pingPong, closeCodes, deflateOfferDeclined, manyAtOnce]) {
+const scenarios = DEFLATE
+  ? [deflateMatrix, sixteenMib, manyAtOnce]
+  : [echoTextAndBinary, fragmented, sixteenMib, pingPong, closeCodes, deflateOfferDeclined, manyAtOnce];
+for (const scenario of scenarios) {
   await scenario();
 }
 clearTimeout(timer);
