@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the WebSocket server: echo on every path, pub/sub on /pubsub/<topic>.
+    /// Run the WebSocket server: echo on every path.
     Serve(ServeArgs),
 }
 
