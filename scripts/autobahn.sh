@@ -76,5 +76,6 @@ fi
 echo "autobahn: ran in $(( $(date +%s) - start )) s" >&2
 
 docs=()
-[ -n "$write_docs" ] && docs=(--markdown docs/compliance.md --command "scripts/autobahn.sh${label:+ ($label)}")
+[ -n "$write_docs" ] && docs=(--markdown docs/compliance.md
+  --command "scripts/autobahn.sh ($label; server: ringws serve --max-message-size 16MiB --idle-timeout 0 --deflate $deflate)")
 python3 scripts/lib/autobahn_verdict.py "$out/reports/index.json" "$out/expected.json" ringws "${docs[@]}"

@@ -23,6 +23,6 @@ step "unit and integration tests"
 cargo test --workspace
 
 step "autobahn (fuzzingclient against ringws serve)"
-scripts/autobahn.sh
+scripts/autobahn.sh --all
 
 step "all tests passed"
