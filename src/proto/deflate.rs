@@ -310,7 +310,8 @@ impl Compressor {
         self.min_size
     }
 
-    /// Appends a whole compressed frame (RSV1 set) carrying `payload`.
+    /// Appends a whole frame carrying `payload`: compressed (RSV1 set), or as it is when
+    /// deflate would make it larger and no context ties later messages to this one.
     pub fn write_frame<B: BufMut>(
         &mut self,
         opcode: OpCode,
@@ -321,7 +322,13 @@ impl Compressor {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         self.compress(payload, &mut scratch);
-        write_frame(out, opcode, true, true, &scratch, mask);
+        // With context takeover the peer's window must see every byte we compressed, so
+        // the compressed form goes out even when it is larger.
+        if self.reset_each_message && scratch.len() >= payload.len() {
+            write_frame(out, opcode, true, false, payload, mask);
+        } else {
+            write_frame(out, opcode, true, true, &scratch, mask);
+        }
         // Keep a modest buffer for the next message; give back a huge one.
         if scratch.capacity() <= 1 << 20 {
             self.scratch = scratch;
@@ -465,6 +472,30 @@ mod tests {
                 None => (p, None),
             })
             .collect()
+    }
+
+    #[test]
+    fn incompressible_messages_go_out_plain_only_without_context_takeover() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        for (no_context_takeover, compressed) in [(true, false), (false, true)] {
+            let direction = Direction {
+                window_bits: 15,
+                no_context_takeover,
+            };
+            let mut compressor =
+                Compressor::new(direction, &DeflateConfig::default()).expect("window 15");
+            let mut out = Vec::new();
+            compressor.write_frame(OpCode::Binary, &noise, None, &mut out);
+            assert_eq!(out[0] & 0x40 != 0, compressed, "RSV1 with {direction:?}");
+        }
     }
 
     #[test]
