@@ -247,3 +247,36 @@ fn sigterm_sends_1001_to_every_connection_and_exits_0() {
     let status = closer.join().expect("join");
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn compression_skips_messages_below_the_threshold() {
+    let server = Server::start(&["--deflate", "shared", "--deflate-min-size", "100"]);
+    let mut stream = connect(server.addr);
+    let request = upgrade_request(
+        server.addr,
+        "/",
+        &["Sec-WebSocket-Extensions: permessage-deflate"],
+    );
+    stream.write_all(request.as_bytes()).expect("send upgrade");
+    let head = read_head(&mut stream);
+    assert!(head.contains("permessage-deflate"), "{head}");
+    // A client may always send uncompressed messages; the echoes show the server's choice.
+    send(&mut stream, OpCode::Text, true, &[b'a'; 50]);
+    let (short, payload) = read_frame(&mut stream);
+    assert!(
+        !short.rsv1,
+        "a 50-byte message under a 100-byte threshold was compressed"
+    );
+    assert_eq!(payload, [b'a'; 50]);
+    send(&mut stream, OpCode::Text, true, &[b'a'; 500]);
+    let (long, payload) = read_frame(&mut stream);
+    assert!(
+        long.rsv1,
+        "a compressible 500-byte message went out uncompressed"
+    );
+    assert!(
+        payload.len() < 50,
+        "500 equal bytes compressed to {} bytes",
+        payload.len()
+    );
+}
