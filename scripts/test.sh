@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need by itself:
-# a Python virtualenv with `websockets`, Node's `ws` (npm ci), and the Autobahn test suite.
+# a Python virtualenv with `websockets`, Node's `ws` and playwright-core (npm ci), Debian's
+# chromium, and the Autobahn test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,10 +15,11 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "test clients: Python websockets and Node ws"
+step "test clients: Python websockets, Node ws, headless Chromium"
 RINGWS_TEST_PYTHON="$(scripts/lib/python-env.sh)/bin/python"
 export RINGWS_TEST_PYTHON
 npm ci --prefix tests/node --silent --no-audit --no-fund
+scripts/lib/chromium.sh
 
 step "unit and integration tests"
 cargo test --workspace
