@@ -247,7 +247,7 @@ async fn write_loop(
         let now_ns = clock.now_ns();
         let mut next = Some(first);
         while let Some(cmd) = next.take().or_else(|| rx.try_recv().ok()) {
-            let due_list: (usize, Option<Instant>) = match cmd {
+            let (count, due): (usize, Option<Instant>) = match cmd {
                 WriterCmd::Send(n) => (n, None),
                 WriterCmd::Due(at) => (1, Some(at)),
                 WriterCmd::Raw(bytes) => {
@@ -273,7 +273,6 @@ async fn write_loop(
             if closed {
                 continue;
             }
-            let (count, due) = due_list;
             for _ in 0..count {
                 let sequence = shared.sent.get();
                 let sent_at_ns = due.map_or(now_ns, |at| clock.ns_at(at));

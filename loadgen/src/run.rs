@@ -1,7 +1,7 @@
 //! The run: worker threads, each a tokio-uring runtime holding its share of the connections,
 //! steered through the phases by the main thread, their statistics merged at the end.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -82,7 +82,12 @@ pub fn worker(
         let stats = Rc::new(RefCell::new(Stats::default()));
         let clock = Clock::get();
         let gate = Rc::new(Semaphore::new(plan.connect_concurrency));
-        let flusher = tokio_uring::spawn(flush_progress(stats.clone(), progress.clone()));
+        let published = Rc::new(Cell::new(0));
+        let flusher = tokio_uring::spawn(flush_progress(
+            stats.clone(),
+            progress.clone(),
+            published.clone(),
+        ));
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
             let (plan, stats, gate, phase, progress) = (
@@ -121,29 +126,30 @@ pub fn worker(
             let _ = task.await;
         }
         flusher.abort();
-        let stats = stats.borrow().clone();
-        let before = FLUSHED.with(|f| f.get());
-        progress
-            .received
-            .fetch_add(stats.messages_received - before, Ordering::Relaxed);
-        stats
+        publish_received(&stats, &progress, &published);
+        stats.borrow().clone()
     })
 }
 
-thread_local! {
-    /// How much of this thread's received count `Progress` already has.
-    static FLUSHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+/// Adds what this thread received since the last call to `progress`; `published` remembers
+/// how much it already has.
+fn publish_received(stats: &RefCell<Stats>, progress: &Progress, published: &Cell<u64>) {
+    let received = stats.borrow().messages_received;
+    let before = published.replace(received);
+    progress
+        .received
+        .fetch_add(received - before, Ordering::Relaxed);
 }
 
 /// Publishes this thread's received count a few times a second, without touching a shared
 /// atomic on every message.
-async fn flush_progress(stats: Rc<RefCell<Stats>>, progress: Arc<Progress>) {
+async fn flush_progress(
+    stats: Rc<RefCell<Stats>>,
+    progress: Arc<Progress>,
+    published: Rc<Cell<u64>>,
+) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let received = stats.borrow().messages_received;
-        let before = FLUSHED.with(|f| f.replace(received));
-        progress
-            .received
-            .fetch_add(received - before, Ordering::Relaxed);
+        publish_received(&stats, &progress, &published);
     }
 }
