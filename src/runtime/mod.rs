@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use shard::Io;
+pub use slot::Dropped;
 
 use mailbox::Mailbox;
 

@@ -17,7 +17,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 use super::buf_ring::BufRing;
 use super::listener;
 use super::mailbox::Mailbox;
-use super::slot::{Phase, SendBuf, Slot};
+use super::slot::{Dropped, Phase, SendBuf, Slot};
 use super::timer::{self, TimerWheel};
 use super::user_data::{Op, next_generation, pack, unpack};
 use super::{CloseCause, Config, ConnId, Handler};
@@ -43,8 +43,8 @@ pub struct Io {
     rearm: Vec<u32>,
     /// Connections that wrote out their whole queue this turn.
     drained: Vec<u32>,
-    /// Connections whose descriptor closed this turn, for `on_closed`.
-    closed: Vec<(ConnId, CloseCause)>,
+    /// A descriptor closed this turn: parked accepts may go ahead.
+    slots_freed: bool,
     /// Boxed: the kernel reads a send buffer by address while its send is in flight, so
     /// it must not move when the pool grows.
     #[allow(clippy::vec_box)]
@@ -65,6 +65,22 @@ impl Io {
     /// Queues `bytes` for `conn`. They are written in order, with everything else queued for
     /// it, in one sendmsg at the end of the loop turn.
     pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        self.enqueue(conn, bytes, false);
+    }
+
+    /// Like [`Io::send`], for a whole message that [`Io::drop_oldest`] may drop unsent.
+    pub fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
+        self.enqueue(conn, bytes, true);
+    }
+
+    /// Drops `conn`'s oldest droppable messages not yet being written, until at most `limit`
+    /// bytes are queued (or nothing droppable is left).
+    pub fn drop_oldest(&mut self, conn: ConnId, limit: usize) -> Dropped {
+        self.live_slot(conn)
+            .map_or(Dropped::default(), |slot| slot.drop_oldest(limit))
+    }
+
+    fn enqueue(&mut self, conn: ConnId, bytes: Bytes, droppable: bool) {
         if bytes.is_empty() {
             return;
         }
@@ -74,8 +90,7 @@ impl Io {
         if !matches!(slot.phase, Phase::Open | Phase::Draining) {
             return;
         }
-        slot.queued += bytes.len();
-        slot.queue.push_back(bytes);
+        slot.push(bytes, droppable);
         let listed = std::mem::replace(&mut slot.dirty, true);
         if !listed {
             self.dirty.push(conn.slot);
@@ -236,7 +251,12 @@ impl Io {
         slot.phase = Phase::Closing;
         slot.cause = cause;
         let generation = slot.generation;
-        tracing::debug!(slot = index, ?cause, "closing connection");
+        tracing::debug!(
+            shard = self.shard,
+            slot = index,
+            ?cause,
+            "closing connection"
+        );
         let cancel = pack(Op::Cancel, index, generation);
         if slot.recv_armed {
             self.push(
@@ -335,19 +355,24 @@ impl Io {
         }
     }
 
-    fn on_closed_fd(&mut self, index: u32) {
+    /// The descriptor is closed and the slot free: the kernel may hand it to the very next
+    /// accept, even one completing in the same batch, so the handler must hear of this
+    /// connection's end before anything else.
+    fn on_closed_fd(&mut self, index: u32) -> (ConnId, CloseCause) {
         let slot = &mut self.slots[index as usize];
         let conn = ConnId {
             slot: index,
             generation: slot.generation,
         };
         let cause = slot.cause;
+        tracing::trace!(shard = self.shard, slot = index, "descriptor closed");
         *slot = Slot {
             generation: slot.generation,
             ..Slot::default()
         };
         self.live -= 1;
-        self.closed.push((conn, cause));
+        self.slots_freed = true;
+        (conn, cause)
     }
 }
 
@@ -419,7 +444,7 @@ pub(super) fn run<H: Handler>(
         dirty: Vec::new(),
         rearm: Vec::new(),
         drained: Vec::new(),
-        closed: Vec::new(),
+        slots_freed: false,
         send_pool: Vec::new(),
         live: 0,
         shard: index,
@@ -471,7 +496,7 @@ impl<H: Handler> Shard<H> {
             self.io.now = Instant::now();
             self.handle_completions();
             self.fire_deadlines();
-            self.report_closed();
+            self.accept_into_freed_slots();
             if self.check_stop() {
                 return Ok(());
             }
@@ -525,7 +550,10 @@ impl<H: Handler> Shard<H> {
                 Op::Accept => self.on_accept(index, result),
                 Op::Recv => self.on_recv(index, generation, result, flags),
                 Op::Send => self.io.on_send(index, result),
-                Op::Close => self.io.on_closed_fd(index),
+                Op::Close => {
+                    let (conn, cause) = self.io.on_closed_fd(index);
+                    self.handler.on_closed(&mut self.io, conn, cause);
+                }
                 Op::Shutdown => self.io.on_shutdown_done(index, generation),
                 Op::Wake => self.on_wake(),
                 Op::Cancel => {}
@@ -617,6 +645,7 @@ impl<H: Handler> Shard<H> {
             generation: slot.generation,
         };
         self.io.live += 1;
+        tracing::debug!(shard = self.io.shard, slot = slot_index, %peer, "accepted");
         self.arm_accept(index);
         self.io.arm_recv(slot_index);
         self.handler.on_open(&mut self.io, conn, peer);
@@ -747,16 +776,12 @@ impl<H: Handler> Shard<H> {
         self.fired = fired;
     }
 
-    fn report_closed(&mut self) {
-        let closed = std::mem::take(&mut self.io.closed);
-        if !closed.is_empty() {
-            // Slots freed: accept again, as many as now fit (the rest park again).
+    fn accept_into_freed_slots(&mut self) {
+        if std::mem::take(&mut self.io.slots_freed) {
+            // As many as now fit; the rest park again.
             for parked in std::mem::take(&mut self.parked_accepts) {
                 self.arm_accept(parked);
             }
-        }
-        for (conn, cause) in closed {
-            self.handler.on_closed(&mut self.io, conn, cause);
         }
     }
 
