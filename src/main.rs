@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mimalloc::MiMalloc;
 
 use ringws::proto::deflate::DeflateConfig;
-use ringws::server::config::{BackpressurePolicy, ServerConfig, parse_duration, parse_size};
+use ringws::server::config::{
+    BackpressurePolicy, ServerConfig, SlowSubscriberPolicy, parse_duration, parse_size,
+};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -26,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the WebSocket server: echo on every path.
+    /// Run the WebSocket server: pub/sub on /pubsub/<topic>, echo on every other path.
     Serve(ServeArgs),
 }
 
@@ -66,6 +68,12 @@ struct ServeArgs {
     /// What a client whose queue passes --max-queued gets.
     #[arg(long, value_enum, default_value_t = Backpressure::Pause)]
     backpressure: Backpressure,
+    /// What a pub/sub subscriber whose queue passes --max-queued gets.
+    #[arg(long, value_enum, default_value_t = SlowSubscriber::DropOldest)]
+    slow_subscriber: SlowSubscriber,
+    /// Do not answer GET /metrics with the server's counters.
+    #[arg(long)]
+    no_metrics: bool,
     /// permessage-deflate: off, or on with the server keeping no context between messages
     /// (one shared compressor per shard), or on with a compressor per connection.
     #[arg(long, value_enum, default_value_t = Deflate::Off)]
@@ -80,6 +88,14 @@ enum Backpressure {
     /// Stop reading from the client until its queue drains.
     Pause,
     /// Close the client with 1008.
+    Close,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SlowSubscriber {
+    /// Drop its oldest queued pub/sub messages, counted in ringws_pubsub_dropped_total.
+    DropOldest,
+    /// Close it with 1008.
     Close,
 }
 
@@ -109,6 +125,11 @@ impl ServeArgs {
                 Backpressure::Pause => BackpressurePolicy::PauseReading,
                 Backpressure::Close => BackpressurePolicy::Close,
             },
+            slow_subscriber: match self.slow_subscriber {
+                SlowSubscriber::DropOldest => SlowSubscriberPolicy::DropOldest,
+                SlowSubscriber::Close => SlowSubscriberPolicy::Close,
+            },
+            metrics: !self.no_metrics,
             deflate: match self.deflate {
                 Deflate::Off => None,
                 mode => Some(DeflateConfig {

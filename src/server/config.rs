@@ -15,6 +15,15 @@ pub enum BackpressurePolicy {
     Close,
 }
 
+/// What a pub/sub subscriber whose send queue passes [`ServerConfig::max_queued_bytes`] gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowSubscriberPolicy {
+    /// Drop its oldest queued pub/sub messages (not yet being written) and count them.
+    DropOldest,
+    /// Close it with 1008 and a reason naming the cause.
+    Close,
+}
+
 /// Everything `ringws serve` and the library's server can be told.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -40,6 +49,10 @@ pub struct ServerConfig {
     /// Bytes queued for sending to one connection before `backpressure` acts.
     pub max_queued_bytes: usize,
     pub backpressure: BackpressurePolicy,
+    /// What a subscriber gets when published messages pile up past `max_queued_bytes`.
+    pub slow_subscriber: SlowSubscriberPolicy,
+    /// Answer a plain GET of `/metrics` with the server's counters (Prometheus text format).
+    pub metrics: bool,
     /// How long a graceful shutdown waits for clients to answer the 1001 close.
     pub shutdown_grace: Duration,
     /// permessage-deflate; `None` turns compression off.
@@ -61,6 +74,8 @@ impl Default for ServerConfig {
             subprotocols: Vec::new(),
             max_queued_bytes: 4 << 20,
             backpressure: BackpressurePolicy::PauseReading,
+            slow_subscriber: SlowSubscriberPolicy::DropOldest,
+            metrics: true,
             shutdown_grace: Duration::from_secs(5),
             deflate: None,
         }

@@ -14,9 +14,10 @@ use crate::proto::session::{Session, SessionConfig, State};
 use crate::proto::{CloseCode, Event, Role};
 
 use super::app::{Accept, App, Closed, Message, Reject, Upgrade};
-use super::config::BackpressurePolicy;
+use super::config::{BackpressurePolicy, SlowSubscriberPolicy};
 use super::core::ShardCore;
-use super::handle::Ws;
+use super::handle::{Ws, send_message};
+use super::pubsub::Published;
 use super::transport::{ConnId, Transport};
 
 /// A connection's state, kept in the shard's table under its [`ConnId`].
@@ -117,12 +118,14 @@ impl<S> Connection<S> {
             Ok(upgrade) => upgrade.key,
             Err(rejection) if rejection.is_plain_http() && request.method() == "GET" => {
                 let mut response = Vec::new();
-                handshake::write_response(
-                    &mut response,
-                    200,
-                    "text/plain; charset=utf-8",
-                    app.http_page(),
-                );
+                if core.config.metrics && request.path() == "/metrics" {
+                    let metrics = core.topics.hub().metrics().render();
+                    let kind = "text/plain; version=0.0.4; charset=utf-8";
+                    handshake::write_response(&mut response, 200, kind, &metrics);
+                } else {
+                    let kind = "text/plain; charset=utf-8";
+                    handshake::write_response(&mut response, 200, kind, app.http_page());
+                }
                 self.respond_and_close(id, response, io);
                 return false;
             }
@@ -279,6 +282,64 @@ impl<S> Connection<S> {
                 let reason = "send queue over its limit: the client reads too slowly";
                 self.close_with(id, CloseCode::POLICY_VIOLATION, reason, core, io);
             }
+        }
+    }
+
+    /// Queues a published message to this subscriber, then applies the slow-subscriber
+    /// policy if its queue has grown past the bound.
+    pub fn deliver(
+        &mut self,
+        id: ConnId,
+        published: &Published,
+        core: &mut ShardCore,
+        io: &mut dyn Transport,
+    ) {
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        let writer = &mut open.session.writer;
+        if !writer.is_open() {
+            return;
+        }
+        let limit = core.config.max_queued_bytes;
+        let policy = core.config.slow_subscriber;
+        let frame_len = if open.compressor.is_some() {
+            // This connection's compressor keeps context: the message must pass through it,
+            // and the frame it makes can never be dropped (later ones depend on it).
+            let (opcode, payload) = (published.opcode(), published.payload());
+            if send_message(writer, &mut open.compressor, core, opcode, payload).is_err() {
+                return;
+            }
+            let Some(frame) = core.arena.take() else {
+                return;
+            };
+            let len = frame.len();
+            io.send(id, frame);
+            len
+        } else {
+            let frame = published.frame_for(writer.own_direction(), &mut core.compressors);
+            let len = frame.len();
+            if policy == SlowSubscriberPolicy::DropOldest && io.queued_bytes(id) + len > limit {
+                let dropped = io.drop_oldest(id, limit.saturating_sub(len));
+                core.topics.counters().dropped(dropped.chunks);
+            }
+            io.send_droppable(id, frame);
+            len
+        };
+        core.topics.counters().delivered();
+        // Dropping keeps the queue within the bound plus the newest message; what is left
+        // over that cannot be dropped, and the close policy, end the subscription.
+        let allowance = match policy {
+            SlowSubscriberPolicy::DropOldest => limit.saturating_add(frame_len),
+            SlowSubscriberPolicy::Close => limit,
+        };
+        if io.queued_bytes(id) > allowance {
+            // The close frame should not wait behind messages the subscriber will never read.
+            let dropped = io.drop_oldest(id, 0);
+            core.topics.counters().dropped(dropped.chunks);
+            core.topics.counters().slow_closed();
+            let reason = "subscriber too slow: send queue over its limit";
+            self.close_with(id, CloseCode::POLICY_VIOLATION, reason, core, io);
         }
     }
 

@@ -1,4 +1,5 @@
-//! What every connection of a shard shares: settings, the frame arena, shared compressors.
+//! What every connection of a shard shares: settings, the frame arena, shared compressors,
+//! the shard's pub/sub topics.
 
 use std::sync::Arc;
 
@@ -7,15 +8,17 @@ use bytes::{Bytes, BytesMut};
 use crate::proto::deflate::{Compressor, DeflateConfig, Direction};
 
 use super::config::ServerConfig;
+use super::pubsub::ShardTopics;
 
 pub(crate) struct ShardCore {
     pub config: Arc<ServerConfig>,
     pub arena: Arena,
     pub compressors: SharedCompressors,
+    pub topics: ShardTopics,
 }
 
 impl ShardCore {
-    pub fn new(config: Arc<ServerConfig>) -> Self {
+    pub fn new(config: Arc<ServerConfig>, topics: ShardTopics) -> Self {
         let compressors = SharedCompressors {
             config: config.deflate,
             by_window: Default::default(),
@@ -24,6 +27,7 @@ impl ShardCore {
             config,
             arena: Arena::default(),
             compressors,
+            topics,
         }
     }
 }

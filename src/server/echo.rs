@@ -15,6 +15,13 @@ impl App for Echo {
     }
 
     fn on_message(&mut self, ws: &mut Ws<'_, Self>, message: Message<'_>) {
+        Self::reply(ws, message);
+    }
+}
+
+impl Echo {
+    /// Sends `message` back on `ws`, for any application that echoes.
+    pub fn reply<A: App + ?Sized>(ws: &mut Ws<'_, A>, message: Message<'_>) {
         // A send fails only once the connection is closing; nothing to echo then.
         let _ = match message {
             Message::Text(text) => ws.send_text(text),

@@ -6,7 +6,7 @@ use crate::proto::deflate::Compressor;
 use crate::proto::session::Writer;
 use crate::proto::{CloseCode, OpCode, SendError};
 
-use super::app::App;
+use super::app::{App, Message};
 use super::core::ShardCore;
 use super::transport::{ConnId, Transport};
 
@@ -62,6 +62,29 @@ impl<A: App + ?Sized> Ws<'_, A> {
         let timeout = self.core.config.close_timeout;
         self.io.set_deadline(self.id, timeout);
         Ok(())
+    }
+
+    /// Subscribes this connection to `topic`; returns false when it already was. The
+    /// subscription ends with [`Ws::unsubscribe`] or when the connection closes.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.core.topics.subscribe(self.id, topic)
+    }
+
+    /// Returns false when the connection was not subscribed to `topic`.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.core.topics.unsubscribe(self.id, topic)
+    }
+
+    /// The topics this connection subscribes to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.core.topics.topics_of(self.id)
+    }
+
+    /// Publishes `message` to every subscriber of `topic` except this connection; returns
+    /// whether any shard had subscribers. Subscribers on this shard receive it when the
+    /// current callback returns, others as soon as their shard wakes.
+    pub fn publish(&mut self, topic: &str, message: Message<'_>) -> bool {
+        self.core.topics.publish(topic, message, Some(self.id))
     }
 
     /// Bytes queued for this connection and not yet written to its socket.

@@ -1,5 +1,5 @@
 //! The WebSocket server: shards of connections on the io_uring runtime, the application API,
-//! and the echo application of `ringws serve`.
+//! pub/sub, and the application of `ringws serve`.
 
 pub mod app;
 pub mod config;
@@ -7,6 +7,8 @@ mod conn;
 mod core;
 pub mod echo;
 mod handle;
+pub mod pubsub;
+pub mod serve_app;
 mod shard;
 mod transport;
 
@@ -17,14 +19,17 @@ use std::sync::Arc;
 pub use app::{Accept, App, Closed, Message, Reject, Upgrade};
 pub use config::{BackpressurePolicy, ServerConfig};
 pub use handle::Ws;
+pub use pubsub::{Metrics, Publisher};
 pub use transport::ConnId;
 
 use crate::runtime::{self, Runtime};
-use shard::{ShardHandler, ShardMessage};
+use pubsub::{Hub, ShardMessage, ShardTopics};
+use shard::ShardHandler;
 
 /// A running server.
 pub struct Server {
     runtime: Runtime<ShardMessage>,
+    publisher: Publisher,
 }
 
 impl Server {
@@ -43,10 +48,24 @@ impl Server {
             ..runtime::Config::default()
         };
         let config = Arc::new(config);
+        let hub = Arc::new(Hub::new(shards));
+        let shard_hub = hub.clone();
         let runtime = runtime::start(runtime_config, move |ctx| {
-            ShardHandler::new(make_app(ctx.index), config.clone())
+            let topics = ShardTopics::new(ctx.index, shard_hub.clone(), ctx.remotes);
+            ShardHandler::new(make_app(ctx.index), config.clone(), topics)
         })?;
-        Ok(Self { runtime })
+        let publisher = Publisher::new(hub, runtime.remotes().to_vec());
+        Ok(Self { runtime, publisher })
+    }
+
+    /// A handle that publishes to the server's topics from any thread.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// The server's counters, summed over shards.
+    pub fn metrics(&self) -> Metrics {
+        self.publisher.metrics()
     }
 
     /// The addresses being listened on.
@@ -65,11 +84,12 @@ impl Server {
     }
 }
 
-/// `ringws serve`: echo on every path, until SIGINT or SIGTERM.
+/// `ringws serve`: pub/sub on `/pubsub/<topic>`, echo on every other path, until SIGINT or
+/// SIGTERM.
 pub fn serve(config: ServerConfig) -> io::Result<()> {
     // Shard threads inherit this mask: only `wait_for_signal` sees the signals.
     let signals = block_termination_signals()?;
-    let server = Server::start(config, |_| echo::Echo)?;
+    let server = Server::start(config, |_| serve_app::ServeApp)?;
     for addr in server.local_addrs() {
         println!("ringws: listening on {addr}");
     }

@@ -7,16 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::proto::CloseCode;
-use crate::runtime::{self, CloseCause, ConnId, Io};
+use crate::runtime::{self, CloseCause, ConnId, Dropped, Io};
 
 use super::app::App;
 use super::config::ServerConfig;
 use super::conn::Connection;
 use super::core::ShardCore;
+use super::pubsub::{Published, ShardMessage, ShardTopics};
 use super::transport::Transport;
-
-/// Messages between shards (none yet: the type is open for pub/sub).
-pub enum ShardMessage {}
 
 pub(crate) struct ShardHandler<A: App> {
     app: A,
@@ -26,12 +24,39 @@ pub(crate) struct ShardHandler<A: App> {
 }
 
 impl<A: App> ShardHandler<A> {
-    pub fn new(app: A, config: Arc<ServerConfig>) -> Self {
+    pub fn new(app: A, config: Arc<ServerConfig>, topics: ShardTopics) -> Self {
         Self {
             app,
-            core: ShardCore::new(config),
+            core: ShardCore::new(config, topics),
             conns: Vec::new(),
         }
+    }
+
+    /// Delivers what this shard's connections published during the last callback.
+    fn deliver_pending(&mut self, io: &mut Io) {
+        while let Some(published) = self.core.topics.next_pending() {
+            self.deliver(io, &published);
+        }
+    }
+
+    /// Queues `published` to this shard's subscribers of its topic.
+    fn deliver(&mut self, io: &mut Io, published: &Published) {
+        let topic = published.topic();
+        let Some(subscribers) = self.core.topics.take_subscribers(topic) else {
+            return;
+        };
+        let shard = self.core.topics.shard();
+        for &id in &subscribers {
+            if published.is_from(shard, id) {
+                continue;
+            }
+            if let Some(Some((known, conn))) = self.conns.get_mut(id.slot() as usize)
+                && *known == id
+            {
+                conn.deliver(id, published, &mut self.core, io);
+            }
+        }
+        self.core.topics.return_subscribers(topic, subscribers);
     }
 
     fn conn(&mut self, id: ConnId) -> Option<&mut Connection<A::State>> {
@@ -51,6 +76,7 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
             self.conns.resize_with(slot + 1, || None);
         }
         self.conns[slot] = Some((id, Connection::new(peer, &self.core, io.now())));
+        self.core.topics.counters().connection_opened();
         io.set_deadline(id, self.core.config.handshake_timeout);
     }
 
@@ -60,6 +86,7 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
             return;
         };
         conn.on_data(id, data, &mut self.app, &mut self.core, io, now);
+        self.deliver_pending(io);
     }
 
     fn on_drained(&mut self, io: &mut Io, id: ConnId) {
@@ -67,6 +94,7 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
             return;
         };
         conn.on_drained(id, &mut self.app, &mut self.core, io);
+        self.deliver_pending(io);
     }
 
     fn on_deadline(&mut self, io: &mut Io, id: ConnId) {
@@ -82,12 +110,16 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
             return;
         }
         if let Some((_, conn)) = self.conns[id.slot() as usize].take() {
+            self.core.topics.remove(id);
+            self.core.topics.counters().connection_closed();
             conn.on_closed(&mut self.app);
         }
     }
 
-    fn on_message(&mut self, _io: &mut Io, message: ShardMessage) {
-        match message {}
+    fn on_message(&mut self, io: &mut Io, message: ShardMessage) {
+        match message {
+            ShardMessage::Publish(published) => self.deliver(io, &published),
+        }
     }
 
     fn on_shutdown(&mut self, io: &mut Io) {
@@ -107,6 +139,14 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
 impl Transport for Io {
     fn send(&mut self, conn: ConnId, bytes: Bytes) {
         Io::send(self, conn, bytes);
+    }
+
+    fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
+        Io::send_droppable(self, conn, bytes);
+    }
+
+    fn drop_oldest(&mut self, conn: ConnId, limit: usize) -> Dropped {
+        Io::drop_oldest(self, conn, limit)
     }
 
     fn queued_bytes(&self, conn: ConnId) -> usize {

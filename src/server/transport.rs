@@ -7,12 +7,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::runtime::Dropped;
+
 /// A connection within its shard.
 pub use crate::runtime::ConnId;
 
 pub(crate) trait Transport {
     /// Queues bytes; they leave in order, batched with others in one write per loop turn.
     fn send(&mut self, conn: ConnId, bytes: Bytes);
+    /// Queues a whole message that [`Transport::drop_oldest`] may drop unsent.
+    fn send_droppable(&mut self, conn: ConnId, bytes: Bytes);
+    /// Drops the oldest droppable messages not yet being written until at most `limit`
+    /// bytes are queued.
+    fn drop_oldest(&mut self, conn: ConnId, limit: usize) -> Dropped;
     /// Bytes queued and not yet written to the socket.
     fn queued_bytes(&self, conn: ConnId) -> usize;
     /// Closes once everything queued has been written.

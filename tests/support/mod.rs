@@ -195,3 +195,35 @@ pub fn expect_close(stream: &mut TcpStream, code: u16) -> String {
     );
     String::from_utf8(payload[2..].to_vec()).expect("a UTF-8 close reason")
 }
+
+/// The server's `/metrics` page as name (with labels) → value.
+pub fn metrics(addr: SocketAddr) -> std::collections::HashMap<String, u64> {
+    let mut stream = connect(addr);
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("ask for metrics");
+    let response = String::from_utf8(read_to_close(&mut stream)).expect("a UTF-8 page");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Polls `/metrics` until `done` holds for them; panics after `limit`.
+pub fn wait_for_metrics(
+    addr: SocketAddr,
+    limit: Duration,
+    done: impl Fn(&std::collections::HashMap<String, u64>) -> bool,
+) -> std::collections::HashMap<String, u64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = metrics(addr);
+        if done(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "metrics never settled: {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,110 @@
+//! The pub/sub library API in-process: an application subscribes and unsubscribes on
+//! request, and a [`Publisher`] on a plain thread publishes into the shards.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use ringws::proto::OpCode;
+use ringws::server::{Accept, App, Message, Metrics, Reject, Server, ServerConfig, Upgrade, Ws};
+use support::{open, read_frame, send};
+
+/// `sub <topic>` and `unsub <topic>` manage subscriptions; the reply lists the topics held.
+struct Commands;
+
+impl App for Commands {
+    type State = ();
+
+    fn upgrade(&mut self, _upgrade: &Upgrade<'_>) -> Result<Accept<()>, Reject> {
+        Ok(Accept::new(()))
+    }
+
+    fn on_message(&mut self, ws: &mut Ws<'_, Self>, message: Message<'_>) {
+        let Message::Text(text) = message else {
+            return;
+        };
+        let changed = match text.split_once(' ') {
+            Some(("sub", topic)) => ws.subscribe(topic),
+            Some(("unsub", topic)) => ws.unsubscribe(topic),
+            Some(("pub", rest)) => {
+                let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                ws.publish(topic, Message::Text(body))
+            }
+            _ => false,
+        };
+        let mut topics: Vec<&str> = ws.topics().collect();
+        topics.sort_unstable();
+        let reply = format!("{changed} {}", topics.join(","));
+        let _ = ws.send_text(&reply);
+    }
+}
+
+fn start() -> Server {
+    let config = ServerConfig {
+        listen: vec!["127.0.0.1:0".parse().expect("an address")],
+        shards: 2,
+        ..ServerConfig::default()
+    };
+    Server::start(config, |_| Commands).expect("start the server")
+}
+
+fn command(stream: &mut std::net::TcpStream, text: &str) -> String {
+    send(stream, OpCode::Text, true, text.as_bytes());
+    let (_, payload) = read_frame(stream);
+    String::from_utf8(payload).expect("a text reply")
+}
+
+fn settle(server: &Server, done: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = server.metrics();
+        if done(&metrics) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "never settled: {metrics:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn subscriptions_follow_subscribe_and_unsubscribe_and_publishers_reach_them() {
+    let server = start();
+    let addr = server.local_addrs()[0];
+    let mut client = open(addr, "/");
+    assert_eq!(command(&mut client, "sub prices"), "true prices");
+    assert_eq!(command(&mut client, "sub news"), "true news,prices");
+    assert_eq!(command(&mut client, "sub news"), "false news,prices");
+    let metrics = server.metrics();
+    assert_eq!((metrics.topics, metrics.subscriptions), (2, 2));
+
+    // A plain thread publishes; the subscriber hears it, and only on its topics.
+    let publisher = server.publisher();
+    let from_thread = std::thread::spawn(move || {
+        assert!(!publisher.publish("weather", Message::Text("nobody listens")));
+        assert!(publisher.publish("prices", Message::Binary(b"\x01\x02")));
+    });
+    from_thread.join().expect("publishing thread");
+    let (header, payload) = read_frame(&mut client);
+    assert_eq!(
+        (header.opcode, payload.as_slice()),
+        (OpCode::Binary, &b"\x01\x02"[..])
+    );
+
+    // A second client publishes from its own shard; the first receives, the sender does not.
+    let mut other = open(addr, "/");
+    assert_eq!(command(&mut other, "sub news"), "true news");
+    assert_eq!(command(&mut other, "pub news hello"), "true news");
+    assert_eq!(read_frame(&mut client).1, b"hello");
+
+    assert_eq!(command(&mut client, "unsub prices"), "true news");
+    assert_eq!(command(&mut client, "unsub prices"), "false news");
+    assert_eq!(command(&mut client, "unsub news"), "true ");
+    assert_eq!(command(&mut other, "unsub news"), "true ");
+    let metrics = settle(&server, |m| m.topics == 0);
+    assert_eq!(metrics.subscriptions, 0);
+    assert!(!server.publisher().publish("news", Message::Text("gone")));
+    assert_eq!(metrics.published, 2);
+    assert_eq!(metrics.delivered, 2);
+    server.shutdown();
+    server.join().expect("clean shutdown");
+}
