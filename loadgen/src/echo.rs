@@ -11,7 +11,6 @@
 //! time), then closes with 1000 and reads until the server's close.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
+use crate::sequence::Tracker;
 use crate::stats::Stats;
 
 /// How each connection sends.
@@ -34,9 +34,6 @@ pub struct Load {
     pub message_size: usize,
     pub drain: Duration,
 }
-
-/// Skipped sequence numbers remembered per connection, to tell late from duplicate.
-const MAX_GAPS: usize = 1024;
 
 enum WriterCmd {
     /// Messages due now (closed loop).
@@ -53,19 +50,15 @@ enum WriterCmd {
 struct Shared {
     id: u32,
     sent: Cell<u32>,
-    /// Distinct messages that came back intact.
-    received: Cell<u32>,
-    /// The sequence number expected next.
-    expected: Cell<u32>,
-    /// Sequence numbers skipped over: lost, unless they arrive late (reordered).
-    gaps: RefCell<BTreeSet<u32>>,
+    /// The echoes that came back intact.
+    echoes: RefCell<Tracker>,
     closing: Cell<bool>,
     stats: Rc<RefCell<Stats>>,
 }
 
 impl Shared {
     fn in_flight(&self) -> u32 {
-        self.sent.get() - self.received.get()
+        self.sent.get() - self.echoes.borrow().received()
     }
 }
 
@@ -82,9 +75,7 @@ pub async fn run(
     let shared = Rc::new(Shared {
         id,
         sent: Cell::new(0),
-        received: Cell::new(0),
-        expected: Cell::new(0),
-        gaps: RefCell::new(BTreeSet::new()),
+        echoes: RefCell::new(Tracker::default()),
         closing: Cell::new(false),
         stats,
     });
@@ -203,26 +194,8 @@ fn check_echo(shared: &Shared, message: &[u8], load: Load, now_ns: u64) -> bool 
             return false;
         }
     };
-    let expected = shared.expected.get();
-    if stamp.sequence < expected {
-        if !shared.gaps.borrow_mut().remove(&stamp.sequence) {
-            stats.messages_duplicated += 1;
-            return false;
-        }
-        stats.messages_reordered += 1;
-    } else {
-        if stamp.sequence > expected {
-            let mut gaps = shared.gaps.borrow_mut();
-            // A server that loses much needs no exact list: what is not received is lost.
-            let room = MAX_GAPS.saturating_sub(gaps.len()) as u32;
-            gaps.extend(expected..stamp.sequence.min(expected.saturating_add(room)));
-        }
-        shared.expected.set(stamp.sequence + 1);
-    }
-    shared.received.set(shared.received.get() + 1);
-    stats.messages_received += 1;
-    stats.record_latency(now_ns.saturating_sub(stamp.sent_at_ns) / 1000);
-    true
+    let arrival = shared.echoes.borrow_mut().record(stamp.sequence);
+    stats.count_arrival(arrival, now_ns.saturating_sub(stamp.sent_at_ns) / 1000)
 }
 
 fn fail(shared: &Shared, error: String) {
@@ -240,7 +213,7 @@ async fn write_loop(
 ) {
     let mut out = Vec::with_capacity(4096);
     let mut message = Vec::with_capacity(load.message_size);
-    let mut mask = MaskSource(u64::from(shared.id).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut mask = MaskSource::new(shared.id);
     let mut closed = false;
     while let Some(first) = rx.recv().await {
         // Everything in this batch leaves in one write, at one instant.
@@ -356,10 +329,14 @@ async fn pace(
 
 /// Masking keys for the client's frames: xorshift, seeded per connection. RFC 6455 wants them
 /// unpredictable to intermediaries, not secret.
-struct MaskSource(u64);
+pub struct MaskSource(u64);
 
 impl MaskSource {
-    fn next(&mut self) -> [u8; 4] {
+    pub fn new(connection: u32) -> Self {
+        Self(u64::from(connection).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> [u8; 4] {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

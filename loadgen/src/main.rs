@@ -7,8 +7,10 @@
 
 mod cpu;
 mod echo;
+mod fanout;
 mod payload;
 mod run;
+mod sequence;
 mod stats;
 mod target;
 
@@ -24,7 +26,8 @@ use mimalloc::MiMalloc;
 use tokio::sync::watch;
 
 use crate::echo::Load;
-use crate::run::{Clock, Phase, Plan, Progress};
+use crate::fanout::Fanout;
+use crate::run::{Clock, Phase, Plan, Progress, Workload};
 use crate::stats::{Report, Stats};
 
 #[global_allocator]
@@ -36,6 +39,10 @@ enum Scenario {
     Echo,
     /// Open the connections and keep them, sending nothing.
     Hold,
+    /// Publishers and subscribers on one pub/sub topic: `--url` names it
+    /// (ws://HOST:PORT/pubsub/TOPIC); `--connections` subscribers, `--publishers` more
+    /// connections publishing `--rate` messages per second in total.
+    Fanout,
 }
 
 /// Load generator for WebSocket servers: throughput, latency and message integrity.
@@ -59,9 +66,13 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
     /// Total messages per second over all connections (open loop); latency then counts from
-    /// each message's scheduled time.
+    /// each message's scheduled time. For `fanout`: messages published per second, over
+    /// all publishers [default: 100].
     #[arg(long)]
     rate: Option<f64>,
+    /// `fanout`: connections that publish, in addition to the subscribers.
+    #[arg(long, default_value_t = 1)]
+    publishers: u32,
     /// Bytes per message; 20 is the smallest that carries the integrity stamp.
     #[arg(long, default_value_t = 20)]
     message_size: usize,
@@ -108,32 +119,47 @@ fn run(args: &Args) -> Result<bool, String> {
             payload::MIN_SIZE
         ));
     }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, args.connections as usize);
-    let pipeline = match args.scenario {
-        Scenario::Echo => args.pipeline,
-        Scenario::Hold => 0,
-    };
-    let rate = match args.scenario {
-        Scenario::Echo => args.rate.map(|total| total / f64::from(args.connections)),
-        Scenario::Hold => None,
-    };
     let seconds = |value: f64, name: &str| {
         Duration::try_from_secs_f64(value)
             .map_err(|_| format!("--{name} must be a number of seconds"))
     };
+    let drain = seconds(args.drain, "drain")?;
+    let (workload, connections) = match args.scenario {
+        Scenario::Echo | Scenario::Hold => {
+            let echo = args.scenario == Scenario::Echo;
+            let load = Load {
+                pipeline: if echo { args.pipeline } else { 0 },
+                rate: args
+                    .rate
+                    .filter(|_| echo)
+                    .map(|total| total / f64::from(args.connections)),
+                message_size: args.message_size,
+                drain,
+            };
+            (Workload::Echo(load), args.connections)
+        }
+        Scenario::Fanout => {
+            if args.publishers == 0 {
+                return Err("--publishers must be at least 1".into());
+            }
+            let rate = args.rate.unwrap_or(100.0) / f64::from(args.publishers);
+            let fanout = Fanout::new(args.publishers, rate, args.message_size, drain);
+            let connections = args
+                .connections
+                .checked_add(args.publishers)
+                .ok_or("too many connections")?;
+            (Workload::Fanout(Arc::new(fanout)), connections)
+        }
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, connections as usize);
     let plan = Arc::new(Plan {
         target,
-        connections: args.connections,
+        connections,
         threads,
-        load: Load {
-            pipeline,
-            rate,
-            message_size: args.message_size,
-            drain: seconds(args.drain, "drain")?,
-        },
+        workload,
         connect_concurrency: args.connect_concurrency.max(1),
     });
     let duration = seconds(args.duration, "duration")?;
@@ -154,7 +180,7 @@ fn run(args: &Args) -> Result<bool, String> {
 
     // Connect everything first, so the measurement sees only the steady state.
     let connect_start = Instant::now();
-    let total = u64::from(args.connections);
+    let total = u64::from(connections);
     while progress.settled.load(Ordering::Relaxed) < total
         && connect_start.elapsed() < connect_timeout
     {
@@ -205,6 +231,7 @@ fn run(args: &Args) -> Result<bool, String> {
         scenario: match args.scenario {
             Scenario::Echo => "echo",
             Scenario::Hold => "hold",
+            Scenario::Fanout => "fanout",
         },
         url: &args.url,
         connections: total,

@@ -39,6 +39,15 @@ impl Stamp {
 
     /// Reads and checks a message that `connection` should have sent with `size` bytes.
     pub fn read(message: &[u8], size: usize, connection: u32) -> Result<Stamp, Corrupt> {
+        let stamp = Self::read_any(message, size)?;
+        if stamp.connection != connection {
+            return Err(Corrupt::Connection);
+        }
+        Ok(stamp)
+    }
+
+    /// Reads and checks a message of `size` bytes from any sender.
+    pub fn read_any(message: &[u8], size: usize) -> Result<Stamp, Corrupt> {
         if message.len() != size.max(MIN_SIZE) {
             return Err(Corrupt::Length);
         }
@@ -60,9 +69,6 @@ impl Stamp {
             sequence: word(4),
             sent_at_ns: u64::from_le_bytes(sent_at),
         };
-        if stamp.connection != connection {
-            return Err(Corrupt::Connection);
-        }
         let filler_intact = message[MIN_SIZE..]
             .iter()
             .enumerate()

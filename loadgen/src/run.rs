@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 
 use crate::echo::{self, Load};
+use crate::fanout::{self, Fanout};
 use crate::stats::Stats;
 use crate::target::{self, Target};
 
@@ -56,11 +57,18 @@ pub struct Progress {
     pub received: AtomicU64,
 }
 
+/// What each connection does once open.
+pub enum Workload {
+    /// `echo` and `hold`.
+    Echo(Load),
+    Fanout(Arc<Fanout>),
+}
+
 pub struct Plan {
     pub target: Target,
     pub connections: u32,
     pub threads: usize,
-    pub load: Load,
+    pub workload: Workload,
     /// Handshakes in progress at once, per thread.
     pub connect_concurrency: usize,
 }
@@ -112,7 +120,15 @@ pub fn worker(
                             stats.record_handshake(started.elapsed().as_micros() as u64);
                         }
                         progress.established.fetch_add(1, Ordering::Relaxed);
-                        echo::run(stream, leftover, id, plan.load, clock, phase, stats).await;
+                        match &plan.workload {
+                            Workload::Echo(load) => {
+                                echo::run(stream, leftover, id, *load, clock, phase, stats).await
+                            }
+                            Workload::Fanout(fanout) => {
+                                let fanout = fanout.clone();
+                                fanout::run(stream, leftover, id, fanout, clock, phase, stats).await
+                            }
+                        }
                     }
                     Err(error) => {
                         let mut stats = stats.borrow_mut();

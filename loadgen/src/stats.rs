@@ -4,6 +4,8 @@
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::sequence::Arrival;
+
 /// Latencies are recorded in microseconds, from 1 µs to 10 minutes, at 3 significant digits.
 const MAX_LATENCY_US: u64 = 600_000_000;
 
@@ -57,6 +59,21 @@ impl Default for Stats {
 impl Stats {
     pub fn record_latency(&mut self, micros: u64) {
         self.latency_us.saturating_record(micros.max(1));
+    }
+
+    /// Counts a message with an intact stamp; returns whether it was new (not a duplicate).
+    pub fn count_arrival(&mut self, arrival: Arrival, latency_us: u64) -> bool {
+        match arrival {
+            Arrival::Duplicate => {
+                self.messages_duplicated += 1;
+                return false;
+            }
+            Arrival::Late => self.messages_reordered += 1,
+            Arrival::InOrder => {}
+        }
+        self.messages_received += 1;
+        self.record_latency(latency_us);
+        true
     }
 
     pub fn record_handshake(&mut self, micros: u64) {

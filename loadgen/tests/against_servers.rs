@@ -76,15 +76,15 @@ fn python_echo(faulty: bool) -> Peer {
 
 /// Runs the generator and returns its exit status and JSON report.
 fn loadgen(addr: &str, args: &[&str]) -> (Output, Value) {
+    loadgen_at(addr, "/loadgen", args)
+}
+
+/// Runs the generator against `path` on the server.
+fn loadgen_at(addr: &str, path: &str, args: &[&str]) -> (Output, Value) {
     let dir = tempdir();
     let json = dir.join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_ringws-loadgen"))
-        .args([
-            "--url",
-            &format!("ws://{addr}/loadgen"),
-            "--quiet",
-            "--json",
-        ])
+        .args(["--url", &format!("ws://{addr}{path}"), "--quiet", "--json"])
         .arg(&json)
         .args(args)
         .output()
@@ -198,4 +198,40 @@ fn a_faulty_server_is_caught_losing_and_corrupting_messages() {
     );
     assert!(count(&report, "messages_lost") > 0, "{report}");
     assert!(count(&report, "messages_corrupted") > 0, "{report}");
+}
+
+#[test]
+fn fanout_delivers_every_publish_to_every_subscriber() {
+    let server = ringws_serve();
+    let (output, report) = loadgen_at(
+        &server.addr,
+        "/pubsub/loadgen",
+        &[
+            "--scenario",
+            "fanout",
+            "--connections",
+            "200",
+            "--publishers",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "2",
+            "--message-size",
+            "64",
+        ],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert_eq!(count(&report, "connections_established"), 202);
+    for field in [
+        "messages_lost",
+        "messages_corrupted",
+        "messages_duplicated",
+        "messages_reordered",
+    ] {
+        assert_eq!(count(&report, field), 0, "{field}");
+    }
+    let published = count(&report, "messages_sent");
+    assert!((600..=1000).contains(&published), "published {published}");
+    assert_eq!(count(&report, "messages_received"), published * 200);
 }
