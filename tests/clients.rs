@@ -74,7 +74,7 @@ fn python_websockets_client_with_shared_compression() {
         python(),
         "Python websockets",
         SHARED_DEFLATE,
-        &["--deflate"],
+        &["--deflate", "--shared"],
     );
 }
 

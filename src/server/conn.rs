@@ -317,7 +317,9 @@ impl<S> Connection<S> {
             io.send(id, frame);
             len
         } else {
-            let frame = published.frame_for(writer.own_direction(), &mut core.compressors);
+            let counters = core.topics.counters();
+            let direction = writer.own_direction();
+            let frame = published.frame_for(direction, &mut core.compressors, counters);
             let len = frame.len();
             if policy == SlowSubscriberPolicy::DropOldest && io.queued_bytes(id) + len > limit {
                 let dropped = io.drop_oldest(id, limit.saturating_sub(len));

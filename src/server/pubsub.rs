@@ -86,6 +86,7 @@ impl Published {
         &self,
         direction: Option<Direction>,
         compressors: &mut SharedCompressors,
+        counters: &Counters,
     ) -> Bytes {
         let slot = direction.and_then(|d| {
             let index = usize::from(d.window_bits.checked_sub(8)?);
@@ -98,6 +99,7 @@ impl Published {
             let payload = self.payload();
             match compressors.get(direction) {
                 Some(compressor) if payload.len() >= compressor.min_size() => {
+                    Counters::add(&counters.compressed, 1);
                     let mut out = BytesMut::with_capacity(payload.len() / 2 + 16);
                     compressor.write_frame(self.opcode, payload, None, &mut out);
                     out.freeze()
@@ -152,6 +154,8 @@ pub(crate) struct Counters {
     delivered: AtomicU64,
     dropped: AtomicU64,
     slow_closed: AtomicU64,
+    /// Published messages compressed for a sharing group (once per window size).
+    compressed: AtomicU64,
 }
 
 impl Counters {
@@ -265,6 +269,7 @@ impl Hub {
             delivered: sum(|c| &c.delivered),
             dropped: sum(|c| &c.dropped),
             slow_closed: sum(|c| &c.slow_closed),
+            compressed: sum(|c| &c.compressed),
         }
     }
 }
@@ -297,6 +302,9 @@ pub struct Metrics {
     pub dropped: u64,
     /// Subscribers closed with 1008 for reading too slowly.
     pub slow_closed: u64,
+    /// Compressions of published messages shared by every subscriber of one window size
+    /// (connections with their own compression context are not counted).
+    pub compressed: u64,
 }
 
 /// One shard's gauges, which show how connections spread over shards.
@@ -309,7 +317,7 @@ pub struct ShardMetrics {
 impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 7] = [
+        let rows: [(&str, &str, &str, u64); 8] = [
             ("connections", "gauge", "Connections held", self.connections),
             (
                 "pubsub_topics",
@@ -346,6 +354,12 @@ impl Metrics {
                 "counter",
                 "Subscribers closed for reading too slowly",
                 self.slow_closed,
+            ),
+            (
+                "pubsub_shared_compressions_total",
+                "counter",
+                "Published messages compressed once for a window size",
+                self.compressed,
             ),
         ];
         let mut out = String::new();

@@ -2,14 +2,16 @@
 `websockets` client and checks every answer. Prints one `ok:` line per scenario; any failure
 raises and exits non-zero.
 
-usage: client.py ws://HOST:PORT [--deflate]
+usage: client.py ws://HOST:PORT [--deflate [--shared]]
 
 With --deflate the server runs with permessage-deflate on, and the scenarios run over every
-window size and context-takeover mode the client can ask for.
+window size and context-takeover mode the client can ask for; --shared says the server runs
+`--deflate shared`, so every subscriber's compression can be shared.
 """
 import os
 import sys
 import threading
+import urllib.request
 
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
@@ -123,9 +125,48 @@ def deflate_matrix():
     compressed(server_no_context_takeover=True, client_no_context_takeover=True, server_max_window_bits=10)
 
 
-scenarios = [echo_text_and_binary, fragmented, sixteen_mib, ping_pong, close_codes, many_at_once]
+def metric(name):
+    host = URL.removeprefix("ws://")
+    with urllib.request.urlopen(f"http://{host}/metrics", timeout=10) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return int(line.split()[1])
+    raise AssertionError(f"{name} missing from /metrics")
+
+
+def pubsub():
+    """Subscribers with different compression settings on one topic all get every message
+    published, in order; with --deflate shared, each message is compressed once per window
+    size, not once per subscriber."""
+    topic = URL + "/pubsub/py-" + os.urandom(4).hex()
+    settings = [None, None]
+    if DEFLATE:
+        settings += [{}, {}, {"server_max_window_bits": 10}, {"server_max_window_bits": 10},
+                     {"server_no_context_takeover": True}]
+    subscribers = []
+    for params in settings:
+        extensions = None if params is None else [ClientPerMessageDeflateFactory(**params)]
+        subscribers.append(connect(topic, extensions=extensions, compression=None, max_size=BIG))
+    text = '{"symbol": "ACME", "price": 101.25, "note": "Grüße"} ' * 40
+    messages = [text + str(i) for i in range(10)] + [os.urandom(1024), "x", b""]
+    before = metric("ringws_pubsub_shared_compressions_total")
+    with connect(topic) as publisher:
+        for message in messages:
+            publisher.send(message)
+        for ws in subscribers:
+            for message in messages:
+                assert ws.recv(timeout=10) == message
+            ws.close()
+    compressions = metric("ringws_pubsub_shared_compressions_total") - before
+    if "--shared" in sys.argv:
+        # Windows 15 and 10 form two sharing groups; "x" and b"" stay below the threshold.
+        assert compressions == 2 * 11, compressions
+    ok(f"pub/sub to {len(subscribers)} subscribers, {compressions} shared compressions")
+
+
+scenarios = [echo_text_and_binary, fragmented, sixteen_mib, ping_pong, close_codes, many_at_once, pubsub]
 if DEFLATE:
-    scenarios = [deflate_matrix, sixteen_mib, many_at_once]
+    scenarios = [deflate_matrix, sixteen_mib, many_at_once, pubsub]
 for scenario in scenarios:
     scenario()
 print("python websockets: all scenarios passed", flush=True)
