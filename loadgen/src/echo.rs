@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use ringws::proto::frame::write_frame;
 use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
-use tokio_uring::net::TcpStream;
 
+use crate::link::Link;
 use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
 use crate::sequence::Tracker;
@@ -63,7 +63,7 @@ impl Shared {
 }
 
 pub async fn run(
-    stream: TcpStream,
+    stream: Rc<Link>,
     leftover: Vec<u8>,
     id: u32,
     load: Load,
@@ -71,7 +71,6 @@ pub async fn run(
     mut phase: watch::Receiver<Phase>,
     stats: Rc<RefCell<Stats>>,
 ) {
-    let stream = Rc::new(stream);
     let shared = Rc::new(Shared {
         id,
         sent: Cell::new(0),
@@ -95,7 +94,7 @@ pub async fn run(
 }
 
 async fn read_loop(
-    stream: &TcpStream,
+    stream: &Link,
     mut pending: Vec<u8>,
     shared: &Shared,
     load: Load,
@@ -205,7 +204,7 @@ fn fail(shared: &Shared, error: String) {
 }
 
 async fn write_loop(
-    stream: Rc<TcpStream>,
+    stream: Rc<Link>,
     mut rx: mpsc::UnboundedReceiver<WriterCmd>,
     shared: Rc<Shared>,
     load: Load,

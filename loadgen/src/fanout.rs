@@ -21,9 +21,9 @@ use std::time::Duration;
 use ringws::proto::frame::write_frame;
 use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
-use tokio_uring::net::TcpStream;
 
 use crate::echo::MaskSource;
+use crate::link::Link;
 use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
 use crate::sequence::Tracker;
@@ -99,7 +99,7 @@ struct Subscriber {
 }
 
 pub async fn run(
-    stream: TcpStream,
+    stream: Rc<Link>,
     leftover: Vec<u8>,
     id: u32,
     plan: Arc<Fanout>,
@@ -107,7 +107,6 @@ pub async fn run(
     phase: watch::Receiver<Phase>,
     stats: Rc<RefCell<Stats>>,
 ) {
-    let stream = Rc::new(stream);
     let conn = Rc::new(Conn {
         id,
         closing: Cell::new(false),
@@ -234,7 +233,7 @@ async fn close_when_complete(
 /// them; both answer pings.
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
-    stream: Rc<TcpStream>,
+    stream: Rc<Link>,
     mut pending: Vec<u8>,
     conn: Rc<Conn>,
     subscriber: Option<Rc<Subscriber>>,
@@ -328,7 +327,7 @@ fn deliver(
 
 /// The connection's only writer: frames leave in the order they were queued, batched into
 /// one write when several are waiting.
-async fn write_out(stream: Rc<TcpStream>, mut rx: mpsc::UnboundedReceiver<Out>, conn: Rc<Conn>) {
+async fn write_out(stream: Rc<Link>, mut rx: mpsc::UnboundedReceiver<Out>, conn: Rc<Conn>) {
     let mut out = Vec::with_capacity(4096);
     let mut mask = MaskSource::new(conn.id);
     let mut closed = false;

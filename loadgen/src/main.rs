@@ -8,7 +8,9 @@
 mod cpu;
 mod echo;
 mod fanout;
+mod link;
 mod payload;
+mod profile;
 mod run;
 mod sequence;
 mod stats;
@@ -27,8 +29,9 @@ use tokio::sync::watch;
 
 use crate::echo::Load;
 use crate::fanout::Fanout;
+use crate::profile::{Mix, Profile};
 use crate::run::{Clock, Phase, Plan, Progress, Workload};
-use crate::stats::{Report, Stats};
+use crate::stats::{ProfileReport, Report, Stats};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -88,6 +91,15 @@ struct Args {
     /// Handshakes in progress at once, per thread.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// The network every client sees: a preset (none, wifi, lte, 4g, fast-3g, slow-3g,
+    /// satellite, rural) or `NAME,key=value,...` with rtt, jitter, down, up, rcvbuf,
+    /// stall-every, stall-for changed (`custom,...` starts from no shaping).
+    #[arg(long, default_value = "none", conflicts_with = "profile_mix")]
+    profile: String,
+    /// A population of presets with weights, e.g. `90:wifi,10:slow-3g`; the report gives
+    /// latency per profile.
+    #[arg(long)]
+    profile_mix: Option<String>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -155,11 +167,16 @@ fn run(args: &Args) -> Result<bool, String> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, connections as usize);
+    let mix = match &args.profile_mix {
+        Some(spec) => Mix::parse(spec)?,
+        None => Mix::single(Profile::parse(&args.profile)?),
+    };
     let plan = Arc::new(Plan {
         target,
         connections,
         threads,
         workload,
+        mix: mix.clone(),
         connect_concurrency: args.connect_concurrency.max(1),
     });
     let duration = seconds(args.duration, "duration")?;
@@ -216,13 +233,32 @@ fn run(args: &Args) -> Result<bool, String> {
     let _ = phase_tx.send(Phase::Draining);
     status(args, || "draining".to_owned());
 
-    let mut stats = Stats::default();
+    // One bucket per profile of the mix, then one for unshaped publishers.
+    let mut buckets = vec![Stats::default(); mix.len() + 1];
     for worker in workers {
-        let part = worker
+        let parts = worker
             .join()
             .map_err(|_| "a worker thread panicked".to_owned())?;
-        stats.merge(&part);
+        for (bucket, part) in buckets.iter_mut().zip(&parts) {
+            bucket.merge(part);
+        }
     }
+    let mut stats = Stats::default();
+    for bucket in &buckets {
+        stats.merge(bucket);
+    }
+    let shaped = mix.len() > 1 || mix.profiles().any(|p| !p.is_ideal());
+    let profiles: Vec<ProfileReport> = if shaped {
+        mix.profiles()
+            .zip(&buckets)
+            .map(|(profile, stats)| ProfileReport {
+                name: &profile.name,
+                stats,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     if !args.quiet {
         eprintln!();
     }
@@ -237,6 +273,7 @@ fn run(args: &Args) -> Result<bool, String> {
         connections: total,
         duration_secs: measured.as_secs_f64(),
         stats: &stats,
+        profiles: &profiles,
         cpu_percent: 100.0 * cpu_used.as_secs_f64() / (measured.as_secs_f64() * threads as f64),
         threads,
     };

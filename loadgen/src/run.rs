@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::echo::{self, Load};
 use crate::fanout::{self, Fanout};
+use crate::profile::{Mix, Profile};
 use crate::stats::Stats;
 use crate::target::{self, Target};
 
@@ -69,17 +70,35 @@ pub struct Plan {
     pub connections: u32,
     pub threads: usize,
     pub workload: Workload,
+    /// The network each connection sees (fanout publishers excepted: they sit next to the
+    /// server, as a backend does).
+    pub mix: Mix,
     /// Handshakes in progress at once, per thread.
     pub connect_concurrency: usize,
 }
 
-/// One worker thread: connects its connections, runs them, returns what it measured.
+impl Plan {
+    /// Which statistics bucket, and which link profile, connection `id` gets: a profile of
+    /// the mix, or (for a fanout publisher) the unshaped bucket after them.
+    fn profile_of(&self, id: u32) -> (usize, Option<&Profile>) {
+        match &self.workload {
+            Workload::Fanout(fanout) if id < fanout.publishers => (self.mix.len(), None),
+            _ => {
+                let index = self.mix.assign(id);
+                (index, self.mix.profiles().nth(index))
+            }
+        }
+    }
+}
+
+/// One worker thread: connects its connections, runs them, returns what it measured, one
+/// [`Stats`] per profile of the mix and one for unshaped publishers.
 pub fn worker(
     plan: Arc<Plan>,
     index: usize,
     phase: watch::Receiver<Phase>,
     progress: Arc<Progress>,
-) -> Stats {
+) -> Vec<Stats> {
     let ids: Vec<u32> = (0..plan.connections)
         .filter(|id| *id as usize % plan.threads == index)
         .collect();
@@ -87,20 +106,23 @@ pub fn worker(
         .clamp(256, 32 * 1024)
         .next_power_of_two();
     tokio_uring::builder().entries(entries).start(async move {
-        let stats = Rc::new(RefCell::new(Stats::default()));
+        let buckets: Vec<Rc<RefCell<Stats>>> = (0..=plan.mix.len())
+            .map(|_| Rc::new(RefCell::new(Stats::default())))
+            .collect();
         let clock = Clock::get();
         let gate = Rc::new(Semaphore::new(plan.connect_concurrency));
         let published = Rc::new(Cell::new(0));
         let flusher = tokio_uring::spawn(flush_progress(
-            stats.clone(),
+            buckets.clone(),
             progress.clone(),
             published.clone(),
         ));
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
+            let (bucket, _) = plan.profile_of(id);
             let (plan, stats, gate, phase, progress) = (
                 plan.clone(),
-                stats.clone(),
+                buckets[bucket].clone(),
                 gate.clone(),
                 phase.clone(),
                 progress.clone(),
@@ -109,7 +131,7 @@ pub fn worker(
                 let started = Instant::now();
                 let opened = {
                     let _permit = gate.acquire().await;
-                    target::open(&plan.target).await
+                    target::open(&plan.target, plan.profile_of(id).1).await
                 };
                 progress.settled.fetch_add(1, Ordering::Relaxed);
                 match opened {
@@ -142,15 +164,15 @@ pub fn worker(
             let _ = task.await;
         }
         flusher.abort();
-        publish_received(&stats, &progress, &published);
-        stats.borrow().clone()
+        publish_received(&buckets, &progress, &published);
+        buckets.iter().map(|b| b.borrow().clone()).collect()
     })
 }
 
 /// Adds what this thread received since the last call to `progress`; `published` remembers
 /// how much it already has.
-fn publish_received(stats: &RefCell<Stats>, progress: &Progress, published: &Cell<u64>) {
-    let received = stats.borrow().messages_received;
+fn publish_received(buckets: &[Rc<RefCell<Stats>>], progress: &Progress, published: &Cell<u64>) {
+    let received = buckets.iter().map(|b| b.borrow().messages_received).sum();
     let before = published.replace(received);
     progress
         .received
@@ -160,12 +182,12 @@ fn publish_received(stats: &RefCell<Stats>, progress: &Progress, published: &Cel
 /// Publishes this thread's received count a few times a second, without touching a shared
 /// atomic on every message.
 async fn flush_progress(
-    stats: Rc<RefCell<Stats>>,
+    buckets: Vec<Rc<RefCell<Stats>>>,
     progress: Arc<Progress>,
     published: Rc<Cell<u64>>,
 ) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        publish_received(&stats, &progress, &published);
+        publish_received(&buckets, &progress, &published);
     }
 }

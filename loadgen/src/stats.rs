@@ -106,6 +106,12 @@ impl Stats {
     }
 }
 
+/// One profile's share of a run with a link model.
+pub struct ProfileReport<'a> {
+    pub name: &'a str,
+    pub stats: &'a Stats,
+}
+
 /// What a run measured, with what it took to measure it.
 pub struct Report<'a> {
     pub scenario: &'a str,
@@ -113,6 +119,8 @@ pub struct Report<'a> {
     pub connections: u64,
     pub duration_secs: f64,
     pub stats: &'a Stats,
+    /// Per link profile, when a link model was on.
+    pub profiles: &'a [ProfileReport<'a>],
     /// The generator's own CPU time over the run, as a share of the cores it ran on.
     pub cpu_percent: f64,
     pub threads: usize,
@@ -169,6 +177,15 @@ impl Report<'_> {
             "loadgen_cpu_percent": (self.cpu_percent * 10.0).round() / 10.0,
             "loadgen_threads": self.threads,
             "errors": s.errors,
+            "profiles": self.profiles.iter().map(|p| json!({
+                "name": p.name,
+                "connections_established": p.stats.connections_established,
+                "connections_dropped": p.stats.connections_dropped,
+                "messages_sent": p.stats.messages_sent,
+                "messages_received": p.stats.messages_received,
+                "messages_lost": p.stats.messages_lost,
+                "latency_us": percentiles(&p.stats.latency_us),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -212,6 +229,26 @@ impl Report<'_> {
                 s.handshake_us.value_at_quantile(0.5),
                 s.handshake_us.value_at_quantile(0.99),
                 s.handshake_us.max()
+            );
+        }
+        for p in self.profiles {
+            let l = &p.stats.latency_us;
+            let q = |q: f64| {
+                if l.is_empty() {
+                    0
+                } else {
+                    l.value_at_quantile(q)
+                }
+            };
+            println!(
+                "  {:<13} {} conns, {} received, {} lost; latency µs p50 {}  p99 {}  max {}",
+                p.name,
+                p.stats.connections_established,
+                p.stats.messages_received,
+                p.stats.messages_lost,
+                q(0.5),
+                q(0.99),
+                l.max()
             );
         }
         println!(

@@ -1,9 +1,13 @@
 //! The server under test: a `ws://` URL, resolved once, and the opening handshake.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 
 use ringws::proto::handshake::{ClientHandshake, ClientRequest};
 use tokio_uring::net::TcpStream;
+
+use crate::link::Link;
+use crate::profile::Profile;
 
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -47,14 +51,19 @@ impl Target {
     }
 }
 
-/// Connects and upgrades. Returns the stream and any bytes that followed the 101 response.
-pub async fn open(target: &Target) -> Result<(TcpStream, Vec<u8>), String> {
+/// Connects and upgrades over `profile`'s link. Returns the link and any bytes that
+/// followed the 101 response.
+pub async fn open(
+    target: &Target,
+    profile: Option<&Profile>,
+) -> Result<(Rc<Link>, Vec<u8>), String> {
     let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let link = Link::new(stream, profile).map_err(|e| format!("link model: {e}"))?;
     let mut request = Vec::with_capacity(256);
     let mut handshake = ClientHandshake::new(
         &ClientRequest {
@@ -64,12 +73,12 @@ pub async fn open(target: &Target) -> Result<(TcpStream, Vec<u8>), String> {
         },
         &mut request,
     );
-    let (result, _) = stream.write_all(request).await;
+    let (result, _) = link.write_all(request).await;
     result.map_err(|e| format!("send the upgrade request: {e}"))?;
     let mut buf = Vec::with_capacity(1024);
     loop {
         buf.clear();
-        let (result, read) = stream.read(buf).await;
+        let (result, read) = link.read(buf).await;
         buf = read;
         match result {
             Ok(0) => return Err("the server closed during the handshake".to_owned()),
@@ -80,7 +89,7 @@ pub async fn open(target: &Target) -> Result<(TcpStream, Vec<u8>), String> {
             .feed(&buf)
             .map_err(|e| format!("handshake: {e}"))?
         {
-            return Ok((stream, buf[accepted.consumed..].to_vec()));
+            return Ok((link, buf[accepted.consumed..].to_vec()));
         }
     }
 }
