@@ -280,3 +280,22 @@ fn compression_skips_messages_below_the_threshold() {
         payload.len()
     );
 }
+
+#[test]
+fn a_second_server_on_a_busy_port_refuses_to_start() {
+    let first = Server::start(&[]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringws"))
+        .args(["serve", "--listen", &first.addr.to_string()])
+        .output()
+        .expect("run a second ringws serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the second server started: {stderr}"
+    );
+    assert!(stderr.contains("another process is listening"), "{stderr}");
+    // The first one is untouched.
+    let mut client = open(first.addr, "/");
+    send(&mut client, OpCode::Text, true, b"still mine");
+    assert_eq!(read_frame(&mut client).1, b"still mine");
+}

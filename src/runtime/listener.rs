@@ -7,6 +7,34 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Creates a listening socket bound to `addr` with SO_REUSEPORT.
 pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+    let socket = bind(addr, true)?;
+    // SAFETY: listen on the socket we own.
+    if unsafe { libc::listen(socket.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// Fails when something already listens on `addr`. SO_REUSEPORT would otherwise let a
+/// second server (of the same user) join the port silently and take half the connections.
+pub(crate) fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    bind(addr, false).map(drop).map_err(|err| {
+        if err.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("cannot listen on {addr}: another process is listening there"),
+            )
+        } else {
+            err
+        }
+    })
+}
+
+/// A socket bound to `addr`; `share` sets SO_REUSEPORT so every shard can bind it.
+fn bind(addr: SocketAddr, share: bool) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -26,7 +54,9 @@ pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     // SAFETY: `fd` is a fresh descriptor owned by nothing else.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     set_option(&socket, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_option(&socket, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if share {
+        set_option(&socket, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
     if addr.is_ipv6() {
         set_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
@@ -38,10 +68,6 @@ pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
             err.kind(),
             format!("cannot bind {addr}: {err}"),
         ));
-    }
-    // SAFETY: listen on the socket we own.
-    if unsafe { libc::listen(socket.as_raw_fd(), backlog) } != 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(socket)
 }

@@ -838,6 +838,7 @@ impl<H: Handler> Shard<H> {
 pub(super) fn bind_all(config: &Config) -> io::Result<Vec<Vec<OwnedFd>>> {
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..config.shards).map(|_| Vec::new()).collect();
     for &addr in &config.listen {
+        listener::ensure_free(addr)?;
         let first = listener::listen(addr, config.backlog)?;
         let bound = listener::local_addr(&first)?;
         per_shard[0].push(first);
