@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Pub/sub fan-out: deliveries per second and delivery latency, one publisher to 1,000 and
+# 10,000 subscribers; then the slow-subscriber check: fast subscribers' p99 with 10% of
+# subscribers on slow-3g, against a run where all are on wifi.
+#
+#   scripts/bench-pubsub.sh [SECONDS]        default 10 s per measurement
+#
+# The server runs pinned to core 0 (`ringws serve --shards 1`), ringws-loadgen pinned to
+# core 1 with one thread: the numbers are a floor set by whichever side saturates first,
+# and the report's CPU line says which. 100,000 subscribers need more descriptors than one
+# generator process may open (RLIMIT_NOFILE 20,000 here); see docs/benchmarks.md.
+# Writes target/bench-pubsub/results.md and the loadgen JSON reports beside it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${1:-10}"
+out=target/bench-pubsub
+mkdir -p "$out"
+command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is needed" >&2; exit 1; }
+[ "$(nproc)" -ge 2 ] || { echo "bench: needs two cores (server on one, client on the other)" >&2; exit 1; }
+
+cargo build --release --quiet --workspace --bins
+loadgen=target/release/ringws-loadgen
+
+pid=""
+stop() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  pid=""
+}
+trap stop EXIT
+
+start_server() {
+  local log="$out/server.log"
+  taskset -c 0 target/release/ringws serve --listen 127.0.0.1:0 --shards 1 --idle-timeout 0 \
+    --max-connections 20000 >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
+  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -1)
+  [ -n "$addr" ] || { cat "$log" >&2; echo "bench: ringws did not start" >&2; exit 1; }
+}
+
+field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, r))" "$@"; }
+
+# fanout NAME SUBSCRIBERS RATE SIZE [loadgen args...]: one run, its JSON in $out/NAME.json.
+fanout() {
+  local name=$1 subscribers=$2 rate=$3 size=$4
+  shift 4
+  start_server
+  taskset -c 1 "$loadgen" --url "ws://$addr/pubsub/bench" --scenario fanout \
+    --connections "$subscribers" --rate "$rate" --message-size "$size" --threads 1 \
+    --duration "$seconds" --drain 5 --quiet --json "$out/$name.json" "$@" \
+    | tee "$out/$name.txt" || true
+  stop
+}
+
+{
+  echo "| subscribers | published msg/s | deliveries/s | p50 µs | p99 µs | p99.9 µs | lost | generator CPU |"
+  echo "|---|---|---|---|---|---|---|---|"
+} >"$out/results.md"
+for run in "1000 200" "1000 1000" "10000 20" "10000 100"; do
+  set -- $run
+  name="fanout-$1-$2"
+  fanout "$name" "$1" "$2" 64
+  j="$out/$name.json"
+  echo "| $1 | $2 | $(field "$j" 'round(throughput_msgs_per_sec)') | $(field "$j" 'latency_us["p50"]') | $(field "$j" 'latency_us["p99"]') | $(field "$j" 'latency_us["p999"]') | $(field "$j" 'messages_lost') | $(field "$j" 'loadgen_cpu_percent')% |" >>"$out/results.md"
+done
+
+echo >>"$out/results.md"
+echo "| population (1,000 subscribers, 100 msg/s of 1 KiB) | wifi p50 µs | wifi p99 µs | slow-3g p99 µs | lost |" >>"$out/results.md"
+echo "|---|---|---|---|---|" >>"$out/results.md"
+for mix in "100:wifi" "90:wifi,10:slow-3g"; do
+  name="isolation-${mix//[:,]/-}"
+  fanout "$name" 1000 100 1024 --profile-mix "$mix"
+  j="$out/$name.json"
+  slow=$(field "$j" 'next((p["latency_us"]["p99"] for p in profiles if p["name"] == "slow-3g"), "-")')
+  echo "| $mix | $(field "$j" 'profiles[0]["latency_us"]["p50"]') | $(field "$j" 'profiles[0]["latency_us"]["p99"]') | $slow | $(field "$j" 'messages_lost') |" >>"$out/results.md"
+done
+cat "$out/results.md"
