@@ -15,7 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use ringws::proto::frame::write_frame;
@@ -37,19 +37,60 @@ pub struct Fanout {
     pub rate: f64,
     pub message_size: usize,
     pub drain: Duration,
-    /// Messages each publisher has sent so far, read by every subscriber at the end.
+    /// Messages each publisher has sent so far, read by every subscriber at the end. With
+    /// worker processes, publishers elsewhere have their counts filled in by the parent.
     pub published: Box<[AtomicU32]>,
+    /// Publishers of this process that have stopped.
+    pub stopped: AtomicU32,
+    /// Publishers of this process; the others run in other worker processes.
+    pub local_publishers: u32,
+    /// Set when the counts of publishers in other processes are in.
+    pub remote_counts_in: AtomicBool,
 }
 
 impl Fanout {
-    pub fn new(publishers: u32, rate: f64, message_size: usize, drain: Duration) -> Self {
+    pub fn new(
+        publishers: u32,
+        local_publishers: u32,
+        rate: f64,
+        message_size: usize,
+        drain: Duration,
+    ) -> Self {
         Self {
             publishers,
             rate,
             message_size,
             drain,
             published: (0..publishers).map(|_| AtomicU32::new(0)).collect(),
+            stopped: AtomicU32::new(0),
+            local_publishers,
+            remote_counts_in: AtomicBool::new(local_publishers == publishers),
         }
+    }
+
+    /// Whether every publisher's final count is known here.
+    fn counts_final(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) >= self.local_publishers
+            && self.remote_counts_in.load(Ordering::Acquire)
+    }
+
+    /// Once this process's publishers have stopped: their final counts.
+    pub fn local_counts(&self) -> Option<Vec<(u32, u32)>> {
+        (self.stopped.load(Ordering::Acquire) >= self.local_publishers).then(|| {
+            (0..self.publishers)
+                .map(|p| (p, self.sent_by(p as usize)))
+                .collect()
+        })
+    }
+
+    /// Counts from other processes' publishers, as the parent relays them.
+    pub fn set_remote_counts(&self, counts: &[(u32, u32)]) {
+        for &(publisher, count) in counts {
+            if let Some(slot) = self.published.get(publisher as usize) {
+                slot.fetch_max(count, Ordering::AcqRel);
+            }
+        }
+        self.remote_counts_in.store(true, Ordering::Release);
     }
 
     fn sent_by(&self, publisher: usize) -> u32 {
@@ -206,6 +247,7 @@ async fn publish(
             }
         }
     }
+    plan.stopped.fetch_add(1, Ordering::AcqRel);
     let _ = phase.wait_for(|p| *p != Phase::Running).await;
     conn.closing.set(true);
     let _ = outbox.send(Out::Close);
@@ -222,7 +264,9 @@ async fn close_when_complete(
 ) {
     let _ = phase.wait_for(|p| *p == Phase::Draining).await;
     let give_up = tokio::time::Instant::now() + plan.drain;
-    while subscriber.received.get() < plan.sent_total() && tokio::time::Instant::now() < give_up {
+    while !(plan.counts_final() && subscriber.received.get() >= plan.sent_total())
+        && tokio::time::Instant::now() < give_up
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     conn.closing.set(true);

@@ -6,10 +6,12 @@
 //! speed.
 
 mod cpu;
+mod drive;
 mod echo;
 mod fanout;
 mod link;
 mod payload;
+mod processes;
 mod profile;
 mod run;
 mod sequence;
@@ -17,20 +19,20 @@ mod stats;
 mod target;
 
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use mimalloc::MiMalloc;
-use tokio::sync::watch;
 
+use crate::drive::{Control, Outcome};
 use crate::echo::Load;
 use crate::fanout::Fanout;
 use crate::profile::{Mix, Profile};
-use crate::run::{Clock, Phase, Plan, Progress, Workload};
+use crate::run::{Plan, Share, Workload};
 use crate::stats::{ProfileReport, Report, Stats};
 
 #[global_allocator]
@@ -100,6 +102,20 @@ struct Args {
     /// latency per profile.
     #[arg(long)]
     profile_mix: Option<String>,
+    /// Worker processes, each with a share of the connections [default: as many as the
+    /// open-file limit needs].
+    #[arg(long)]
+    processes: Option<u32>,
+    /// Local addresses to connect from, in turn (comma-separated). Default: the kernel's
+    /// choice, or for a loopback target with more connections than one address's ephemeral
+    /// ports, 127.0.0.1, 127.0.0.2, ... as many as needed.
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<std::net::IpAddr>,
+    /// Internal: this process is worker INDEX of COUNT, steered through stdin and stdout.
+    #[arg(long, hide = true, requires = "worker_count")]
+    worker_index: Option<u32>,
+    #[arg(long, hide = true, requires = "worker_index")]
+    worker_count: Option<u32>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -120,6 +136,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// Connections one source address can hold to one server address: the ephemeral port
+/// range (32768-60999 by default) with a margin.
+const PORTS_PER_SOURCE: u64 = 25_000;
+
 fn run(args: &Args) -> Result<bool, String> {
     let target = target::Target::parse(&args.url)?;
     if args.connections == 0 {
@@ -136,10 +156,33 @@ fn run(args: &Args) -> Result<bool, String> {
             .map_err(|_| format!("--{name} must be a number of seconds"))
     };
     let drain = seconds(args.drain, "drain")?;
-    let (workload, connections) = match args.scenario {
+    let duration = seconds(args.duration, "duration")?;
+    let connect_timeout = seconds(args.connect_timeout, "connect-timeout")?;
+    let connections = match args.scenario {
+        Scenario::Fanout => args
+            .connections
+            .checked_add(args.publishers)
+            .ok_or("too many connections")?,
+        _ => args.connections,
+    };
+    let share = match (args.worker_index, args.worker_count) {
+        (Some(index), Some(count)) if index < count => Share { index, count },
+        (Some(_), Some(_)) => return Err("--worker-index must be below --worker-count".into()),
+        _ => Share { index: 0, count: 1 },
+    };
+    let worker = args.worker_count.is_some();
+    let processes = args
+        .processes
+        .unwrap_or_else(|| processes::needed(u64::from(connections)))
+        .max(1);
+    if !worker && processes > 1 {
+        return run_processes(args, processes, connections, duration, connect_timeout);
+    }
+
+    let workload = match args.scenario {
         Scenario::Echo | Scenario::Hold => {
             let echo = args.scenario == Scenario::Echo;
-            let load = Load {
+            Workload::Echo(Load {
                 pipeline: if echo { args.pipeline } else { 0 },
                 rate: args
                     .rate
@@ -147,110 +190,141 @@ fn run(args: &Args) -> Result<bool, String> {
                     .map(|total| total / f64::from(args.connections)),
                 message_size: args.message_size,
                 drain,
-            };
-            (Workload::Echo(load), args.connections)
+            })
         }
         Scenario::Fanout => {
             if args.publishers == 0 {
                 return Err("--publishers must be at least 1".into());
             }
             let rate = args.rate.unwrap_or(100.0) / f64::from(args.publishers);
-            let fanout = Fanout::new(args.publishers, rate, args.message_size, drain);
-            let connections = args
-                .connections
-                .checked_add(args.publishers)
-                .ok_or("too many connections")?;
-            (Workload::Fanout(Arc::new(fanout)), connections)
+            let local = (0..args.publishers)
+                .filter(|id| id % share.count == share.index)
+                .count() as u32;
+            let fanout = Fanout::new(args.publishers, local, rate, args.message_size, drain);
+            Workload::Fanout(Arc::new(fanout))
         }
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(|| cores.div_ceil(share.count as usize))
         .clamp(1, connections as usize);
     let mix = match &args.profile_mix {
         Some(spec) => Mix::parse(spec)?,
         None => Mix::single(Profile::parse(&args.profile)?),
     };
     let plan = Arc::new(Plan {
-        target,
+        target: target.clone(),
         connections,
         threads,
+        process: share,
+        source_ips: source_ips(args, &target, connections),
         workload,
         mix: mix.clone(),
         connect_concurrency: args.connect_concurrency.max(1),
     });
-    let duration = seconds(args.duration, "duration")?;
-    let connect_timeout = seconds(args.connect_timeout, "connect-timeout")?;
-    Clock::get();
-
-    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
-    let progress = Arc::new(Progress::default());
-    let workers: Vec<_> = (0..threads)
-        .map(|index| {
-            let (plan, phase, progress) = (plan.clone(), phase_rx.clone(), progress.clone());
-            std::thread::Builder::new()
-                .name(format!("loadgen-{index}"))
-                .spawn(move || run::worker(plan, index, phase, progress))
-                .map_err(|e| format!("cannot start a worker thread: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-
-    // Connect everything first, so the measurement sees only the steady state.
-    let connect_start = Instant::now();
-    let total = u64::from(connections);
-    while progress.settled.load(Ordering::Relaxed) < total
-        && connect_start.elapsed() < connect_timeout
-    {
-        std::thread::sleep(Duration::from_millis(50));
-        status(args, || {
-            format!(
-                "connecting: {} of {total} open",
-                progress.established.load(Ordering::Relaxed)
-            )
-        });
+    if worker {
+        let outcome = drive::drive(plan, Control::Parent)?;
+        let line = serde_json::to_string(&outcome.to_wire()).map_err(|e| e.to_string())?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "result {line}").map_err(|e| e.to_string())?;
+        return Ok(true);
     }
+    let quiet = args.quiet;
+    let control = Control::Local {
+        duration,
+        connect_timeout,
+        status: Box::new(move |line| status(quiet, line)),
+    };
+    let outcome = drive::drive(plan, control)?;
+    report(args, &mix, connections, threads, &outcome)
+}
 
-    let cpu_start = cpu::process_cpu_time();
-    let started = Instant::now();
-    let _ = phase_tx.send(Phase::Running);
-    let mut last = (started, progress.received.load(Ordering::Relaxed));
-    while started.elapsed() < duration {
-        std::thread::sleep((duration - started.elapsed()).min(Duration::from_secs(1)));
-        let now = (Instant::now(), progress.received.load(Ordering::Relaxed));
-        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
-        last = now;
-        status(args, || {
-            format!(
-                "{:>5.1} s  {} connections  {:.0} msg/s",
-                started.elapsed().as_secs_f64(),
-                progress.established.load(Ordering::Relaxed),
-                rate
-            )
-        });
+/// The addresses to connect from: as given, or spread over loopback addresses when one
+/// would run out of ephemeral ports.
+fn source_ips(args: &Args, target: &target::Target, connections: u32) -> Vec<IpAddr> {
+    if !args.source_ips.is_empty() {
+        return args.source_ips.clone();
     }
-    let measured = started.elapsed();
-    let cpu_used = cpu::process_cpu_time().saturating_sub(cpu_start);
-    let _ = phase_tx.send(Phase::Draining);
-    status(args, || "draining".to_owned());
+    let needed = u64::from(connections).div_ceil(PORTS_PER_SOURCE);
+    if !target.addr.ip().is_loopback() || !target.addr.is_ipv4() || needed <= 1 {
+        return Vec::new();
+    }
+    (0..needed.min(250) as u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i)))
+        .collect()
+}
 
-    // One bucket per profile of the mix, then one for unshaped publishers.
-    let mut buckets = vec![Stats::default(); mix.len() + 1];
-    for worker in workers {
-        let parts = worker
-            .join()
-            .map_err(|_| "a worker thread panicked".to_owned())?;
-        for (bucket, part) in buckets.iter_mut().zip(&parts) {
-            bucket.merge(part);
+/// Runs worker processes with this process's arguments and reports their merged results.
+fn run_processes(
+    args: &Args,
+    processes: u32,
+    connections: u32,
+    duration: Duration,
+    connect_timeout: Duration,
+) -> Result<bool, String> {
+    // The workers run everything but the report: no JSON file, no progress of their own.
+    let mut forwarded = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        match arg.as_str() {
+            "--json" | "--processes" => skip = true,
+            "--quiet" => {}
+            _ if arg.starts_with("--json=") || arg.starts_with("--processes=") => {}
+            _ => forwarded.push(arg),
         }
     }
+    forwarded.push("--quiet".to_owned());
+    let publishers = if args.scenario == Scenario::Fanout {
+        args.publishers
+    } else {
+        0
+    };
+    let quiet = args.quiet;
+    let outcome = processes::run(
+        processes,
+        &forwarded,
+        u64::from(connections),
+        publishers,
+        duration,
+        connect_timeout,
+        |line| status(quiet, line),
+    )?;
+    let mix = match &args.profile_mix {
+        Some(spec) => Mix::parse(spec)?,
+        None => Mix::single(Profile::parse(&args.profile)?),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args
+        .threads
+        .unwrap_or_else(|| cores.div_ceil(processes as usize))
+        * processes as usize;
+    report(args, &mix, connections, threads, &outcome)
+}
+
+/// Prints the table, writes the JSON, and says whether the run was clean.
+fn report(
+    args: &Args,
+    mix: &Mix,
+    connections: u32,
+    threads: usize,
+    outcome: &Outcome,
+) -> Result<bool, String> {
+    if !args.quiet {
+        eprintln!();
+    }
+    let buckets = &outcome.buckets;
     let mut stats = Stats::default();
-    for bucket in &buckets {
+    for bucket in buckets {
         stats.merge(bucket);
     }
     let shaped = mix.len() > 1 || mix.profiles().any(|p| !p.is_ideal());
     let profiles: Vec<ProfileReport> = if shaped {
         mix.profiles()
-            .zip(&buckets)
+            .zip(buckets)
             .map(|(profile, stats)| ProfileReport {
                 name: &profile.name,
                 stats,
@@ -259,10 +333,8 @@ fn run(args: &Args) -> Result<bool, String> {
     } else {
         Vec::new()
     };
-    if !args.quiet {
-        eprintln!();
-    }
-
+    let measured = outcome.measured.as_secs_f64();
+    let total = u64::from(connections);
     let report = Report {
         scenario: match args.scenario {
             Scenario::Echo => "echo",
@@ -271,10 +343,10 @@ fn run(args: &Args) -> Result<bool, String> {
         },
         url: &args.url,
         connections: total,
-        duration_secs: measured.as_secs_f64(),
+        duration_secs: measured,
         stats: &stats,
         profiles: &profiles,
-        cpu_percent: 100.0 * cpu_used.as_secs_f64() / (measured.as_secs_f64() * threads as f64),
+        cpu_percent: 100.0 * outcome.cpu.as_secs_f64() / (measured * threads as f64).max(1e-9),
         threads,
     };
     report.print_table();
@@ -289,20 +361,19 @@ fn run(args: &Args) -> Result<bool, String> {
         let text = serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
     }
-    let clean = stats.connect_errors == 0
+    Ok(stats.connect_errors == 0
         && stats.connections_dropped == 0
         && stats.connections_established == total
         && stats.messages_lost == 0
         && stats.messages_corrupted == 0
         && stats.messages_duplicated == 0
-        && stats.messages_reordered == 0;
-    Ok(clean)
+        && stats.messages_reordered == 0)
 }
 
 /// One progress line on stderr, rewritten in place.
-fn status(args: &Args, line: impl FnOnce() -> String) {
-    if !args.quiet {
-        eprint!("\r\x1b[2K{}", line());
+fn status(quiet: bool, line: String) {
+    if !quiet {
+        eprint!("\r\x1b[2K{line}");
         let _ = std::io::stderr().flush();
     }
 }

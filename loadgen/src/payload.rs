@@ -11,7 +11,7 @@ pub const MIN_SIZE: usize = 20;
 pub struct Stamp {
     pub connection: u32,
     pub sequence: u32,
-    /// Nanoseconds since the run's epoch: for latency, the time the message was due.
+    /// The machine's monotonic clock in nanoseconds: when the message was sent or due.
     pub sent_at_ns: u64,
 }
 

@@ -4,7 +4,6 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,26 +24,35 @@ pub enum Phase {
     Draining,
 }
 
-/// Nanoseconds since the start of the process, the same on every thread.
+/// Nanoseconds of the system's monotonic clock: the same on every thread and in every
+/// process of the machine, so a stamp written by one worker process is read by another.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    epoch: Instant,
-}
+pub struct Clock;
 
 impl Clock {
     pub fn get() -> Clock {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        Clock {
-            epoch: *EPOCH.get_or_init(Instant::now),
-        }
+        Clock
     }
 
     pub fn now_ns(self) -> u64 {
-        self.ns_at(Instant::now())
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes a timespec into a live local; CLOCK_MONOTONIC always
+        // exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
     }
 
+    /// The clock's reading at `at`, a moment near now (past or future).
     pub fn ns_at(self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_nanos() as u64
+        let (now, now_ns) = (Instant::now(), self.now_ns());
+        if at <= now {
+            now_ns.saturating_sub(now.duration_since(at).as_nanos() as u64)
+        } else {
+            now_ns + at.duration_since(now).as_nanos() as u64
+        }
     }
 }
 
@@ -58,6 +66,13 @@ pub struct Progress {
     pub received: AtomicU64,
 }
 
+/// Which share of the connections a process runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    pub index: u32,
+    pub count: u32,
+}
+
 /// What each connection does once open.
 pub enum Workload {
     /// `echo` and `hold`.
@@ -69,7 +84,11 @@ pub struct Plan {
     pub target: Target,
     pub connections: u32,
     pub threads: usize,
+    /// This process's share: the connections whose id is `index` modulo `count`.
+    pub process: Share,
     pub workload: Workload,
+    /// Local addresses to connect from, in turn (empty: the kernel picks).
+    pub source_ips: Vec<std::net::IpAddr>,
     /// The network each connection sees (fanout publishers excepted: they sit next to the
     /// server, as a backend does).
     pub mix: Mix,
@@ -99,8 +118,10 @@ pub fn worker(
     phase: watch::Receiver<Phase>,
     progress: Arc<Progress>,
 ) -> Vec<Stats> {
+    let share = plan.process;
     let ids: Vec<u32> = (0..plan.connections)
-        .filter(|id| *id as usize % plan.threads == index)
+        .filter(|id| id % share.count == share.index)
+        .filter(|id| (id / share.count) as usize % plan.threads == index)
         .collect();
     let entries = (ids.len() as u32 * 2)
         .clamp(256, 32 * 1024)
@@ -131,7 +152,10 @@ pub fn worker(
                 let started = Instant::now();
                 let opened = {
                     let _permit = gate.acquire().await;
-                    target::open(&plan.target, plan.profile_of(id).1).await
+                    let source = plan
+                        .source_ips
+                        .get(id as usize % plan.source_ips.len().max(1));
+                    target::open(&plan.target, source.copied(), plan.profile_of(id).1).await
                 };
                 progress.settled.fetch_add(1, Ordering::Relaxed);
                 match opened {

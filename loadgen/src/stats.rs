@@ -106,6 +106,89 @@ impl Stats {
     }
 }
 
+/// A histogram as (value, count) pairs: exact to rebuild, since every value names its bucket.
+fn histogram_to_json(histogram: &Histogram<u64>) -> Value {
+    histogram
+        .iter_recorded()
+        .map(|v| json!([v.value_iterated_to(), v.count_at_value()]))
+        .collect()
+}
+
+fn histogram_from_json(value: &Value) -> Result<Histogram<u64>, String> {
+    let mut histogram = histogram();
+    for pair in value.as_array().ok_or("a histogram is not a list")? {
+        let (Some(value), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) else {
+            return Err(format!("bad histogram entry {pair}"));
+        };
+        histogram
+            .record_n(value, count)
+            .map_err(|e| format!("histogram entry {value}: {e}"))?;
+    }
+    Ok(histogram)
+}
+
+/// The counters a worker process hands to its parent, in the order of [`Stats::to_wire`].
+const WIRE_COUNTERS: [&str; 10] = [
+    "connections_established",
+    "connect_errors",
+    "connections_dropped",
+    "messages_sent",
+    "messages_received",
+    "messages_in_window",
+    "messages_corrupted",
+    "messages_duplicated",
+    "messages_reordered",
+    "messages_lost",
+];
+
+impl Stats {
+    fn counters_mut(&mut self) -> [&mut u64; 10] {
+        [
+            &mut self.connections_established,
+            &mut self.connect_errors,
+            &mut self.connections_dropped,
+            &mut self.messages_sent,
+            &mut self.messages_received,
+            &mut self.messages_in_window,
+            &mut self.messages_corrupted,
+            &mut self.messages_duplicated,
+            &mut self.messages_reordered,
+            &mut self.messages_lost,
+        ]
+    }
+
+    /// Everything, histograms included, for a parent process to merge exactly.
+    pub fn to_wire(&self) -> Value {
+        let mut copy = self.clone();
+        let counters: Vec<u64> = copy.counters_mut().iter().map(|c| **c).collect();
+        json!({
+            "counters": counters,
+            "latency_us": histogram_to_json(&self.latency_us),
+            "handshake_us": histogram_to_json(&self.handshake_us),
+            "errors": self.errors,
+        })
+    }
+
+    pub fn from_wire(value: &Value) -> Result<Stats, String> {
+        let mut stats = Stats::default();
+        let counters = value["counters"].as_array().ok_or("no counters")?;
+        if counters.len() != WIRE_COUNTERS.len() {
+            return Err(format!("expected {} counters", WIRE_COUNTERS.len()));
+        }
+        for (slot, counter) in stats.counters_mut().into_iter().zip(counters) {
+            *slot = counter.as_u64().ok_or("a counter is not a number")?;
+        }
+        stats.latency_us = histogram_from_json(&value["latency_us"])?;
+        stats.handshake_us = histogram_from_json(&value["handshake_us"])?;
+        for error in value["errors"].as_array().into_iter().flatten() {
+            if let Some(error) = error.as_str() {
+                stats.note_error(error.to_owned());
+            }
+        }
+        Ok(stats)
+    }
+}
+
 /// One profile's share of a run with a link model.
 pub struct ProfileReport<'a> {
     pub name: &'a str,

@@ -327,3 +327,38 @@ fn a_profile_mix_reports_latency_per_profile() {
     );
     assert!(p50(&profiles[0]) < slow);
 }
+
+/// Worker processes split the connections, and their results merge exactly: a fanout whose
+/// publisher runs in one process reaches subscribers in all of them, connecting from two
+/// loopback addresses.
+#[test]
+fn worker_processes_merge_into_one_clean_report() {
+    let server = ringws_serve();
+    let (output, report) = loadgen_at(
+        &server.addr,
+        "/pubsub/processes",
+        &[
+            "--scenario",
+            "fanout",
+            "--connections",
+            "90",
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--processes",
+            "3",
+            "--source-ips",
+            "127.0.0.1,127.0.0.2",
+        ],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert_eq!(count(&report, "connections_established"), 91);
+    for field in ["messages_lost", "messages_corrupted", "messages_duplicated"] {
+        assert_eq!(count(&report, field), 0, "{field}");
+    }
+    let published = count(&report, "messages_sent");
+    assert!(published > 0);
+    assert_eq!(count(&report, "messages_received"), published * 90);
+    assert_eq!(report["latency_us"]["count"].as_u64(), Some(published * 90));
+}

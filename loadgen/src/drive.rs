@@ -1,0 +1,250 @@
+//! Runs this process's share of the connections through the phases: on its own clock, or
+//! steered line by line by a parent process (see `processes`).
+//!
+//! The parent protocol, one line each way:
+//! - worker → parent: `progress SETTLED ESTABLISHED RECEIVED`, a few times a second;
+//!   `published ID COUNT ...` once its fanout publishers have stopped; `result JSON` at the end.
+//! - parent → worker: `run`, `drain`, `counts ID COUNT ...` (every publisher's final count).
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::cpu;
+use crate::run::{self, Phase, Plan, Progress, Workload};
+use crate::stats::Stats;
+
+/// What one process measured.
+pub struct Outcome {
+    /// One per profile of the mix, then one for unshaped publishers.
+    pub buckets: Vec<Stats>,
+    pub measured: Duration,
+    /// CPU time the process used while the run was measured.
+    pub cpu: Duration,
+}
+
+impl Outcome {
+    pub fn to_wire(&self) -> Value {
+        json!({
+            "buckets": self.buckets.iter().map(Stats::to_wire).collect::<Vec<_>>(),
+            "measured_secs": self.measured.as_secs_f64(),
+            "cpu_secs": self.cpu.as_secs_f64(),
+        })
+    }
+
+    pub fn from_wire(value: &Value) -> Result<Outcome, String> {
+        let buckets = value["buckets"]
+            .as_array()
+            .ok_or("no buckets")?
+            .iter()
+            .map(Stats::from_wire)
+            .collect::<Result<_, _>>()?;
+        let secs = |field: &str| {
+            value[field]
+                .as_f64()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or_else(|| format!("no {field}"))
+        };
+        Ok(Outcome {
+            buckets,
+            measured: secs("measured_secs")?,
+            cpu: secs("cpu_secs")?,
+        })
+    }
+}
+
+/// Who decides when the phases change.
+pub enum Control {
+    /// This process: connect (at most `connect_timeout`), measure for `duration`.
+    Local {
+        duration: Duration,
+        connect_timeout: Duration,
+        /// Called a few times a second with a progress line, for the live display.
+        status: Box<dyn FnMut(String)>,
+    },
+    /// A parent process, through stdin and stdout.
+    Parent,
+}
+
+/// Starts the worker threads, steers them through the phases, and collects their stats.
+pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
+    let progress = Arc::new(Progress::default());
+    let workers: Vec<_> = (0..plan.threads)
+        .map(|index| {
+            let (plan, phase, progress) = (plan.clone(), phase_rx.clone(), progress.clone());
+            std::thread::Builder::new()
+                .name(format!("loadgen-{index}"))
+                .spawn(move || run::worker(plan, index, phase, progress))
+                .map_err(|e| format!("cannot start a worker thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let (measured, cpu) = match control {
+        Control::Local {
+            duration,
+            connect_timeout,
+            status,
+        } => run_locally(
+            &plan,
+            &progress,
+            &phase_tx,
+            duration,
+            connect_timeout,
+            status,
+        ),
+        Control::Parent => run_for_parent(&plan, &progress, &phase_tx)?,
+    };
+
+    let mut buckets = vec![Stats::default(); plan.mix.len() + 1];
+    for worker in workers {
+        let parts = worker
+            .join()
+            .map_err(|_| "a worker thread panicked".to_owned())?;
+        for (bucket, part) in buckets.iter_mut().zip(&parts) {
+            bucket.merge(part);
+        }
+    }
+    Ok(Outcome {
+        buckets,
+        measured,
+        cpu,
+    })
+}
+
+/// Connections this process opens.
+fn local_connections(plan: &Plan) -> u64 {
+    let share = plan.process;
+    (0..plan.connections)
+        .filter(|id| id % share.count == share.index)
+        .count() as u64
+}
+
+fn run_locally(
+    plan: &Plan,
+    progress: &Progress,
+    phase: &watch::Sender<Phase>,
+    duration: Duration,
+    connect_timeout: Duration,
+    mut status: Box<dyn FnMut(String)>,
+) -> (Duration, Duration) {
+    // Connect everything first, so the measurement sees only the steady state.
+    let connect_start = Instant::now();
+    let total = local_connections(plan);
+    while progress.settled.load(Ordering::Relaxed) < total
+        && connect_start.elapsed() < connect_timeout
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        let open = progress.established.load(Ordering::Relaxed);
+        status(format!("connecting: {open} of {total} open"));
+    }
+    let cpu_start = cpu::process_cpu_time();
+    let started = Instant::now();
+    let _ = phase.send(Phase::Running);
+    let mut last = (started, progress.received.load(Ordering::Relaxed));
+    while started.elapsed() < duration {
+        std::thread::sleep((duration - started.elapsed()).min(Duration::from_millis(500)));
+        let now = (Instant::now(), progress.received.load(Ordering::Relaxed));
+        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
+        last = now;
+        status(format!(
+            "{:>5.1} s  {} connections  {:.0} msg/s",
+            started.elapsed().as_secs_f64(),
+            progress.established.load(Ordering::Relaxed),
+            rate
+        ));
+    }
+    let measured = started.elapsed();
+    let cpu = cpu::process_cpu_time().saturating_sub(cpu_start);
+    let _ = phase.send(Phase::Draining);
+    status("draining".to_owned());
+    (measured, cpu)
+}
+
+fn run_for_parent(
+    plan: &Plan,
+    progress: &Progress,
+    phase: &watch::Sender<Phase>,
+) -> Result<(Duration, Duration), String> {
+    let (tx, commands) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let report = || {
+        say(format!(
+            "progress {} {} {}",
+            progress.settled.load(Ordering::Relaxed),
+            progress.established.load(Ordering::Relaxed),
+            progress.received.load(Ordering::Relaxed)
+        ))
+    };
+    let wait_for = |word: &str| -> Result<String, String> {
+        loop {
+            match commands.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.split_whitespace().next() == Some(word) => return Ok(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => report(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the parent process went away".to_owned());
+                }
+            }
+        }
+    };
+    wait_for("run")?;
+    let cpu_start = cpu::process_cpu_time();
+    let started = Instant::now();
+    let _ = phase.send(Phase::Running);
+    wait_for("drain")?;
+    let measured = started.elapsed();
+    let cpu = cpu::process_cpu_time().saturating_sub(cpu_start);
+    let _ = phase.send(Phase::Draining);
+    if let Workload::Fanout(fanout) = &plan.workload {
+        let counts = loop {
+            if let Some(counts) = fanout.local_counts() {
+                break counts;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        say(format!("published {}", encode_counts(&counts)));
+        let line = wait_for("counts")?;
+        fanout.set_remote_counts(&decode_counts(&line)?);
+    }
+    report();
+    Ok((measured, cpu))
+}
+
+/// `ID COUNT ID COUNT ...`
+pub fn encode_counts(counts: &[(u32, u32)]) -> String {
+    counts
+        .iter()
+        .map(|(id, count)| format!("{id} {count}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Reads the pairs after the line's first word.
+pub fn decode_counts(line: &str) -> Result<Vec<(u32, u32)>, String> {
+    let numbers: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().map_err(|_| format!("bad count line `{line}`")))
+        .collect::<Result<_, _>>()?;
+    if !numbers.len().is_multiple_of(2) {
+        return Err(format!("bad count line `{line}`"));
+    }
+    Ok(numbers.chunks(2).map(|pair| (pair[0], pair[1])).collect())
+}

@@ -1,0 +1,236 @@
+//! More connections than one process may open: worker processes of this same binary, each
+//! with a share of the connections, steered in step and merged exactly (histograms added,
+//! never averaged). The line protocol is in `drive`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::drive::{Outcome, decode_counts, encode_counts};
+
+/// File descriptors a worker keeps for itself (runtime, pipes, stdio) beyond its sockets.
+const RESERVED_FDS: u64 = 512;
+
+/// Worker processes needed for `connections` sockets under this process's open-file limit.
+pub fn needed(connections: u64) -> u32 {
+    let limit = open_file_limit().saturating_sub(RESERVED_FDS).max(1);
+    connections.div_ceil(limit).max(1) as u32
+}
+
+fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    }
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    /// The latest `progress` line: settled, established, received.
+    progress: [u64; 3],
+}
+
+enum Event {
+    Line(usize, String),
+    Exited(usize),
+}
+
+/// Runs `count` workers with `args` (this process's own, minus what only the parent does),
+/// steering them through the phases. `status` gets a progress line a few times a second.
+pub fn run(
+    count: u32,
+    args: &[String],
+    total: u64,
+    publishers: u32,
+    duration: Duration,
+    connect_timeout: Duration,
+    mut status: impl FnMut(String),
+) -> Result<Outcome, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let (tx, events) = mpsc::channel();
+    let mut workers = Vec::new();
+    for index in 0..count {
+        let mut child = Command::new(&exe)
+            .args(args)
+            .args([
+                "--worker-index",
+                &index.to_string(),
+                "--worker-count",
+                &count.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start worker process {index}: {e}"))?;
+        let stdin = child.stdin.take().ok_or("worker stdin")?;
+        let stdout = child.stdout.take().ok_or("worker stdout")?;
+        let tx = tx.clone();
+        let slot = index as usize;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(Event::Line(slot, line)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Event::Exited(slot));
+        });
+        workers.push(Worker {
+            child,
+            stdin,
+            progress: [0; 3],
+        });
+    }
+    drop(tx);
+    let result = steer(
+        &mut workers,
+        &events,
+        total,
+        publishers,
+        duration,
+        connect_timeout,
+        &mut status,
+    );
+    for worker in &mut workers {
+        if result.is_err() {
+            let _ = worker.child.kill();
+        }
+        let _ = worker.child.wait();
+    }
+    result
+}
+
+fn steer(
+    workers: &mut [Worker],
+    events: &mpsc::Receiver<Event>,
+    total: u64,
+    publishers: u32,
+    duration: Duration,
+    connect_timeout: Duration,
+    status: &mut impl FnMut(String),
+) -> Result<Outcome, String> {
+    let mut published: Vec<Option<Vec<(u32, u32)>>> = vec![None; workers.len()];
+    let mut results: Vec<Option<Outcome>> = (0..workers.len()).map(|_| None).collect();
+    let tell = |workers: &mut [Worker], line: &str| {
+        for worker in workers.iter_mut() {
+            let _ = writeln!(worker.stdin, "{line}");
+            let _ = worker.stdin.flush();
+        }
+    };
+    let sum = |workers: &[Worker], i: usize| workers.iter().map(|w| w.progress[i]).sum::<u64>();
+
+    // Connecting.
+    let connect_start = Instant::now();
+    while sum(workers, 0) < total && connect_start.elapsed() < connect_timeout {
+        pump(workers, events, &mut published, &mut results)?;
+        status(format!("connecting: {} of {total} open", sum(workers, 1)));
+    }
+    tell(workers, "run");
+    let started = Instant::now();
+    let mut last = (started, sum(workers, 2));
+    while started.elapsed() < duration {
+        pump(workers, events, &mut published, &mut results)?;
+        let now = (Instant::now(), sum(workers, 2));
+        if now.0.duration_since(last.0) >= Duration::from_millis(500) {
+            let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
+            last = now;
+            status(format!(
+                "{:>5.1} s  {} connections  {:.0} msg/s  {} processes",
+                started.elapsed().as_secs_f64(),
+                sum(workers, 1),
+                rate,
+                workers.len()
+            ));
+        }
+    }
+    tell(workers, "drain");
+    status("draining".to_owned());
+    if publishers > 0 {
+        while published.iter().any(Option::is_none) {
+            pump(workers, events, &mut published, &mut results)?;
+        }
+        let mut counts = vec![0u32; publishers as usize];
+        for (publisher, count) in published.iter().flatten().flatten() {
+            if let Some(slot) = counts.get_mut(*publisher as usize) {
+                *slot = (*slot).max(*count);
+            }
+        }
+        let pairs: Vec<(u32, u32)> = (0..publishers).zip(counts).collect();
+        tell(workers, &format!("counts {}", encode_counts(&pairs)));
+    }
+    while results.iter().any(Option::is_none) {
+        pump(workers, events, &mut published, &mut results)?;
+    }
+    let mut merged: Option<Outcome> = None;
+    for outcome in results.into_iter().flatten() {
+        match &mut merged {
+            None => merged = Some(outcome),
+            Some(merged) => {
+                for (bucket, part) in merged.buckets.iter_mut().zip(&outcome.buckets) {
+                    bucket.merge(part);
+                }
+                merged.measured = merged.measured.max(outcome.measured);
+                merged.cpu += outcome.cpu;
+            }
+        }
+    }
+    merged.ok_or_else(|| "no worker process reported".to_owned())
+}
+
+/// Handles what the workers said in the next 200 ms.
+fn pump(
+    workers: &mut [Worker],
+    events: &mpsc::Receiver<Event>,
+    published: &mut [Option<Vec<(u32, u32)>>],
+    results: &mut [Option<Outcome>],
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let event = match events.recv_timeout(left) {
+            Ok(event) => event,
+            Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
+            Err(mpsc::RecvTimeoutError::Disconnected) if results.iter().all(Option::is_some) => {
+                return Ok(());
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("every worker process exited".to_owned());
+            }
+        };
+        match event {
+            Event::Exited(index) if results[index].is_none() => {
+                return Err(format!("worker process {index} exited without a result"));
+            }
+            Event::Exited(_) => {}
+            Event::Line(index, line) => {
+                let (word, rest) = line.split_once(' ').unwrap_or((&line, ""));
+                match word {
+                    "progress" => {
+                        let numbers: Vec<u64> = rest
+                            .split_whitespace()
+                            .filter_map(|n| n.parse().ok())
+                            .collect();
+                        if let [settled, established, received] = numbers[..] {
+                            workers[index].progress = [settled, established, received];
+                        }
+                    }
+                    "published" => published[index] = Some(decode_counts(&line)?),
+                    "result" => {
+                        let value = serde_json::from_str(rest)
+                            .map_err(|e| format!("worker {index} result: {e}"))?;
+                        results[index] = Some(Outcome::from_wire(&value)?);
+                    }
+                    _ => return Err(format!("worker {index} said `{line}`")),
+                }
+            }
+        }
+    }
+    Ok(())
+}
