@@ -267,15 +267,15 @@ impl Stalls {
 }
 
 /// xorshift64*: jitter and stall timing need spread, not secrecy.
-struct Rng(Cell<u64>);
+pub struct Rng(Cell<u64>);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self(Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1))
     }
 
     /// Uniform in [0, 1).
-    fn unit(&self) -> f64 {
+    pub fn unit(&self) -> f64 {
         let mut x = self.0.get();
         x ^= x >> 12;
         x ^= x << 25;
@@ -291,7 +291,7 @@ impl Rng {
     }
 
     /// Exponentially distributed with mean 1.
-    fn exponential(&self) -> f64 {
+    pub fn exponential(&self) -> f64 {
         -(1.0 - self.unit()).ln()
     }
 }

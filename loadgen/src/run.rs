@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 
+use crate::cycle::{self, Churn};
 use crate::echo::{self, Load};
 use crate::fanout::{self, Fanout};
+use crate::link::Link;
 use crate::profile::{Mix, Profile};
 use crate::stats::Stats;
 use crate::target::{self, Target};
@@ -73,11 +75,14 @@ pub struct Share {
     pub count: u32,
 }
 
-/// What each connection does once open.
+/// What each connection does.
 pub enum Workload {
     /// `echo` and `hold`.
     Echo(Load),
     Fanout(Arc<Fanout>),
+    /// Connect, upgrade, close, again.
+    Handshake,
+    Churn(Churn),
 }
 
 pub struct Plan {
@@ -97,6 +102,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Connects connection `id` from its source address over its link profile and upgrades.
+    pub async fn open(&self, id: u32) -> Result<(Rc<Link>, Vec<u8>), String> {
+        let source = self
+            .source_ips
+            .get(id as usize % self.source_ips.len().max(1));
+        target::open(&self.target, source.copied(), self.profile_of(id).1).await
+    }
+
     /// Which statistics bucket, and which link profile, connection `id` gets: a profile of
     /// the mix, or (for a fanout publisher) the unshaped bucket after them.
     fn profile_of(&self, id: u32) -> (usize, Option<&Profile>) {
@@ -149,13 +162,31 @@ pub fn worker(
                 progress.clone(),
             );
             tasks.push(tokio_uring::spawn(async move {
+                match &plan.workload {
+                    Workload::Handshake => {
+                        progress.settled.fetch_add(1, Ordering::Relaxed);
+                        progress.established.fetch_add(1, Ordering::Relaxed);
+                        cycle::handshakes(plan.clone(), id, phase, stats).await;
+                        return;
+                    }
+                    Workload::Churn(churn) => {
+                        let counted = progress.clone();
+                        let first = Box::new(move |opened: bool| {
+                            counted.settled.fetch_add(1, Ordering::Relaxed);
+                            if opened {
+                                counted.established.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                        let churn = *churn;
+                        cycle::churn(plan.clone(), id, churn, phase, stats, Some(first)).await;
+                        return;
+                    }
+                    Workload::Echo(_) | Workload::Fanout(_) => {}
+                }
                 let started = Instant::now();
                 let opened = {
                     let _permit = gate.acquire().await;
-                    let source = plan
-                        .source_ips
-                        .get(id as usize % plan.source_ips.len().max(1));
-                    target::open(&plan.target, source.copied(), plan.profile_of(id).1).await
+                    plan.open(id).await
                 };
                 progress.settled.fetch_add(1, Ordering::Relaxed);
                 match opened {
@@ -174,6 +205,7 @@ pub fn worker(
                                 let fanout = fanout.clone();
                                 fanout::run(stream, leftover, id, fanout, clock, phase, stats).await
                             }
+                            Workload::Handshake | Workload::Churn(_) => {}
                         }
                     }
                     Err(error) => {

@@ -24,6 +24,10 @@ pub struct Stats {
     pub messages_reordered: u64,
     /// Messages sent and never answered by the end of the drain.
     pub messages_lost: u64,
+    /// `churn`: connections closed to be opened again.
+    pub reconnects: u64,
+    /// `churn`: the longest a client took to reconnect after the storm.
+    pub storm_recovery_us: u64,
     pub latency_us: Histogram<u64>,
     pub handshake_us: Histogram<u64>,
     /// The first few error messages, for the report.
@@ -49,6 +53,8 @@ impl Default for Stats {
             messages_duplicated: 0,
             messages_reordered: 0,
             messages_lost: 0,
+            reconnects: 0,
+            storm_recovery_us: 0,
             latency_us: histogram(),
             handshake_us: histogram(),
             errors: Vec::new(),
@@ -97,6 +103,8 @@ impl Stats {
         self.messages_duplicated += other.messages_duplicated;
         self.messages_reordered += other.messages_reordered;
         self.messages_lost += other.messages_lost;
+        self.reconnects += other.reconnects;
+        self.storm_recovery_us = self.storm_recovery_us.max(other.storm_recovery_us);
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
         let _ = self.handshake_us.add(&other.handshake_us);
@@ -128,7 +136,7 @@ fn histogram_from_json(value: &Value) -> Result<Histogram<u64>, String> {
 }
 
 /// The counters a worker process hands to its parent, in the order of [`Stats::to_wire`].
-const WIRE_COUNTERS: [&str; 10] = [
+const WIRE_COUNTERS: [&str; 12] = [
     "connections_established",
     "connect_errors",
     "connections_dropped",
@@ -139,10 +147,12 @@ const WIRE_COUNTERS: [&str; 10] = [
     "messages_duplicated",
     "messages_reordered",
     "messages_lost",
+    "reconnects",
+    "storm_recovery_us",
 ];
 
 impl Stats {
-    fn counters_mut(&mut self) -> [&mut u64; 10] {
+    fn counters_mut(&mut self) -> [&mut u64; 12] {
         [
             &mut self.connections_established,
             &mut self.connect_errors,
@@ -154,6 +164,8 @@ impl Stats {
             &mut self.messages_duplicated,
             &mut self.messages_reordered,
             &mut self.messages_lost,
+            &mut self.reconnects,
+            &mut self.storm_recovery_us,
         ]
     }
 
@@ -260,6 +272,8 @@ impl Report<'_> {
             "loadgen_cpu_percent": (self.cpu_percent * 10.0).round() / 10.0,
             "loadgen_threads": self.threads,
             "errors": s.errors,
+            "reconnects": s.reconnects,
+            "storm_recovery_ms": s.storm_recovery_us as f64 / 1000.0,
             "profiles": self.profiles.iter().map(|p| json!({
                 "name": p.name,
                 "connections_established": p.stats.connections_established,
@@ -312,6 +326,13 @@ impl Report<'_> {
                 s.handshake_us.value_at_quantile(0.5),
                 s.handshake_us.value_at_quantile(0.99),
                 s.handshake_us.max()
+            );
+        }
+        if s.reconnects > 0 {
+            println!(
+                "churn           {} reconnects; after the storm all were back in {:.1} ms",
+                s.reconnects,
+                s.storm_recovery_us as f64 / 1000.0
             );
         }
         for p in self.profiles {

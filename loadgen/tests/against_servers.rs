@@ -362,3 +362,58 @@ fn worker_processes_merge_into_one_clean_report() {
     assert_eq!(count(&report, "messages_received"), published * 90);
     assert_eq!(report["latency_us"]["count"].as_u64(), Some(published * 90));
 }
+
+#[test]
+fn handshake_scenario_counts_handshakes_per_second() {
+    let server = ringws_serve();
+    let (output, report) = loadgen(
+        &server.addr,
+        &[
+            "--scenario",
+            "handshake",
+            "--connections",
+            "4",
+            "--duration",
+            "2",
+        ],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    let handshakes = count(&report, "messages_received");
+    assert!(handshakes > 100, "{handshakes} handshakes in 2 s");
+    assert_eq!(count(&report, "connections_established"), handshakes);
+    assert_eq!(count(&report, "connect_errors"), 0);
+    assert!(report["throughput_msgs_per_sec"].as_f64().unwrap_or(0.0) > 50.0);
+}
+
+#[test]
+fn churn_reconnects_and_times_the_storm_recovery() {
+    let server = ringws_serve();
+    let (output, report) = loadgen(
+        &server.addr,
+        &[
+            "--scenario",
+            "churn",
+            "--connections",
+            "50",
+            "--lifetime",
+            "0.5",
+            "--duration",
+            "3",
+            "--storm-after",
+            "1",
+            "--storm-jitter",
+            "0.5",
+        ],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert!(count(&report, "reconnects") >= 50, "{report}");
+    assert_eq!(count(&report, "connect_errors"), 0);
+    let recovery = report["storm_recovery_ms"]
+        .as_f64()
+        .expect("storm_recovery_ms");
+    // Every client was dropped and came back after a jitter of at most 0.5 s.
+    assert!(
+        recovery > 0.0 && recovery < 5_000.0,
+        "recovery {recovery} ms"
+    );
+}
