@@ -2,7 +2,8 @@
 //! steered line by line by a parent process (see `processes`).
 //!
 //! The parent protocol, one line each way:
-//! - worker → parent: `progress SETTLED ESTABLISHED RECEIVED`, a few times a second;
+//! - worker → parent: `progress SETTLED ESTABLISHED RECEIVED ERRORS P99_US`, a few times a
+//!   second;
 //!   `published ID COUNT ...` once its fanout publishers have stopped; `result JSON` at the end.
 //! - parent → worker: `run`, `drain`, `counts ID COUNT ...` (every publisher's final count).
 
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::cpu;
+use crate::display::Status;
 use crate::run::{self, Phase, Plan, Progress, Workload};
 use crate::stats::Stats;
 
@@ -64,8 +66,8 @@ pub enum Control {
     Local {
         duration: Duration,
         connect_timeout: Duration,
-        /// Called a few times a second with a progress line, for the live display.
-        status: Box<dyn FnMut(String)>,
+        /// Called a few times a second, for the live display.
+        status: Box<dyn FnMut(Status)>,
     },
     /// A parent process, through stdin and stdout.
     Parent,
@@ -131,7 +133,7 @@ fn run_locally(
     phase: &watch::Sender<Phase>,
     duration: Duration,
     connect_timeout: Duration,
-    mut status: Box<dyn FnMut(String)>,
+    mut status: Box<dyn FnMut(Status)>,
 ) -> (Duration, Duration) {
     // Connect everything first, so the measurement sees only the steady state.
     let connect_start = Instant::now();
@@ -141,7 +143,7 @@ fn run_locally(
     {
         std::thread::sleep(Duration::from_millis(50));
         let open = progress.established.load(Ordering::Relaxed);
-        status(format!("connecting: {open} of {total} open"));
+        status(Status::Connecting { open, total });
     }
     let cpu_start = cpu::process_cpu_time();
     let started = Instant::now();
@@ -152,17 +154,18 @@ fn run_locally(
         let now = (Instant::now(), progress.received.load(Ordering::Relaxed));
         let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
         last = now;
-        status(format!(
-            "{:>5.1} s  {} connections  {:.0} msg/s",
-            started.elapsed().as_secs_f64(),
-            progress.established.load(Ordering::Relaxed),
-            rate
-        ));
+        status(Status::Running {
+            elapsed: started.elapsed(),
+            connections: progress.established.load(Ordering::Relaxed),
+            messages_per_sec: rate,
+            p99_us: progress.p99_us.load(Ordering::Relaxed),
+            errors: progress.errors.load(Ordering::Relaxed),
+        });
     }
     let measured = started.elapsed();
     let cpu = cpu::process_cpu_time().saturating_sub(cpu_start);
     let _ = phase.send(Phase::Draining);
-    status("draining".to_owned());
+    status(Status::Draining);
     (measured, cpu)
 }
 
@@ -186,10 +189,12 @@ fn run_for_parent(
     };
     let report = || {
         say(format!(
-            "progress {} {} {}",
+            "progress {} {} {} {} {}",
             progress.settled.load(Ordering::Relaxed),
             progress.established.load(Ordering::Relaxed),
-            progress.received.load(Ordering::Relaxed)
+            progress.received.load(Ordering::Relaxed),
+            progress.errors.load(Ordering::Relaxed),
+            progress.p99_us.load(Ordering::Relaxed)
         ))
     };
     let wait_for = |word: &str| -> Result<String, String> {

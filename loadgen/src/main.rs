@@ -7,6 +7,7 @@
 
 mod cpu;
 mod cycle;
+mod display;
 mod drive;
 mod echo;
 mod fanout;
@@ -23,6 +24,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ use clap::{Parser, ValueEnum};
 use mimalloc::MiMalloc;
 
 use crate::cycle::Churn;
+use crate::display::Display;
 use crate::drive::{Control, Outcome};
 use crate::echo::Load;
 use crate::fanout::Fanout;
@@ -260,14 +263,16 @@ fn run(args: &Args) -> Result<bool, String> {
         writeln!(out, "result {line}").map_err(|e| e.to_string())?;
         return Ok(true);
     }
-    let quiet = args.quiet;
+    let display = Rc::new(Display::new(args.quiet));
+    let shown = display.clone();
     let control = Control::Local {
         duration,
         connect_timeout,
-        status: Box::new(move |line| status(quiet, line)),
+        status: Box::new(move |status| shown.show(status)),
     };
-    let outcome = drive::drive(plan, control)?;
-    report(args, &mix, connections, threads, &outcome)
+    let outcome = drive::drive(plan, control);
+    display.finish();
+    report(args, &mix, connections, threads, &outcome?)
 }
 
 /// The addresses to connect from: as given, or spread over loopback addresses when one
@@ -313,7 +318,7 @@ fn run_processes(
     } else {
         0
     };
-    let quiet = args.quiet;
+    let display = Display::new(args.quiet);
     let outcome = processes::run(
         processes,
         &forwarded,
@@ -321,8 +326,10 @@ fn run_processes(
         publishers,
         duration,
         connect_timeout,
-        |line| status(quiet, line),
-    )?;
+        |status| display.show(status),
+    );
+    display.finish();
+    let outcome = outcome?;
     let mix = match &args.profile_mix {
         Some(spec) => Mix::parse(spec)?,
         None => Mix::single(Profile::parse(&args.profile)?),
@@ -343,9 +350,6 @@ fn report(
     threads: usize,
     outcome: &Outcome,
 ) -> Result<bool, String> {
-    if !args.quiet {
-        eprintln!();
-    }
     let buckets = &outcome.buckets;
     let mut stats = Stats::default();
     for bucket in buckets {
@@ -400,12 +404,4 @@ fn report(
         && stats.messages_corrupted == 0
         && stats.messages_duplicated == 0
         && stats.messages_reordered == 0)
-}
-
-/// One progress line on stderr, rewritten in place.
-fn status(quiet: bool, line: String) {
-    if !quiet {
-        eprint!("\r\x1b[2K{line}");
-        let _ = std::io::stderr().flush();
-    }
 }

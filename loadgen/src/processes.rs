@@ -7,6 +7,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::display::Status;
 use crate::drive::{Outcome, decode_counts, encode_counts};
 
 /// File descriptors a worker keeps for itself (runtime, pipes, stdio) beyond its sockets.
@@ -34,8 +35,8 @@ fn open_file_limit() -> u64 {
 struct Worker {
     child: Child,
     stdin: ChildStdin,
-    /// The latest `progress` line: settled, established, received.
-    progress: [u64; 3],
+    /// The latest `progress` line: settled, established, received, errors, p99.
+    progress: [u64; 5],
 }
 
 enum Event {
@@ -52,7 +53,7 @@ pub fn run(
     publishers: u32,
     duration: Duration,
     connect_timeout: Duration,
-    mut status: impl FnMut(String),
+    mut status: impl FnMut(Status),
 ) -> Result<Outcome, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let (tx, events) = mpsc::channel();
@@ -86,7 +87,7 @@ pub fn run(
         workers.push(Worker {
             child,
             stdin,
-            progress: [0; 3],
+            progress: [0; 5],
         });
     }
     drop(tx);
@@ -115,7 +116,7 @@ fn steer(
     publishers: u32,
     duration: Duration,
     connect_timeout: Duration,
-    status: &mut impl FnMut(String),
+    status: &mut impl FnMut(Status),
 ) -> Result<Outcome, String> {
     let mut published: Vec<Option<Vec<(u32, u32)>>> = vec![None; workers.len()];
     let mut results: Vec<Option<Outcome>> = (0..workers.len()).map(|_| None).collect();
@@ -131,7 +132,8 @@ fn steer(
     let connect_start = Instant::now();
     while sum(workers, 0) < total && connect_start.elapsed() < connect_timeout {
         pump(workers, events, &mut published, &mut results)?;
-        status(format!("connecting: {} of {total} open", sum(workers, 1)));
+        let open = sum(workers, 1);
+        status(Status::Connecting { open, total });
     }
     tell(workers, "run");
     let started = Instant::now();
@@ -142,17 +144,17 @@ fn steer(
         if now.0.duration_since(last.0) >= Duration::from_millis(500) {
             let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
             last = now;
-            status(format!(
-                "{:>5.1} s  {} connections  {:.0} msg/s  {} processes",
-                started.elapsed().as_secs_f64(),
-                sum(workers, 1),
-                rate,
-                workers.len()
-            ));
+            status(Status::Running {
+                elapsed: started.elapsed(),
+                connections: sum(workers, 1),
+                messages_per_sec: rate,
+                p99_us: workers.iter().map(|w| w.progress[4]).max().unwrap_or(0),
+                errors: sum(workers, 3),
+            });
         }
     }
     tell(workers, "drain");
-    status("draining".to_owned());
+    status(Status::Draining);
     if publishers > 0 {
         while published.iter().any(Option::is_none) {
             pump(workers, events, &mut published, &mut results)?;
@@ -217,8 +219,8 @@ fn pump(
                             .split_whitespace()
                             .filter_map(|n| n.parse().ok())
                             .collect();
-                        if let [settled, established, received] = numbers[..] {
-                            workers[index].progress = [settled, established, received];
+                        if let Ok(numbers) = <[u64; 5]>::try_from(numbers) {
+                            workers[index].progress = numbers;
                         }
                     }
                     "published" => published[index] = Some(decode_counts(&line)?),

@@ -66,6 +66,10 @@ pub struct Progress {
     pub established: AtomicU64,
     /// Messages received, flushed from the workers a few times a second.
     pub received: AtomicU64,
+    /// Connect errors and dropped connections so far.
+    pub errors: AtomicU64,
+    /// The highest of the threads' latency p99 so far, in µs.
+    pub p99_us: AtomicU64,
 }
 
 /// Which share of the connections a process runs.
@@ -145,7 +149,7 @@ pub fn worker(
             .collect();
         let clock = Clock::get();
         let gate = Rc::new(Semaphore::new(plan.connect_concurrency));
-        let published = Rc::new(Cell::new(0));
+        let published = Rc::new(Cell::new((0, 0)));
         let flusher = tokio_uring::spawn(flush_progress(
             buckets.clone(),
             progress.clone(),
@@ -227,12 +231,28 @@ pub fn worker(
 
 /// Adds what this thread received since the last call to `progress`; `published` remembers
 /// how much it already has.
-fn publish_received(buckets: &[Rc<RefCell<Stats>>], progress: &Progress, published: &Cell<u64>) {
-    let received = buckets.iter().map(|b| b.borrow().messages_received).sum();
-    let before = published.replace(received);
+fn publish_received(
+    buckets: &[Rc<RefCell<Stats>>],
+    progress: &Progress,
+    published: &Cell<(u64, u64)>,
+) {
+    let (mut received, mut errors, mut p99) = (0, 0, 0);
+    for bucket in buckets {
+        let stats = bucket.borrow();
+        received += stats.messages_received;
+        errors += stats.connect_errors + stats.connections_dropped;
+        if !stats.latency_us.is_empty() {
+            p99 = p99.max(stats.latency_us.value_at_quantile(0.99));
+        }
+    }
+    let (received_before, errors_before) = published.replace((received, errors));
     progress
         .received
-        .fetch_add(received - before, Ordering::Relaxed);
+        .fetch_add(received - received_before, Ordering::Relaxed);
+    progress
+        .errors
+        .fetch_add(errors - errors_before, Ordering::Relaxed);
+    progress.p99_us.fetch_max(p99, Ordering::Relaxed);
 }
 
 /// Publishes this thread's received count a few times a second, without touching a shared
@@ -240,7 +260,7 @@ fn publish_received(buckets: &[Rc<RefCell<Stats>>], progress: &Progress, publish
 async fn flush_progress(
     buckets: Vec<Rc<RefCell<Stats>>>,
     progress: Arc<Progress>,
-    published: Rc<Cell<u64>>,
+    published: Rc<Cell<(u64, u64)>>,
 ) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
