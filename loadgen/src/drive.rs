@@ -28,6 +28,8 @@ pub struct Outcome {
     pub measured: Duration,
     /// CPU time the process used while the run was measured.
     pub cpu: Duration,
+    /// (seconds into the run, messages received per second), for the HTML report.
+    pub timeline: Vec<(f64, f64)>,
 }
 
 impl Outcome {
@@ -56,6 +58,7 @@ impl Outcome {
             buckets,
             measured: secs("measured_secs")?,
             cpu: secs("cpu_secs")?,
+            timeline: Vec::new(),
         })
     }
 }
@@ -87,6 +90,7 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
         })
         .collect::<Result<_, _>>()?;
 
+    let mut timeline = Vec::new();
     let (measured, cpu) = match control {
         Control::Local {
             duration,
@@ -96,9 +100,9 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
             &plan,
             &progress,
             &phase_tx,
-            duration,
-            connect_timeout,
+            (duration, connect_timeout),
             status,
+            &mut timeline,
         ),
         Control::Parent => run_for_parent(&plan, &progress, &phase_tx)?,
     };
@@ -116,6 +120,7 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
         buckets,
         measured,
         cpu,
+        timeline,
     })
 }
 
@@ -131,9 +136,9 @@ fn run_locally(
     plan: &Plan,
     progress: &Progress,
     phase: &watch::Sender<Phase>,
-    duration: Duration,
-    connect_timeout: Duration,
+    (duration, connect_timeout): (Duration, Duration),
     mut status: Box<dyn FnMut(Status)>,
+    timeline: &mut Vec<(f64, f64)>,
 ) -> (Duration, Duration) {
     // Connect everything first, so the measurement sees only the steady state.
     let connect_start = Instant::now();
@@ -150,10 +155,11 @@ fn run_locally(
     let _ = phase.send(Phase::Running);
     let mut last = (started, progress.received.load(Ordering::Relaxed));
     while started.elapsed() < duration {
-        std::thread::sleep((duration - started.elapsed()).min(Duration::from_millis(500)));
+        std::thread::sleep((duration - started.elapsed()).min(Duration::from_secs(1)));
         let now = (Instant::now(), progress.received.load(Ordering::Relaxed));
         let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-9);
         last = now;
+        timeline.push((started.elapsed().as_secs_f64(), rate));
         status(Status::Running {
             elapsed: started.elapsed(),
             connections: progress.established.load(Ordering::Relaxed),

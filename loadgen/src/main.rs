@@ -11,6 +11,7 @@ mod display;
 mod drive;
 mod echo;
 mod fanout;
+mod html;
 mod link;
 mod payload;
 mod processes;
@@ -141,6 +142,9 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write a self-contained HTML report (latency percentiles and throughput plots).
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
@@ -306,9 +310,11 @@ fn run_processes(
             continue;
         }
         match arg.as_str() {
-            "--json" | "--processes" => skip = true,
+            "--json" | "--html" | "--processes" => skip = true,
             "--quiet" => {}
-            _ if arg.starts_with("--json=") || arg.starts_with("--processes=") => {}
+            _ if ["--json=", "--html=", "--processes="]
+                .iter()
+                .any(|prefix| arg.starts_with(prefix)) => {}
             _ => forwarded.push(arg),
         }
     }
@@ -396,6 +402,10 @@ fn report(
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, html::page(&report, &outcome.timeline))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
     }
     Ok(stats.connect_errors == 0
         && stats.connections_dropped == 0

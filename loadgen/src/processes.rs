@@ -138,12 +138,14 @@ fn steer(
     tell(workers, "run");
     let started = Instant::now();
     let mut last = (started, sum(workers, 2));
+    let mut timeline = Vec::new();
     while started.elapsed() < duration {
         pump(workers, events, &mut published, &mut results)?;
         let now = (Instant::now(), sum(workers, 2));
-        if now.0.duration_since(last.0) >= Duration::from_millis(500) {
+        if now.0.duration_since(last.0) >= Duration::from_secs(1) {
             let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
             last = now;
+            timeline.push((started.elapsed().as_secs_f64(), rate));
             status(Status::Running {
                 elapsed: started.elapsed(),
                 connections: sum(workers, 1),
@@ -184,7 +186,9 @@ fn steer(
             }
         }
     }
-    merged.ok_or_else(|| "no worker process reported".to_owned())
+    let mut merged = merged.ok_or_else(|| "no worker process reported".to_owned())?;
+    merged.timeline = timeline;
+    Ok(merged)
 }
 
 /// Handles what the workers said in the next 200 ms.

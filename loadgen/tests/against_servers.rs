@@ -301,9 +301,13 @@ fn a_shaped_link_adds_its_round_trip() {
 #[test]
 fn a_profile_mix_reports_latency_per_profile() {
     let server = ringws_serve();
+    let html = std::env::temp_dir().join(format!("ringws-loadgen-{}.html", std::process::id()));
+    let html_arg = html.to_string_lossy().into_owned();
     let (output, report) = loadgen(
         &server.addr,
         &[
+            "--html",
+            &html_arg,
             "--connections",
             "10",
             "--rate",
