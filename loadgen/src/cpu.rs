@@ -1,5 +1,5 @@
-//! The generator's own CPU use: a generator that saturates its cores measures itself, not
-//! the server, and the report must say so.
+//! Resource use: the generator's own CPU (a generator that saturates its cores measures
+//! itself, not the server, and the report must say so) and a server process's memory.
 
 use std::time::Duration;
 
@@ -15,4 +15,12 @@ pub fn process_cpu_time() -> Duration {
         Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
     };
     time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// The resident memory of process `pid`, from /proc; `None` when it cannot be read.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

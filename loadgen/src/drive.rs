@@ -30,6 +30,8 @@ pub struct Outcome {
     pub cpu: Duration,
     /// (seconds into the run, messages received per second), for the HTML report.
     pub timeline: Vec<(f64, f64)>,
+    /// The server's resident memory once every connection was open (`--server-pid`).
+    pub server_rss_connected: Option<u64>,
 }
 
 impl Outcome {
@@ -59,6 +61,7 @@ impl Outcome {
             measured: secs("measured_secs")?,
             cpu: secs("cpu_secs")?,
             timeline: Vec::new(),
+            server_rss_connected: None,
         })
     }
 }
@@ -71,6 +74,8 @@ pub enum Control {
         connect_timeout: Duration,
         /// Called a few times a second, for the live display.
         status: Box<dyn FnMut(Status)>,
+        /// The server whose memory to read once every connection is open.
+        server_pid: Option<u32>,
     },
     /// A parent process, through stdin and stdout.
     Parent,
@@ -91,11 +96,13 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
         .collect::<Result<_, _>>()?;
 
     let mut timeline = Vec::new();
+    let mut server_rss_connected = None;
     let (measured, cpu) = match control {
         Control::Local {
             duration,
             connect_timeout,
             status,
+            server_pid,
         } => run_locally(
             &plan,
             &progress,
@@ -103,6 +110,7 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
             (duration, connect_timeout),
             status,
             &mut timeline,
+            || server_rss_connected = server_pid.and_then(cpu::rss_bytes),
         ),
         Control::Parent => run_for_parent(&plan, &progress, &phase_tx)?,
     };
@@ -121,6 +129,7 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
         measured,
         cpu,
         timeline,
+        server_rss_connected,
     })
 }
 
@@ -139,6 +148,7 @@ fn run_locally(
     (duration, connect_timeout): (Duration, Duration),
     mut status: Box<dyn FnMut(Status)>,
     timeline: &mut Vec<(f64, f64)>,
+    on_connected: impl FnOnce(),
 ) -> (Duration, Duration) {
     // Connect everything first, so the measurement sees only the steady state.
     let connect_start = Instant::now();
@@ -150,6 +160,7 @@ fn run_locally(
         let open = progress.established.load(Ordering::Relaxed);
         status(Status::Connecting { open, total });
     }
+    on_connected();
     let cpu_start = cpu::process_cpu_time();
     let started = Instant::now();
     let _ = phase.send(Phase::Running);

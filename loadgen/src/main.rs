@@ -37,6 +37,7 @@ use crate::display::Display;
 use crate::drive::{Control, Outcome};
 use crate::echo::Load;
 use crate::fanout::Fanout;
+use crate::processes::Schedule;
 use crate::profile::{Mix, Profile};
 use crate::run::{Plan, Share, Workload};
 use crate::stats::{ProfileReport, Report, Stats};
@@ -91,6 +92,14 @@ struct Args {
     /// `fanout`: connections that publish, in addition to the subscribers.
     #[arg(long, default_value_t = 1)]
     publishers: u32,
+    /// Connections started per second (all of them: over threads and processes); default:
+    /// as fast as --connect-concurrency allows.
+    #[arg(long)]
+    ramp: Option<f64>,
+    /// The server's process id: the report gives its memory growth per open connection
+    /// (resident memory read from /proc before connecting and once all are open).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// `churn`: mean seconds a connection stays open before it closes and reconnects.
     #[arg(long, default_value_t = 5.0)]
     lifetime: f64,
@@ -259,6 +268,7 @@ fn run(args: &Args) -> Result<bool, String> {
         workload,
         mix: mix.clone(),
         connect_concurrency: args.connect_concurrency.max(1),
+        ramp: args.ramp.filter(|r| *r > 0.0),
     });
     if worker {
         let outcome = drive::drive(plan, Control::Parent)?;
@@ -273,10 +283,12 @@ fn run(args: &Args) -> Result<bool, String> {
         duration,
         connect_timeout,
         status: Box::new(move |status| shown.show(status)),
+        server_pid: args.server_pid,
     };
+    let rss_before = args.server_pid.and_then(cpu::rss_bytes);
     let outcome = drive::drive(plan, control);
     display.finish();
-    report(args, &mix, connections, threads, &outcome?)
+    report(args, &mix, connections, threads, &outcome?, rss_before)
 }
 
 /// The addresses to connect from: as given, or spread over loopback addresses when one
@@ -325,15 +337,17 @@ fn run_processes(
         0
     };
     let display = Display::new(args.quiet);
-    let outcome = processes::run(
-        processes,
-        &forwarded,
-        u64::from(connections),
+    let rss_before = args.server_pid.and_then(cpu::rss_bytes);
+    let schedule = Schedule {
+        total: u64::from(connections),
         publishers,
         duration,
         connect_timeout,
-        |status| display.show(status),
-    );
+        server_pid: args.server_pid,
+    };
+    let outcome = processes::run(processes, &forwarded, &schedule, |status| {
+        display.show(status)
+    });
     display.finish();
     let outcome = outcome?;
     let mix = match &args.profile_mix {
@@ -345,7 +359,7 @@ fn run_processes(
         .threads
         .unwrap_or_else(|| cores.div_ceil(processes as usize))
         * processes as usize;
-    report(args, &mix, connections, threads, &outcome)
+    report(args, &mix, connections, threads, &outcome, rss_before)
 }
 
 /// Prints the table, writes the JSON, and says whether the run was clean.
@@ -355,6 +369,7 @@ fn report(
     connections: u32,
     threads: usize,
     outcome: &Outcome,
+    server_rss_before: Option<u64>,
 ) -> Result<bool, String> {
     let buckets = &outcome.buckets;
     let mut stats = Stats::default();
@@ -390,6 +405,12 @@ fn report(
         profiles: &profiles,
         cpu_percent: 100.0 * outcome.cpu.as_secs_f64() / (measured * threads as f64).max(1e-9),
         threads,
+        server_bytes_per_connection: server_rss_before
+            .zip(outcome.server_rss_connected)
+            .filter(|_| stats.connections_established > 0)
+            .map(|(before, after)| {
+                after.saturating_sub(before) as f64 / stats.connections_established as f64
+            }),
     };
     report.print_table();
     if report.cpu_percent > 90.0 {

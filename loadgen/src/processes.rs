@@ -44,15 +44,25 @@ enum Event {
     Exited(usize),
 }
 
+/// What the parent needs to steer a run.
+#[derive(Clone, Copy)]
+pub struct Schedule {
+    /// Connections over all workers.
+    pub total: u64,
+    /// `fanout` publishers, whose final counts are relayed (0 otherwise).
+    pub publishers: u32,
+    pub duration: Duration,
+    pub connect_timeout: Duration,
+    /// The server whose memory to read once every connection is open.
+    pub server_pid: Option<u32>,
+}
+
 /// Runs `count` workers with `args` (this process's own, minus what only the parent does),
-/// steering them through the phases. `status` gets a progress line a few times a second.
+/// steering them through the phases. `status` hears how the run stands a few times a second.
 pub fn run(
     count: u32,
     args: &[String],
-    total: u64,
-    publishers: u32,
-    duration: Duration,
-    connect_timeout: Duration,
+    schedule: &Schedule,
     mut status: impl FnMut(Status),
 ) -> Result<Outcome, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
@@ -91,15 +101,7 @@ pub fn run(
         });
     }
     drop(tx);
-    let result = steer(
-        &mut workers,
-        &events,
-        total,
-        publishers,
-        duration,
-        connect_timeout,
-        &mut status,
-    );
+    let result = steer(&mut workers, &events, schedule, &mut status);
     for worker in &mut workers {
         if result.is_err() {
             let _ = worker.child.kill();
@@ -112,12 +114,16 @@ pub fn run(
 fn steer(
     workers: &mut [Worker],
     events: &mpsc::Receiver<Event>,
-    total: u64,
-    publishers: u32,
-    duration: Duration,
-    connect_timeout: Duration,
+    schedule: &Schedule,
     status: &mut impl FnMut(Status),
 ) -> Result<Outcome, String> {
+    let Schedule {
+        total,
+        publishers,
+        duration,
+        connect_timeout,
+        server_pid,
+    } = *schedule;
     let mut published: Vec<Option<Vec<(u32, u32)>>> = vec![None; workers.len()];
     let mut results: Vec<Option<Outcome>> = (0..workers.len()).map(|_| None).collect();
     let tell = |workers: &mut [Worker], line: &str| {
@@ -135,6 +141,7 @@ fn steer(
         let open = sum(workers, 1);
         status(Status::Connecting { open, total });
     }
+    let server_rss_connected = server_pid.and_then(crate::cpu::rss_bytes);
     tell(workers, "run");
     let started = Instant::now();
     let mut last = (started, sum(workers, 2));
@@ -188,6 +195,7 @@ fn steer(
     }
     let mut merged = merged.ok_or_else(|| "no worker process reported".to_owned())?;
     merged.timeline = timeline;
+    merged.server_rss_connected = server_rss_connected;
     Ok(merged)
 }
 

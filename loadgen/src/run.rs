@@ -103,6 +103,8 @@ pub struct Plan {
     pub mix: Mix,
     /// Handshakes in progress at once, per thread.
     pub connect_concurrency: usize,
+    /// Connections started per second over the whole run (all threads and processes).
+    pub ramp: Option<f64>,
 }
 
 impl Plan {
@@ -156,7 +158,12 @@ pub fn worker(
             published.clone(),
         ));
         let mut tasks = Vec::with_capacity(ids.len());
-        for id in ids {
+        // This thread's share of the ramp: its k-th connection starts k / rate seconds in.
+        let ramp = plan
+            .ramp
+            .map(|total| total / (plan.threads as f64 * f64::from(share.count)));
+        for (position, id) in ids.into_iter().enumerate() {
+            let start_after = ramp.map(|rate| Duration::from_secs_f64(position as f64 / rate));
             let (bucket, _) = plan.profile_of(id);
             let (plan, stats, gate, phase, progress) = (
                 plan.clone(),
@@ -166,6 +173,9 @@ pub fn worker(
                 progress.clone(),
             );
             tasks.push(tokio_uring::spawn(async move {
+                if let Some(after) = start_after {
+                    tokio::time::sleep(after).await;
+                }
                 match &plan.workload {
                     Workload::Handshake => {
                         progress.settled.fetch_add(1, Ordering::Relaxed);

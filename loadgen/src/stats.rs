@@ -1,6 +1,8 @@
 //! Counters and latency histograms: one set per worker thread, merged exactly at the end
 //! (histograms are added, never averaged).
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
@@ -30,11 +32,13 @@ pub struct Stats {
     pub storm_recovery_us: u64,
     pub latency_us: Histogram<u64>,
     pub handshake_us: Histogram<u64>,
-    /// The first few error messages, for the report.
-    pub errors: Vec<String>,
+    /// How often each kind of error happened (at most [`MAX_ERROR_KINDS`] kinds; the rest
+    /// count under one "other" entry).
+    pub errors: BTreeMap<String, u64>,
 }
 
-const MAX_ERRORS_KEPT: usize = 10;
+const MAX_ERROR_KINDS: usize = 32;
+const OTHER_ERRORS: &str = "other errors";
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds are valid")
@@ -57,7 +61,7 @@ impl Default for Stats {
             storm_recovery_us: 0,
             latency_us: histogram(),
             handshake_us: histogram(),
-            errors: Vec::new(),
+            errors: BTreeMap::new(),
         }
     }
 }
@@ -87,9 +91,16 @@ impl Stats {
     }
 
     pub fn note_error(&mut self, error: String) {
-        if self.errors.len() < MAX_ERRORS_KEPT && !self.errors.contains(&error) {
-            self.errors.push(error);
-        }
+        self.note_errors(error, 1);
+    }
+
+    fn note_errors(&mut self, error: String, count: u64) {
+        let key = if self.errors.len() < MAX_ERROR_KINDS || self.errors.contains_key(&error) {
+            error
+        } else {
+            OTHER_ERRORS.to_owned()
+        };
+        *self.errors.entry(key).or_insert(0) += count;
     }
 
     pub fn merge(&mut self, other: &Stats) {
@@ -108,8 +119,8 @@ impl Stats {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
         let _ = self.handshake_us.add(&other.handshake_us);
-        for error in &other.errors {
-            self.note_error(error.clone());
+        for (error, count) in &other.errors {
+            self.note_errors(error.clone(), *count);
         }
     }
 }
@@ -192,10 +203,8 @@ impl Stats {
         }
         stats.latency_us = histogram_from_json(&value["latency_us"])?;
         stats.handshake_us = histogram_from_json(&value["handshake_us"])?;
-        for error in value["errors"].as_array().into_iter().flatten() {
-            if let Some(error) = error.as_str() {
-                stats.note_error(error.to_owned());
-            }
+        for (error, count) in value["errors"].as_object().into_iter().flatten() {
+            stats.note_errors(error.clone(), count.as_u64().unwrap_or(1));
         }
         Ok(stats)
     }
@@ -219,6 +228,8 @@ pub struct Report<'a> {
     /// The generator's own CPU time over the run, as a share of the cores it ran on.
     pub cpu_percent: f64,
     pub threads: usize,
+    /// The server's resident memory growth per connection, when its pid was given.
+    pub server_bytes_per_connection: Option<f64>,
 }
 
 fn percentiles(histogram: &Histogram<u64>) -> Value {
@@ -273,6 +284,7 @@ impl Report<'_> {
             "loadgen_threads": self.threads,
             "errors": s.errors,
             "reconnects": s.reconnects,
+            "server_rss_bytes_per_connection": self.server_bytes_per_connection.map(f64::round),
             "storm_recovery_ms": s.storm_recovery_us as f64 / 1000.0,
             "profiles": self.profiles.iter().map(|p| json!({
                 "name": p.name,
@@ -328,6 +340,9 @@ impl Report<'_> {
                 s.handshake_us.max()
             );
         }
+        if let Some(bytes) = self.server_bytes_per_connection {
+            println!("server memory   {bytes:.0} B resident per open connection");
+        }
         if s.reconnects > 0 {
             println!(
                 "churn           {} reconnects; after the storm all were back in {:.1} ms",
@@ -359,8 +374,8 @@ impl Report<'_> {
             "generator       {} threads, {:.0}% CPU",
             self.threads, self.cpu_percent
         );
-        for error in &s.errors {
-            println!("error           {error}");
+        for (error, count) in &s.errors {
+            println!("error           {count} × {error}");
         }
     }
 }

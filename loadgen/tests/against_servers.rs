@@ -421,3 +421,36 @@ fn churn_reconnects_and_times_the_storm_recovery() {
         "recovery {recovery} ms"
     );
 }
+
+/// `hold` opens connections at the ramp's pace, never faster, and reads the server's memory.
+#[test]
+fn hold_ramps_and_reports_the_server_memory_per_connection() {
+    let server = ringws_serve();
+    let pid = server.child.id().to_string();
+    let started = std::time::Instant::now();
+    let (output, report) = loadgen(
+        &server.addr,
+        &[
+            "--scenario",
+            "hold",
+            "--connections",
+            "300",
+            "--ramp",
+            "300",
+            "--duration",
+            "0.5",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert_eq!(count(&report, "connections_established"), 300);
+    // The 300th connection starts 299/300 s in: the run cannot be shorter than that.
+    assert!(
+        started.elapsed().as_secs_f64() >= 1.4,
+        "{:?}",
+        started.elapsed()
+    );
+    let per_connection = report["server_rss_bytes_per_connection"].as_f64();
+    assert!(per_connection.is_some_and(|b| b >= 0.0), "{report}");
+}
