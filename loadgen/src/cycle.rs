@@ -12,7 +12,7 @@ use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::echo::MaskSource;
+use crate::echo::{MaskSource, no_close_answer};
 use crate::link::{Link, Rng};
 use crate::run::{Phase, Plan};
 use crate::stats::Stats;
@@ -190,7 +190,9 @@ async fn close(link: &Link, mask: &mut MaskSource) -> Result<(), String> {
     let mut buf = Vec::with_capacity(4096);
     loop {
         buf.clear();
-        let (result, back) = link.read(buf).await;
+        let Some((result, back)) = link.read_or_give_up(buf, true).await else {
+            return Err(no_close_answer());
+        };
         buf = back;
         match result {
             Ok(0) => return Ok(()),

@@ -18,7 +18,7 @@ use ringws::proto::frame::write_frame;
 use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
 
-use crate::link::Link;
+use crate::link::{CLOSE_TIMEOUT, Link};
 use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
 use crate::sequence::Tracker;
@@ -38,8 +38,14 @@ pub struct Load {
 enum WriterCmd {
     /// Messages due now (closed loop).
     Send(usize),
-    /// One message due at this instant (open loop).
-    Due(Instant),
+    /// Messages `first..first + count` of the open loop's schedule, message `n` due at
+    /// `start + n × period`.
+    Due {
+        first: u64,
+        count: u64,
+        start: Instant,
+        period: Duration,
+    },
     /// Protocol replies the session produced (pongs).
     Raw(Vec<u8>),
     /// The run is over: close with 1000.
@@ -80,7 +86,13 @@ pub async fn run(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio_uring::spawn(write_loop(stream.clone(), rx, shared.clone(), load, clock));
-    let pacer = tokio_uring::spawn(pace(tx.clone(), phase.clone(), shared.clone(), load));
+    let pacer = tokio_uring::spawn(pace(
+        stream.clone(),
+        tx.clone(),
+        phase.clone(),
+        shared.clone(),
+        load,
+    ));
 
     let _ = phase.wait_for(|p| *p != Phase::Connecting).await;
     if load.rate.is_none() && load.pipeline > 0 && *phase.borrow() == Phase::Running {
@@ -197,11 +209,22 @@ fn check_echo(shared: &Shared, message: &[u8], load: Load, now_ns: u64) -> bool 
     stats.count_arrival(arrival, now_ns.saturating_sub(stamp.sent_at_ns) / 1000)
 }
 
+/// The error a server that ignores our close earns.
+pub fn no_close_answer() -> String {
+    format!(
+        "the server did not answer the close within {} s",
+        CLOSE_TIMEOUT.as_secs()
+    )
+}
+
 fn fail(shared: &Shared, error: String) {
     let mut stats = shared.stats.borrow_mut();
     stats.connections_dropped += 1;
     stats.note_error(error);
 }
+
+/// Bytes gathered before a write goes out, when many messages are due at once.
+const WRITE_BATCH: usize = 256 << 10;
 
 async fn write_loop(
     stream: Rc<Link>,
@@ -215,16 +238,25 @@ async fn write_loop(
     let mut mask = MaskSource::new(shared.id);
     let mut closed = false;
     while let Some(first) = rx.recv().await {
-        // Everything in this batch leaves in one write, at one instant.
+        // Everything in this batch leaves in one write (or a few, if it is large).
         let now_ns = clock.now_ns();
         let mut next = Some(first);
         while let Some(cmd) = next.take().or_else(|| rx.try_recv().ok()) {
-            let (count, due): (usize, Option<Instant>) = match cmd {
-                WriterCmd::Send(n) => (n, None),
-                WriterCmd::Due(at) => (1, Some(at)),
+            // (messages, when the first was due, nanoseconds between them)
+            let (count, first_due_ns, period_ns) = match cmd {
+                WriterCmd::Send(n) => (n as u64, now_ns, 0),
+                WriterCmd::Due {
+                    first,
+                    count,
+                    start,
+                    period,
+                } => {
+                    let period_ns = period.as_nanos() as u64;
+                    (count, clock.ns_at(start) + first * period_ns, period_ns)
+                }
                 WriterCmd::Raw(bytes) => {
                     out.extend_from_slice(&bytes);
-                    (0, None)
+                    (0, 0, 0)
                 }
                 WriterCmd::Close => {
                     if !closed {
@@ -239,20 +271,20 @@ async fn write_loop(
                         );
                         closed = true;
                     }
-                    (0, None)
+                    (0, 0, 0)
                 }
             };
-            if closed {
-                continue;
-            }
-            for _ in 0..count {
+            for i in 0..count {
+                // Messages due but not yet written when the run ends are never sent.
+                if closed || shared.closing.get() {
+                    break;
+                }
                 let sequence = shared.sent.get();
-                let sent_at_ns = due.map_or(now_ns, |at| clock.ns_at(at));
                 message.clear();
                 Stamp {
                     connection: shared.id,
                     sequence,
-                    sent_at_ns,
+                    sent_at_ns: first_due_ns + i * period_ns,
                 }
                 .write(load.message_size, &mut message);
                 write_frame(
@@ -264,28 +296,38 @@ async fn write_loop(
                     Some(mask.next()),
                 );
                 shared.sent.set(sequence + 1);
-            }
-            if count > 0 {
-                shared.stats.borrow_mut().messages_sent += count as u64;
+                shared.stats.borrow_mut().messages_sent += 1;
+                if out.len() >= WRITE_BATCH && !write_out(&stream, &mut out, &shared).await {
+                    return;
+                }
             }
         }
-        if out.is_empty() {
-            continue;
-        }
-        let (result, written) = stream.write_all(out).await;
-        out = written;
-        out.clear();
-        if let Err(error) = result {
-            if !shared.closing.get() {
-                fail(&shared, format!("write: {error}"));
-            }
+        if !write_out(&stream, &mut out, &shared).await {
             return;
         }
     }
 }
 
+/// Writes and empties `out`; false once the connection failed.
+async fn write_out(stream: &Link, out: &mut Vec<u8>, shared: &Shared) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let (result, written) = stream.write_all(std::mem::take(out)).await;
+    *out = written;
+    out.clear();
+    if let Err(error) = result {
+        if !shared.closing.get() {
+            fail(shared, format!("write: {error}"));
+        }
+        return false;
+    }
+    true
+}
+
 /// Decides when the run's end begins the close, and in the open loop, when messages are due.
 async fn pace(
+    link: Rc<Link>,
     tx: mpsc::UnboundedSender<WriterCmd>,
     mut phase: watch::Receiver<Phase>,
     shared: Rc<Shared>,
@@ -296,23 +338,33 @@ async fn pace(
         let period = Duration::from_secs_f64(1.0 / rate);
         // Spread the connections' schedules over one period so they do not send in lockstep.
         let offset = period.mul_f64(f64::from(shared.id % 997) / 997.0);
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-        // Burst: after a stall every missed message is sent at once, stamped with the time it
-        // was due.
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let start = Instant::now() + offset;
+        // Each wake-up hands the writer every message due by now, however many: after a
+        // stall they all go at once, each stamped with the time it was due. One command per
+        // wake-up, not per message, so a writer that falls behind costs no memory.
+        let mut scheduled: u64 = 0;
         loop {
+            let next = start + period.mul_f64(scheduled as f64);
             tokio::select! {
-                at = ticks.tick() => {
-                    if *phase.borrow() != Phase::Running {
-                        break;
-                    }
-                    let _ = tx.send(WriterCmd::Due(at.into_std()));
-                }
-                _ = phase.changed() => {
-                    if *phase.borrow() != Phase::Running {
-                        break;
-                    }
-                }
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = phase.changed() => {}
+            }
+            if *phase.borrow() != Phase::Running {
+                break;
+            }
+            let Some(elapsed) = Instant::now().checked_duration_since(start) else {
+                continue;
+            };
+            let due = (elapsed.as_secs_f64() / period.as_secs_f64()) as u64 + 1;
+            if due > scheduled {
+                let (first, count) = (scheduled, due - scheduled);
+                scheduled = due;
+                let _ = tx.send(WriterCmd::Due {
+                    first,
+                    count,
+                    start,
+                    period,
+                });
             }
         }
     }
@@ -324,6 +376,17 @@ async fn pace(
     if !shared.closing.replace(true) {
         let _ = tx.send(WriterCmd::Close);
     }
+    // The reader ends (and aborts this task) when the server answers; if it never does,
+    // ending the socket wakes the reader.
+    give_up_on_close(&link, &shared.stats).await;
+}
+
+/// Waits for the server to answer our close; after [`CLOSE_TIMEOUT`], notes that it did not
+/// and shuts the socket, so a reader waiting on it sees the end.
+pub async fn give_up_on_close(link: &Link, stats: &RefCell<Stats>) {
+    tokio::time::sleep(CLOSE_TIMEOUT).await;
+    stats.borrow_mut().note_error(no_close_answer());
+    link.shutdown();
 }
 
 /// Masking keys for the client's frames: xorshift, seeded per connection. RFC 6455 wants them

@@ -22,7 +22,7 @@ use ringws::proto::frame::write_frame;
 use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
 
-use crate::echo::MaskSource;
+use crate::echo::{MaskSource, give_up_on_close};
 use crate::link::Link;
 use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
@@ -168,13 +168,19 @@ pub async fn run(
         ));
         publish(&conn, &plan, clock, phase, &outbox).await;
         drop(outbox);
+        let give_up = tokio_uring::spawn({
+            let (stream, stats) = (stream.clone(), conn.stats.clone());
+            async move { give_up_on_close(&stream, &stats).await }
+        });
         let _ = reader.await;
+        give_up.abort();
     } else {
         let subscriber = Rc::new(Subscriber {
             trackers: RefCell::new((0..plan.publishers).map(|_| Tracker::default()).collect()),
             received: Cell::new(0),
         });
         let closer = tokio_uring::spawn(close_when_complete(
+            stream.clone(),
             conn.clone(),
             subscriber.clone(),
             plan.clone(),
@@ -256,6 +262,7 @@ async fn publish(
 /// Once the run is over, closes as soon as every published message is in, or after the
 /// drain time.
 async fn close_when_complete(
+    link: Rc<Link>,
     conn: Rc<Conn>,
     subscriber: Rc<Subscriber>,
     plan: Arc<Fanout>,
@@ -271,6 +278,7 @@ async fn close_when_complete(
     }
     conn.closing.set(true);
     let _ = outbox.send(Out::Close);
+    give_up_on_close(&link, &conn.stats).await;
 }
 
 /// Reads until the close: a subscriber accounts for every message, a publisher discards
