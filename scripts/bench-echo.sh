@@ -13,26 +13,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+. scripts/lib/bench.sh
 seconds="${1:-10}"
 out=target/bench-echo
-mkdir -p "$out"
-command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is needed" >&2; exit 1; }
-[ "$(nproc)" -ge 2 ] || { echo "bench: needs two cores (server on one, client on the other)" >&2; exit 1; }
+bench_setup "$out"
 
 cargo build --release --quiet --workspace --bins
 cargo build --release --quiet --manifest-path benches/peers/tungstenite-echo/Cargo.toml
 loadgen=target/release/ringws-loadgen
 peer_bin=benches/peers/tungstenite-echo/target/release/tungstenite-echo
-
-pid=""
-stop() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  pid=""
-}
-trap stop EXIT
 
 # start NAME: starts the named server pinned to core 0 and sets $pid and $addr.
 start() {
@@ -42,10 +31,7 @@ start() {
               --idle-timeout 0 --max-connections 20000 >"$log" 2>&1 & ;;
     tungstenite) taskset -c 0 "$peer_bin" 127.0.0.1:0 >"$log" 2>&1 & ;;
   esac
-  pid=$!
-  for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
-  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -1)
-  [ -n "$addr" ] || { cat "$log" >&2; echo "bench: $1 did not start" >&2; exit 1; }
+  started "$log" "$1"
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -55,7 +41,6 @@ kernel_kib() {
   sock=$(awk '/^TCP:/ {for (i=1;i<NF;i++) if ($i=="mem") print $(i+1)*4}' /proc/net/sockstat)
   echo $(( slab + sock ))
 }
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, r))" "$@"; }
 
 declare -A rate p99 mem kmem
 for server in ringws tungstenite; do

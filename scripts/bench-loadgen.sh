@@ -10,23 +10,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+. scripts/lib/bench.sh
 seconds="${1:-5}"
 out=target/bench-loadgen
-mkdir -p "$out"
-command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is needed" >&2; exit 1; }
+bench_setup "$out"
 
 cargo build --release --quiet -p ringws-loadgen
 cargo build --release --quiet --manifest-path benches/peers/null-sink/Cargo.toml
 
 log="$out/sink.log"
 taskset -c 0 benches/peers/null-sink/target/release/null-sink 127.0.0.1:0 >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
-addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -1)
-[ -n "$addr" ] || { cat "$log" >&2; echo "bench: null-sink did not start" >&2; exit 1; }
-
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, r))" "$@"; }
+started "$log" null-sink
 
 {
   echo "| message | sent msg/s | sent MB/s | generator CPU |"

@@ -15,37 +15,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+. scripts/lib/bench.sh
 seconds="${1:-10}"
 out=target/bench-pubsub
-mkdir -p "$out"
-command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is needed" >&2; exit 1; }
-[ "$(nproc)" -ge 2 ] || { echo "bench: needs two cores (server on one, client on the other)" >&2; exit 1; }
+bench_setup "$out"
 
 cargo build --release --quiet --workspace --bins
 loadgen=target/release/ringws-loadgen
-
-pid=""
-stop() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  pid=""
-}
-trap stop EXIT
 
 # start_server [CPUS SHARDS MAX_CONNECTIONS]
 start_server() {
   local log="$out/server.log" cpus=${1:-0} shards=${2:-1} max=${3:-20000}
   taskset -c "$cpus" target/release/ringws serve --listen 127.0.0.1:0 --shards "$shards" \
     --idle-timeout 0 --max-connections "$max" >"$log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
-  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -1)
-  [ -n "$addr" ] || { cat "$log" >&2; echo "bench: ringws did not start" >&2; exit 1; }
+  started "$log" ringws
 }
 
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, r))" "$@"; }
 
 # fanout NAME SUBSCRIBERS RATE SIZE [loadgen args...]: one run, its JSON in $out/NAME.json.
 fanout() {

@@ -214,9 +214,11 @@ fn a_stalled_subscriber_is_closed_with_1008_under_the_close_policy() {
     let server = Server::start(&["--max-queued", "64KiB", "--slow-subscriber", "close"]);
     let mut stalled = open(server.addr, "/pubsub/ticks");
     let (fast, progress) = fast_subscriber(server.addr, "ticks");
-    let publisher = publish_paced(server.addr, "ticks", progress);
-    fast.join()
-        .expect("the fast subscriber got every message in order");
+    let addr = server.addr;
+    let publisher = thread::spawn(move || publish_paced(addr, "ticks", progress));
+    // Read as soon as the server gives up on the stalled subscriber: the close frame waits
+    // only behind what was already being written, and must be read before the server's
+    // close timeout drops the connection.
     wait_for_metrics(server.addr, SETTLE, |m| {
         m["ringws_pubsub_slow_closed_total"] == 1
     });
@@ -227,5 +229,7 @@ fn a_stalled_subscriber_is_closed_with_1008_under_the_close_policy() {
         }
     };
     assert_eq!(code, 1008);
-    drop(publisher);
+    fast.join()
+        .expect("the fast subscriber got every message in order");
+    drop(publisher.join().expect("the publisher"));
 }

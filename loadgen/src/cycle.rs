@@ -7,15 +7,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringws::proto::frame::write_frame;
-use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
+use ringws::proto::{Event, Role, Session, SessionConfig};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::echo::{MaskSource, no_close_answer};
+use crate::echo::no_close_answer;
 use crate::link::{Link, Rng};
 use crate::run::{Phase, Plan};
 use crate::stats::Stats;
+use crate::wire::MaskSource;
 
 /// How a `churn` client lives.
 #[derive(Clone, Copy, Debug)]
@@ -174,15 +174,7 @@ async fn discard(link: Rc<Link>) {
 /// The client's close handshake: a 1000 close, then read until the server's close or EOF.
 async fn close(link: &Link, mask: &mut MaskSource) -> Result<(), String> {
     let mut frame = Vec::with_capacity(8);
-    let code = u16::from(CloseCode::NORMAL).to_be_bytes();
-    write_frame(
-        &mut frame,
-        OpCode::Close,
-        true,
-        false,
-        &code,
-        Some(mask.next()),
-    );
+    mask.close(&mut frame);
     let (result, _) = link.write_all(frame).await;
     result.map_err(|e| format!("send close: {e}"))?;
     let mut session = Session::new(Role::Client, SessionConfig::default());

@@ -14,8 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringws::proto::frame::write_frame;
-use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
+use ringws::proto::{CloseCode, Event, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::link::{CLOSE_TIMEOUT, Link};
@@ -23,6 +22,7 @@ use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
 use crate::sequence::Tracker;
 use crate::stats::Stats;
+use crate::wire::MaskSource;
 
 /// How each connection sends.
 #[derive(Clone, Copy, Debug)]
@@ -260,15 +260,7 @@ async fn write_loop(
                 }
                 WriterCmd::Close => {
                     if !closed {
-                        let code = u16::from(CloseCode::NORMAL).to_be_bytes();
-                        write_frame(
-                            &mut out,
-                            OpCode::Close,
-                            true,
-                            false,
-                            &code,
-                            Some(mask.next()),
-                        );
+                        mask.close(&mut out);
                         closed = true;
                     }
                     (0, 0, 0)
@@ -287,14 +279,7 @@ async fn write_loop(
                     sent_at_ns: first_due_ns + i * period_ns,
                 }
                 .write(load.message_size, &mut message);
-                write_frame(
-                    &mut out,
-                    OpCode::Binary,
-                    true,
-                    false,
-                    &message,
-                    Some(mask.next()),
-                );
+                mask.binary(&message, &mut out);
                 shared.sent.set(sequence + 1);
                 shared.stats.borrow_mut().messages_sent += 1;
                 if out.len() >= WRITE_BATCH && !write_out(&stream, &mut out, &shared).await {
@@ -387,21 +372,4 @@ pub async fn give_up_on_close(link: &Link, stats: &RefCell<Stats>) {
     tokio::time::sleep(CLOSE_TIMEOUT).await;
     stats.borrow_mut().note_error(no_close_answer());
     link.shutdown();
-}
-
-/// Masking keys for the client's frames: xorshift, seeded per connection. RFC 6455 wants them
-/// unpredictable to intermediaries, not secret.
-pub struct MaskSource(u64);
-
-impl MaskSource {
-    pub fn new(connection: u32) -> Self {
-        Self(u64::from(connection).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> [u8; 4] {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 as u32).to_ne_bytes()
-    }
 }

@@ -18,16 +18,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use ringws::proto::frame::write_frame;
-use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
+use ringws::proto::{CloseCode, Event, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
 
-use crate::echo::{MaskSource, give_up_on_close};
+use crate::echo::give_up_on_close;
 use crate::link::Link;
 use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
 use crate::sequence::Tracker;
 use crate::stats::Stats;
+use crate::wire::MaskSource;
 
 /// How the fanout scenario runs.
 #[derive(Debug)]
@@ -389,24 +389,9 @@ async fn write_out(stream: Rc<Link>, mut rx: mpsc::UnboundedReceiver<Out>, conn:
             match item {
                 Out::Raw(bytes) => out.extend_from_slice(&bytes),
                 Out::Message(_) | Out::Close if closed => {}
-                Out::Message(message) => write_frame(
-                    &mut out,
-                    OpCode::Binary,
-                    true,
-                    false,
-                    &message,
-                    Some(mask.next()),
-                ),
+                Out::Message(message) => mask.binary(&message, &mut out),
                 Out::Close => {
-                    let code = u16::from(CloseCode::NORMAL).to_be_bytes();
-                    write_frame(
-                        &mut out,
-                        OpCode::Close,
-                        true,
-                        false,
-                        &code,
-                        Some(mask.next()),
-                    );
+                    mask.close(&mut out);
                     closed = true;
                 }
             }

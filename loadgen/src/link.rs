@@ -22,6 +22,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use ringws::runtime::socket::set_int_option;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_uring::net::TcpStream;
@@ -69,7 +70,8 @@ impl Link {
             }));
         };
         if let Some(bytes) = profile.receive_buffer {
-            set_receive_buffer(&stream, bytes)?;
+            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+            set_int_option(&*stream, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)?;
         }
         let rng = Rc::new(Rng::new(stream.as_raw_fd() as u64));
         let stalls = Rc::new(Stalls::new(profile, &rng));
@@ -317,23 +319,4 @@ impl Rng {
     pub fn exponential(&self) -> f64 {
         -(1.0 - self.unit()).ln()
     }
-}
-
-fn set_receive_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads a c_int from a live local for the length given, on a socket
-    // descriptor the stream owns.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

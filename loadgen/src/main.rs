@@ -20,6 +20,7 @@ mod run;
 mod sequence;
 mod stats;
 mod target;
+mod wire;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};

@@ -2,10 +2,11 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use ringws::proto::handshake::{ClientHandshake, ClientRequest};
+use ringws::runtime::socket::{set_int_option, tcp_socket_for, to_sockaddr};
 use tokio_uring::net::TcpStream;
 
 use crate::link::Link;
@@ -105,44 +106,17 @@ pub async fn open(
 /// tokio-uring can only connect from an address the kernel picks; a client spread over many
 /// loopback addresses needs its own socket, bound first.
 fn connect_from(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    let family = if to.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: socket(2) returns a new descriptor or -1, checked before it is owned.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = tcp_socket_for(to)?;
     // Pick the port at connect time, from the whole four-tuple: each source address then
-    // offers the full ephemeral range to every destination.
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads a c_int from a live local, on the socket we own.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    let (local, local_len) = sockaddr(SocketAddr::new(source, 0));
+    // offers the full ephemeral range to every destination. Without it, binding still works.
+    let _ = set_int_option(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+    let (local, local_len) = to_sockaddr(SocketAddr::new(source, 0));
     // SAFETY: `local` holds a sockaddr of `local_len` bytes for the socket's family.
     if unsafe { libc::bind(socket.as_raw_fd(), (&raw const local).cast(), local_len) } != 0 {
         let err = io::Error::last_os_error();
         return Err(io::Error::new(err.kind(), format!("bind {source}: {err}")));
     }
-    let (remote, remote_len) = sockaddr(to);
+    let (remote, remote_len) = to_sockaddr(to);
     // SAFETY: as for bind.
     if unsafe { libc::connect(socket.as_raw_fd(), (&raw const remote).cast(), remote_len) } != 0 {
         let err = io::Error::last_os_error();
@@ -151,39 +125,4 @@ fn connect_from(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
         }
     }
     Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
-}
-
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero bytes are a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }

@@ -12,6 +12,7 @@ mod mailbox;
 mod ring;
 mod shard;
 mod slot;
+pub mod socket;
 mod timer;
 mod user_data;
 

@@ -18,6 +18,7 @@ use super::buf_ring::BufRing;
 use super::listener;
 use super::mailbox::Mailbox;
 use super::slot::{Dropped, Phase, SendBuf, Slot};
+use super::socket;
 use super::timer::{self, TimerWheel};
 use super::user_data::{Op, next_generation, pack, unpack};
 use super::{CloseCause, Config, ConnId, Handler};
@@ -619,7 +620,7 @@ impl<H: Handler> Shard<H> {
         let slot_index = result as u32;
         let accept = &self.accepts[index as usize];
         let peer =
-            listener::from_sockaddr(&accept.address).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            socket::from_sockaddr(&accept.address).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let slots = &mut self.io.slots;
         if slots.len() <= slot_index as usize {
             slots.resize_with(slot_index as usize + 1, Slot::default);

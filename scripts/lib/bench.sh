@@ -1,0 +1,33 @@
+# What the bench scripts share. Source it after `cd` to the repository root.
+#
+#   bench_setup DIR        creates DIR, checks for taskset and two cores
+#   started LOG NAME       after starting a server in the background: sets $pid to it and
+#                          $addr to the address it prints (`listening on ADDR`)
+#   stop                   stops the server in $pid (also on exit)
+#   field FILE EXPR        evaluates a Python expression over a JSON report's fields
+
+bench_setup() {
+  mkdir -p "$1"
+  command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is needed" >&2; exit 1; }
+  [ "$(nproc)" -ge 2 ] || { echo "bench: needs two cores (server on one, client on the other)" >&2; exit 1; }
+}
+
+pid=""
+stop() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  pid=""
+}
+trap stop EXIT
+
+started() {
+  pid=$!
+  local log=$1 name=$2
+  for _ in $(seq 100); do grep -q 'listening on' "$log" && break; sleep 0.1; done
+  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$log" | head -1)
+  [ -n "$addr" ] || { cat "$log" >&2; echo "bench: $name did not start" >&2; exit 1; }
+}
+
+field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, r))" "$@"; }
