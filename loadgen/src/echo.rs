@@ -14,7 +14,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringws::proto::{CloseCode, Event, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::link::{CLOSE_TIMEOUT, Link};
@@ -22,7 +21,7 @@ use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
 use crate::sequence::Tracker;
 use crate::stats::Stats;
-use crate::wire::MaskSource;
+use crate::wire::{Heard, MaskSource, read_until_close};
 
 /// How each connection sends.
 #[derive(Clone, Copy, Debug)]
@@ -107,91 +106,53 @@ pub async fn run(
 
 async fn read_loop(
     stream: &Link,
-    mut pending: Vec<u8>,
+    pending: Vec<u8>,
     shared: &Shared,
     load: Load,
     clock: Clock,
     phase: &watch::Receiver<Phase>,
     tx: &mpsc::UnboundedSender<WriterCmd>,
 ) {
-    let mut session = Session::new(Role::Client, SessionConfig::default());
-    let mut replies = Vec::new();
-    let mut buf = Vec::with_capacity(64 << 10);
-    loop {
-        // Decode everything pending; each event may earn a reply or the next message. One
-        // clock read serves the whole read: its echoes all arrived at once.
-        let now_ns = clock.now_ns();
-        let mut at = 0;
-        let mut earned = 0;
-        while at < pending.len() {
-            let (used, event) = match session.read(&mut pending[at..], &mut replies) {
-                Ok(step) => step,
-                Err(error) => {
-                    fail(
-                        shared,
-                        format!("protocol error from the server: {}", error.reason),
-                    );
-                    return;
-                }
-            };
-            at += used;
-            match event {
-                Some(Event::Binary(message)) => {
-                    let running = *phase.borrow() == Phase::Running;
-                    if check_echo(shared, message, load, now_ns) && running {
-                        shared.stats.borrow_mut().messages_in_window += 1;
-                        if load.rate.is_none() {
-                            earned += 1;
-                        }
+    // Each echo may earn the next message; what a read earned goes out in one command.
+    let mut earned = 0;
+    let ended = read_until_close(
+        stream,
+        pending,
+        clock,
+        &shared.closing,
+        |heard| match heard {
+            Heard::Binary(message, now_ns) => {
+                let running = *phase.borrow() == Phase::Running;
+                if check_echo(shared, message, load, now_ns) && running {
+                    shared.stats.borrow_mut().messages_in_window += 1;
+                    if load.rate.is_none() {
+                        earned += 1;
                     }
                 }
-                Some(Event::Text(_)) => {
-                    shared.stats.borrow_mut().messages_corrupted += 1;
-                }
-                Some(Event::Close(frame)) => {
-                    if !shared.closing.get() {
-                        let code = frame.map_or(CloseCode::NO_STATUS, |f| f.code);
-                        fail(
-                            shared,
-                            format!("the server closed with {}", u16::from(code)),
-                        );
-                    }
-                    if !replies.is_empty() {
-                        let _ = tx.send(WriterCmd::Raw(std::mem::take(&mut replies)));
-                    }
-                    return;
-                }
-                Some(Event::Ping(_) | Event::Pong(_)) | None => {}
             }
-        }
-        pending.clear();
-        if !replies.is_empty() {
-            let _ = tx.send(WriterCmd::Raw(std::mem::take(&mut replies)));
-        }
-        if earned > 0 {
-            let _ = tx.send(WriterCmd::Send(earned));
-        }
-        if *phase.borrow() != Phase::Running && shared.in_flight() == 0 && !shared.closing.get() {
-            shared.closing.set(true);
-            let _ = tx.send(WriterCmd::Close);
-        }
-
-        buf.clear();
-        let (result, read) = stream.read(buf).await;
-        buf = read;
-        match result {
-            Ok(0) => {
-                if !shared.closing.get() {
-                    fail(shared, "the server closed the connection".to_owned());
+            Heard::Text => shared.stats.borrow_mut().messages_corrupted += 1,
+            Heard::Closed { replies } => {
+                if !replies.is_empty() {
+                    let _ = tx.send(WriterCmd::Raw(replies));
                 }
-                return;
             }
-            Ok(_) => pending.extend_from_slice(&buf),
-            Err(error) => {
-                fail(shared, format!("read: {error}"));
-                return;
+            Heard::Done { replies } => {
+                if !replies.is_empty() {
+                    let _ = tx.send(WriterCmd::Raw(replies));
+                }
+                if earned > 0 {
+                    let _ = tx.send(WriterCmd::Send(std::mem::take(&mut earned)));
+                }
+                let over = *phase.borrow() != Phase::Running;
+                if over && shared.in_flight() == 0 && !shared.closing.replace(true) {
+                    let _ = tx.send(WriterCmd::Close);
+                }
             }
-        }
+        },
+    )
+    .await;
+    if let Err(error) = ended {
+        fail(shared, error);
     }
 }
 

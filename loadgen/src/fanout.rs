@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use ringws::proto::{CloseCode, Event, Role, Session, SessionConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::echo::give_up_on_close;
@@ -27,7 +26,7 @@ use crate::payload::Stamp;
 use crate::run::{Clock, Phase};
 use crate::sequence::Tracker;
 use crate::stats::Stats;
-use crate::wire::MaskSource;
+use crate::wire::{Heard, MaskSource, read_until_close};
 
 /// How the fanout scenario runs.
 #[derive(Debug)]
@@ -286,7 +285,7 @@ async fn close_when_complete(
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
     stream: Rc<Link>,
-    mut pending: Vec<u8>,
+    pending: Vec<u8>,
     conn: Rc<Conn>,
     subscriber: Option<Rc<Subscriber>>,
     plan: Arc<Fanout>,
@@ -294,58 +293,29 @@ async fn read_loop(
     phase: watch::Receiver<Phase>,
     outbox: mpsc::UnboundedSender<Out>,
 ) {
-    let mut session = Session::new(Role::Client, SessionConfig::default());
-    let mut replies = Vec::new();
-    let mut buf = Vec::with_capacity(64 << 10);
-    loop {
-        let now_ns = clock.now_ns();
-        let mut at = 0;
-        while at < pending.len() {
-            let (used, event) = match session.read(&mut pending[at..], &mut replies) {
-                Ok(step) => step,
-                Err(error) => {
-                    conn.fail(format!("protocol error from the server: {}", error.reason));
-                    return;
+    let ended = read_until_close(
+        &stream,
+        pending,
+        clock,
+        &conn.closing,
+        |heard| match heard {
+            Heard::Binary(message, now_ns) => {
+                if let Some(subscriber) = &subscriber {
+                    let running = *phase.borrow() == Phase::Running;
+                    deliver(&conn, subscriber, &plan, message, now_ns, running);
                 }
-            };
-            at += used;
-            match event {
-                Some(Event::Binary(message)) => {
-                    if let Some(subscriber) = &subscriber {
-                        let running = *phase.borrow() == Phase::Running;
-                        deliver(&conn, subscriber, &plan, message, now_ns, running);
-                    }
+            }
+            Heard::Text => conn.stats.borrow_mut().messages_corrupted += 1,
+            Heard::Done { replies } | Heard::Closed { replies } => {
+                if !replies.is_empty() {
+                    let _ = outbox.send(Out::Raw(replies));
                 }
-                Some(Event::Text(_)) => conn.stats.borrow_mut().messages_corrupted += 1,
-                Some(Event::Close(frame)) => {
-                    if !conn.closing.get() {
-                        let code = frame.map_or(CloseCode::NO_STATUS, |f| f.code);
-                        conn.fail(format!("the server closed with {}", u16::from(code)));
-                    }
-                    let _ = outbox.send(Out::Raw(std::mem::take(&mut replies)));
-                    return;
-                }
-                Some(Event::Ping(_) | Event::Pong(_)) | None => {}
             }
-        }
-        pending.clear();
-        if !replies.is_empty() {
-            let _ = outbox.send(Out::Raw(std::mem::take(&mut replies)));
-        }
-        buf.clear();
-        let (result, read) = stream.read(buf).await;
-        buf = read;
-        match result {
-            Ok(0) => {
-                conn.fail("the server closed the connection".to_owned());
-                return;
-            }
-            Ok(_) => pending.extend_from_slice(&buf),
-            Err(error) => {
-                conn.fail(format!("read: {error}"));
-                return;
-            }
-        }
+        },
+    )
+    .await;
+    if let Err(error) = ended {
+        conn.fail(error);
     }
 }
 
