@@ -15,7 +15,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use bytes::BufMut;
 
 use super::ProtocolError;
-use super::frame::{OpCode, write_frame};
+use super::frame::{FrameHead, OpCode, write_frame};
 
 /// The extension's registered name.
 pub const EXTENSION_NAME: &str = "permessage-deflate";
@@ -325,9 +325,9 @@ impl Compressor {
         // With context takeover the peer's window must see every byte we compressed, so
         // the compressed form goes out even when it is larger.
         if self.reset_each_message && scratch.len() >= payload.len() {
-            write_frame(out, opcode, true, false, payload, mask);
+            write_frame(out, FrameHead::whole(opcode), payload, mask);
         } else {
-            write_frame(out, opcode, true, true, &scratch, mask);
+            write_frame(out, FrameHead::whole(opcode).compressed(), &scratch, mask);
         }
         // Keep a modest buffer for the next message; give back a huge one.
         if scratch.capacity() <= 1 << 20 {
@@ -369,6 +369,7 @@ impl Compressor {
 pub struct Decompressor {
     inner: Decompress,
     reset_each_message: bool,
+    window_bits: u8,
 }
 
 impl std::fmt::Debug for Decompressor {
@@ -387,11 +388,21 @@ impl Decompressor {
         Self {
             inner: Decompress::new_with_window_bits(false, bits),
             reset_each_message: direction.no_context_takeover,
+            window_bits: bits,
         }
+    }
+
+    /// Roughly what this inflater holds: its window and zlib's inflate state (about 7 KiB).
+    pub fn memory(&self) -> usize {
+        (1 << self.window_bits) + (7 << 10)
     }
 
     /// Inflates the next piece of a message's compressed payload, appending to `out`.
     /// Fails with 1009 as soon as `out` would pass `limit` bytes.
+    ///
+    /// The work is proportional to the input and the output it produces: output space is
+    /// reserved, never zero-filled, and only when the buffer is full, so a stream of empty
+    /// or tiny frames after a large one costs next to nothing.
     pub fn inflate(
         &mut self,
         mut input: &[u8],
@@ -400,17 +411,26 @@ impl Decompressor {
     ) -> Result<(), ProtocolError> {
         const TOO_BIG: ProtocolError =
             ProtocolError::too_big("message larger than the maximum message size once inflated");
+        // Every earlier call returned with room to spare, so zlib holds no pending output:
+        // without input there is nothing to do.
+        if input.is_empty() {
+            return Ok(());
+        }
         // One byte past the limit is enough to know the message is too big.
         let cap = limit.saturating_add(1);
         loop {
-            if out.len() >= cap {
-                return Err(TOO_BIG);
+            if out.len() == out.capacity() {
+                if out.len() >= cap {
+                    return Err(TOO_BIG);
+                }
+                // Grow in steps that double with the message, up to 1 MiB at a time.
+                let step = (cap - out.len()).min(out.len().clamp(16 << 10, 1 << 20));
+                out.reserve_exact(step);
             }
-            // Grow the output in steps that double with the message, up to 1 MiB at a time.
-            let step = (cap - out.len()).min(out.len().clamp(16 << 10, 1 << 20));
-            let end = out.len() + step;
             let before_in = self.inner.total_in();
-            let status = decompress_into(&mut self.inner, input, out, end)
+            let status = self
+                .inner
+                .decompress_vec(input, out, FlushDecompress::Sync)
                 .map_err(|_| ProtocolError::invalid_payload("invalid compressed data"))?;
             input = &input[(self.inner.total_in() - before_in) as usize..];
             if out.len() > limit {
@@ -427,7 +447,7 @@ impl Decompressor {
                     )),
                 };
             }
-            if out.len() < end {
+            if out.len() < out.capacity() {
                 // zlib stopped short of the space it had: it needs more input.
                 return Ok(());
             }
@@ -442,21 +462,6 @@ impl Decompressor {
         }
         Ok(())
     }
-}
-
-/// Runs one decompress call that may grow `out` up to `end` bytes, and no further.
-fn decompress_into(
-    inner: &mut Decompress,
-    input: &[u8],
-    out: &mut Vec<u8>,
-    end: usize,
-) -> Result<Status, flate2::DecompressError> {
-    let len = out.len();
-    out.resize(end, 0);
-    let before = inner.total_out();
-    let result = inner.decompress(input, &mut out[len..], FlushDecompress::Sync);
-    out.truncate(len + (inner.total_out() - before) as usize);
-    result
 }
 
 #[cfg(test)]
