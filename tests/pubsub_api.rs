@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ringws::proto::OpCode;
-use ringws::server::{Accept, App, Message, Metrics, Reject, Server, ServerConfig, Upgrade, Ws};
+use ringws::server::{Accept, App, Message, Metrics, Refusal, Server, ServerConfig, Upgrade, Ws};
 use support::{open, read_frame, send};
 
 /// `sub <topic>` and `unsub <topic>` manage subscriptions; the reply lists the topics held.
@@ -15,7 +15,7 @@ struct Commands;
 impl App for Commands {
     type State = ();
 
-    fn upgrade(&mut self, _upgrade: &Upgrade<'_>) -> Result<Accept<()>, Reject> {
+    fn upgrade(&mut self, _upgrade: &Upgrade<'_>) -> Result<Accept<()>, Refusal> {
         Ok(Accept::new(()))
     }
 
@@ -24,13 +24,19 @@ impl App for Commands {
             return;
         };
         let changed = match text.split_once(' ') {
-            Some(("sub", topic)) => ws.subscribe(topic),
-            Some(("unsub", topic)) => ws.unsubscribe(topic),
+            Some(("sub", topic)) => match ws.subscribe(topic) {
+                Ok(changed) => changed.to_string(),
+                Err(err) => format!("refused: {err}"),
+            },
+            Some(("unsub", topic)) => ws.unsubscribe(topic).to_string(),
             Some(("pub", rest)) => {
                 let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
-                ws.publish(topic, Message::Text(body))
+                match ws.publish(topic, Message::Text(body)) {
+                    Ok(reached) => reached.to_string(),
+                    Err(err) => format!("refused: {err}"),
+                }
             }
-            _ => false,
+            _ => "unknown".to_string(),
         };
         let mut topics: Vec<&str> = ws.topics().collect();
         topics.sort_unstable();
@@ -40,11 +46,9 @@ impl App for Commands {
 }
 
 fn start() -> Server {
-    let config = ServerConfig {
-        listen: vec!["127.0.0.1:0".parse().expect("an address")],
-        shards: 2,
-        ..ServerConfig::default()
-    };
+    let mut config = ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse().expect("an address")];
+    config.shards = 2;
     Server::start(config, |_| Commands).expect("start the server")
 }
 
@@ -80,8 +84,14 @@ fn subscriptions_follow_subscribe_and_unsubscribe_and_publishers_reach_them() {
     // A plain thread publishes; the subscriber hears it, and only on its topics.
     let publisher = server.publisher();
     let from_thread = std::thread::spawn(move || {
-        assert!(!publisher.publish("weather", Message::Text("nobody listens")));
-        assert!(publisher.publish("prices", Message::Binary(b"\x01\x02")));
+        assert_eq!(
+            publisher.publish("weather", Message::Text("nobody listens")),
+            Ok(false)
+        );
+        assert_eq!(
+            publisher.publish("prices", Message::Binary(b"\x01\x02")),
+            Ok(true)
+        );
     });
     from_thread.join().expect("publishing thread");
     let (header, payload) = read_frame(&mut client);
@@ -102,7 +112,10 @@ fn subscriptions_follow_subscribe_and_unsubscribe_and_publishers_reach_them() {
     assert_eq!(command(&mut other, "unsub news"), "true ");
     let metrics = settle(&server, |m| m.topics == 0);
     assert_eq!(metrics.subscriptions, 0);
-    assert!(!server.publisher().publish("news", Message::Text("gone")));
+    assert_eq!(
+        server.publisher().publish("news", Message::Text("gone")),
+        Ok(false)
+    );
     assert_eq!(metrics.published, 2);
     assert_eq!(metrics.delivered, 2);
     server.shutdown();

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ringws::proto::OpCode;
-use ringws::proto::frame::write_frame;
+use ringws::proto::frame::{FrameHead, write_frame};
 use support::{Server, read_head};
 
 const TOTAL: usize = 25_000;
@@ -59,9 +59,7 @@ fn worker(server: SocketAddr, source: Ipv4Addr, count: usize) {
         let mut frame = Vec::new();
         write_frame(
             &mut frame,
-            OpCode::Text,
-            true,
-            false,
+            FrameHead::whole(OpCode::Text),
             payload.as_bytes(),
             Some([7, 7, 7, 7]),
         );

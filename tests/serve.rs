@@ -173,9 +173,7 @@ fn protocol_errors_close_with_their_codes() {
                 let mut unmasked = Vec::new();
                 ringws::proto::frame::write_frame(
                     &mut unmasked,
-                    OpCode::Text,
-                    true,
-                    false,
+                    ringws::proto::frame::FrameHead::whole(OpCode::Text),
                     b"hi",
                     None,
                 );

@@ -190,25 +190,55 @@ pub fn encode_header(dst: &mut [u8; MAX_HEADER_LEN], header: &FrameHeader) -> us
     at
 }
 
+/// What a frame says about its message: its opcode, whether it ends the message, whether the
+/// message is compressed (RSV1 under permessage-deflate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    pub opcode: OpCode,
+    pub fin: bool,
+    pub compressed: bool,
+}
+
+impl FrameHead {
+    /// A whole message (or a control frame) in one frame.
+    pub const fn whole(opcode: OpCode) -> Self {
+        Self {
+            opcode,
+            fin: true,
+            compressed: false,
+        }
+    }
+
+    /// A frame of a message that continues in later frames.
+    pub const fn fragment(opcode: OpCode) -> Self {
+        Self {
+            opcode,
+            fin: false,
+            compressed: false,
+        }
+    }
+
+    /// The same frame, marked as carrying a compressed message (set on its first frame).
+    pub const fn compressed(self) -> Self {
+        Self {
+            compressed: true,
+            ..self
+        }
+    }
+}
+
 /// Appends a whole frame to `out`, masking the payload with `mask` when given.
-pub fn write_frame<B: BufMut>(
-    out: &mut B,
-    opcode: OpCode,
-    fin: bool,
-    rsv1: bool,
-    payload: &[u8],
-    mask: Option<[u8; 4]>,
-) {
+pub fn write_frame<B: BufMut>(out: &mut B, head: FrameHead, payload: &[u8], mask: Option<[u8; 4]>) {
     let header = FrameHeader {
-        fin,
-        rsv1,
-        opcode,
+        fin: head.fin,
+        rsv1: head.compressed,
+        opcode: head.opcode,
         mask,
         payload_len: payload.len() as u64,
     };
-    let mut head = [0u8; MAX_HEADER_LEN];
-    let head_len = encode_header(&mut head, &header);
-    out.put_slice(&head[..head_len]);
+    let mut encoded = [0u8; MAX_HEADER_LEN];
+    let len = encode_header(&mut encoded, &header);
+    out.put_slice(&encoded[..len]);
     match mask {
         None => out.put_slice(payload),
         Some(key) => {
@@ -309,9 +339,7 @@ mod tests {
         let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         write_frame(
             &mut out,
-            OpCode::Binary,
-            true,
-            false,
+            FrameHead::whole(OpCode::Binary),
             &payload,
             Some([9, 8, 7, 6]),
         );

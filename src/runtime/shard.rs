@@ -170,6 +170,20 @@ impl Io {
         self.slots[conn.slot as usize].deadline = due;
     }
 
+    /// Like [`Io::set_deadline`], at an instant.
+    pub fn set_deadline_at(&mut self, conn: ConnId, at: Instant) {
+        let after = at.saturating_duration_since(self.now);
+        self.set_deadline(conn, after);
+    }
+
+    /// Bytes written to `conn`'s socket so far.
+    pub fn written_bytes(&self, conn: ConnId) -> u64 {
+        self.slots
+            .get(conn.slot as usize)
+            .filter(|slot| slot.generation == conn.generation)
+            .map_or(0, |slot| slot.written)
+    }
+
     pub fn clear_deadline(&mut self, conn: ConnId) {
         if let Some(slot) = self.live_slot(conn) {
             slot.deadline = 0;

@@ -68,6 +68,7 @@ pub(crate) struct Slot {
     /// Bytes of `queue[0]` already written.
     pub head_offset: usize,
     pub queued: usize,
+    pub written: u64,
     pub sending: Option<Box<SendBuf>>,
     /// The handler's deadline (a timer tick), 0 when none.
     pub deadline: u64,
@@ -91,6 +92,7 @@ impl Default for Slot {
             queue: VecDeque::new(),
             head_offset: 0,
             queued: 0,
+            written: 0,
             sending: None,
             deadline: 0,
             stash: Vec::new(),
@@ -131,6 +133,7 @@ impl Slot {
 
     /// Drops `written` bytes from the front of the queue.
     pub fn consume(&mut self, mut written: usize) {
+        self.written += written as u64;
         self.queued -= written.min(self.queued);
         while written > 0 {
             let Some(front) = self.queue.front() else {

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use crate::proto::CloseCode;
 use crate::proto::handshake::Request;
 
-use super::handle::Ws;
+pub use crate::proto::handshake::Refusal;
+
+use super::ws::Ws;
 
 /// A message received from a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,22 +47,6 @@ impl<S> Accept<S> {
     }
 }
 
-/// The application refuses the connection with an HTTP status and a message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reject {
-    pub status: u16,
-    pub message: String,
-}
-
-impl Reject {
-    pub fn new(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
 /// How a connection ended, as its `on_close` hears it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closed<'a> {
@@ -74,9 +60,10 @@ pub trait App: 'static {
     /// Per-connection state, attached when the upgrade is accepted.
     type State: 'static;
 
-    /// Decides whether to accept an upgrade. Origin and protocol checks configured on the
-    /// server have already passed.
-    fn upgrade(&mut self, upgrade: &Upgrade<'_>) -> Result<Accept<Self::State>, Reject>;
+    /// Decides whether to accept an upgrade, or refuses it with an HTTP status, a message
+    /// and any headers. Origin and protocol checks configured on the server have already
+    /// passed.
+    fn upgrade(&mut self, upgrade: &Upgrade<'_>) -> Result<Accept<Self::State>, Refusal>;
 
     /// The connection is open; messages may be sent.
     fn on_open(&mut self, _ws: &mut Ws<'_, Self>) {}

@@ -1,10 +1,33 @@
-//! Server settings, their safe defaults, and parsing of the sizes and durations people type.
+//! Server settings: every default in one place ([`defaults`]), checks that refuse a bad
+//! configuration at startup, and the sizes and durations people type.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use crate::proto::deflate::DeflateConfig;
-use crate::proto::session::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// The default of every setting; the command line and [`ServerConfig::default`] both read
+/// them from here.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "127.0.0.1:9001";
+    pub const MAX_CONNECTIONS: usize = 100_000;
+    pub const MAX_MESSAGE_SIZE: usize = crate::proto::session::DEFAULT_MAX_MESSAGE_SIZE;
+    pub const MAX_HEADER_BYTES: usize = 8 << 10;
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+    pub const MAX_INCOMPLETE_BYTES: usize = 256 << 20;
+    pub const MAX_TOPIC_LEN: usize = 256;
+    pub const MAX_TOPICS_PER_CONNECTION: usize = 64;
+    pub const MAX_SHARD_BACKLOG: usize = 64 << 20;
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    pub const DEFLATE_MIN_SIZE: usize = 64;
+}
 
 /// What a connection whose send queue passes [`ServerConfig::max_queued_bytes`] gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,33 +47,54 @@ pub enum SlowSubscriberPolicy {
     Close,
 }
 
-/// Everything `ringws serve` and the library's server can be told.
-#[derive(Clone, Debug)]
+/// Everything `ringws serve` and the library's server can be told. Start from
+/// [`ServerConfig::default`] and change fields: new fields may be added in any release.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Shard threads, one per core by default.
     pub shards: usize,
     /// Connections held at once across all shards (each shard holds its share).
     pub max_connections: usize,
+    /// Largest message accepted, over all its fragments and after inflating; 1009 past it.
     pub max_message_size: usize,
     /// Largest HTTP request head; larger ones get 431.
     pub max_header_bytes: usize,
     /// A connection must finish its handshake within this time (slowloris defence).
     pub handshake_timeout: Duration,
-    /// Silence after which the server pings; silence for as long again closes. Zero disables.
+    /// Silence after which the server pings; no pong within as much again closes with 1001.
+    /// Also how long queued bytes may go without progress before the connection ends.
+    /// Zero disables both.
     pub idle_timeout: Duration,
-    /// How long to wait for the peer's close frame after sending ours.
+    /// How long the peer has to answer our close frame, and to read what is queued before
+    /// the socket is closed: past it the connection is aborted.
     pub close_timeout: Duration,
     /// Origins allowed to connect; empty allows any. Requests without Origin (non-browser
     /// clients) are allowed either way.
     pub allowed_origins: Vec<String>,
     /// Subprotocols the server speaks, in order of preference.
     pub subprotocols: Vec<String>,
-    /// Bytes queued for sending to one connection before `backpressure` acts.
+    /// What one connection's send queue may cost (bytes plus per-entry overhead) before
+    /// `backpressure` acts.
     pub max_queued_bytes: usize,
     pub backpressure: BackpressurePolicy,
     /// What a subscriber gets when published messages pile up past `max_queued_bytes`.
     pub slow_subscriber: SlowSubscriberPolicy,
+    /// Memory one shard may hold in messages still arriving (fragments and partial frames,
+    /// over all its connections); past it the connection holding the most is closed with
+    /// 1009.
+    pub max_incomplete_bytes: usize,
+    /// Longest topic name, in bytes.
+    pub max_topic_len: usize,
+    /// Topics one connection may subscribe to at once.
+    pub max_topics_per_connection: usize,
+    /// What one shard's queue of messages from other shards and threads may hold, in bytes;
+    /// a publish that finds it full is refused for that shard ([`PublishError`]) and a
+    /// publishing connection stops being read until the queue has room again.
+    ///
+    /// [`PublishError`]: super::pubsub::PublishError
+    pub max_shard_backlog: usize,
     /// Answer a plain GET of `/metrics` with the server's counters (Prometheus text format).
     pub metrics: bool,
     /// How long a graceful shutdown waits for clients to answer the 1001 close.
@@ -62,25 +106,52 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 9001))],
+            listen: vec![
+                defaults::LISTEN
+                    .parse()
+                    .expect("the default address parses"),
+            ],
             shards: std::thread::available_parallelism().map_or(1, usize::from),
-            max_connections: 100_000,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_header_bytes: 8 << 10,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            close_timeout: Duration::from_secs(5),
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_message_size: defaults::MAX_MESSAGE_SIZE,
+            max_header_bytes: defaults::MAX_HEADER_BYTES,
+            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            close_timeout: defaults::CLOSE_TIMEOUT,
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
-            max_queued_bytes: 4 << 20,
+            max_queued_bytes: defaults::MAX_QUEUED_BYTES,
             backpressure: BackpressurePolicy::PauseReading,
             slow_subscriber: SlowSubscriberPolicy::DropOldest,
+            max_incomplete_bytes: defaults::MAX_INCOMPLETE_BYTES,
+            max_topic_len: defaults::MAX_TOPIC_LEN,
+            max_topics_per_connection: defaults::MAX_TOPICS_PER_CONNECTION,
+            max_shard_backlog: defaults::MAX_SHARD_BACKLOG,
             metrics: true,
-            shutdown_grace: Duration::from_secs(5),
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,
         }
     }
 }
+
+/// A setting the server refuses to start with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting, as the command line names it.
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The most shards the topic directory can index (one bit each).
+pub const MAX_SHARDS: usize = 64;
 
 impl ServerConfig {
     /// Whether a browser page from `origin` may connect.
@@ -96,55 +167,192 @@ impl ServerConfig {
             }
         }
     }
+
+    /// Checks every setting; the server refuses to start with the first one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |setting, problem: String| Err(ConfigError { setting, problem });
+        if self.listen.is_empty() {
+            return fail("listen", "no address to listen on".into());
+        }
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return fail(
+                "shards",
+                format!(
+                    "{} is outside 1..={MAX_SHARDS} (the topic directory has one bit per shard)",
+                    self.shards
+                ),
+            );
+        }
+        let positive = [
+            ("max-connections", self.max_connections),
+            ("max-message-size", self.max_message_size),
+            ("max-header-bytes", self.max_header_bytes),
+            ("max-queued", self.max_queued_bytes),
+            ("max-incomplete", self.max_incomplete_bytes),
+            ("max-topic-len", self.max_topic_len),
+            ("max-topics-per-connection", self.max_topics_per_connection),
+            ("max-shard-backlog", self.max_shard_backlog),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return fail(setting, "must be greater than zero".into());
+            }
+        }
+        // The largest value a frame can carry; beyond it the setting means nothing.
+        if self.max_message_size as u64 > i64::MAX as u64 {
+            return fail("max-message-size", "larger than a frame can carry".into());
+        }
+        let now = Instant::now();
+        let durations = [
+            ("handshake-timeout", self.handshake_timeout),
+            ("idle-timeout", self.idle_timeout),
+            ("close-timeout", self.close_timeout),
+            ("shutdown-grace", self.shutdown_grace),
+        ];
+        for (setting, value) in durations {
+            if now.checked_add(value.saturating_mul(4)).is_none() {
+                return fail(setting, format!("{value:?} is too long to keep time with"));
+            }
+        }
+        for (setting, value) in [
+            ("handshake-timeout", self.handshake_timeout),
+            ("close-timeout", self.close_timeout),
+        ] {
+            if value.is_zero() {
+                return fail(setting, "must be greater than zero".into());
+            }
+        }
+        if let Some(deflate) = &self.deflate {
+            if !(9..=15).contains(&deflate.max_window_bits) {
+                return fail(
+                    "deflate",
+                    format!("window bits {} outside 9..=15", deflate.max_window_bits),
+                );
+            }
+            if !(8..=15).contains(&deflate.peer_max_window_bits) {
+                return fail(
+                    "deflate",
+                    format!(
+                        "peer window bits {} outside 8..=15",
+                        deflate.peer_max_window_bits
+                    ),
+                );
+            }
+            if deflate.level > 9 {
+                return fail("deflate", format!("level {} outside 0..=9", deflate.level));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Parses a byte size: `16777216`, `64KiB`, `16MiB`, `1GiB` (also `k`, `m`, `g`, binary units).
+/// A byte size as people type it: `16777216`, `64KiB`, `16MiB`, `1GiB` (also `k`, `m`, `g`;
+/// all binary units). Displays in the largest unit that divides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (value, unit) = split_number(text, "size (try 16MiB)")?;
+        let shift = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` (use B, KiB, MiB or GiB)"
+                ));
+            }
+        };
+        usize::try_from(value)
+            .ok()
+            .and_then(|value| value.checked_mul(1 << shift))
+            .map(Size)
+            .ok_or_else(|| format!("size `{}` is too large", text.trim()))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0;
+        for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if bytes != 0 && bytes.trailing_zeros() >= shift {
+                return write!(f, "{}{unit}", bytes >> shift);
+            }
+        }
+        write!(f, "{bytes}")
+    }
+}
+
+/// A duration as people type it: `30s`, `500ms`, `2m`, `1h`, or `0` to disable. Displays in
+/// the largest unit that divides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (value, unit) = split_number(text, "duration (try 30s)")?;
+        let seconds = |factor: u64| {
+            value
+                .checked_mul(factor)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("duration `{}` is too long", text.trim()))
+        };
+        Ok(Span(match unit {
+            "ms" => Duration::from_millis(value),
+            "" | "s" => seconds(1)?,
+            "m" => seconds(60)?,
+            "h" => seconds(3600)?,
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` (use ms, s, m or h)"
+                ));
+            }
+        }))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        if millis == 0 {
+            return f.write_str("0");
+        }
+        for (factor, unit) in [(3_600_000, "h"), (60_000, "m"), (1_000, "s")] {
+            if millis.is_multiple_of(factor) {
+                return write!(f, "{}{unit}", millis / factor);
+            }
+        }
+        write!(f, "{millis}ms")
+    }
+}
+
+/// Splits `64KiB` into `64` and `KiB`.
+fn split_number<'a>(text: &'a str, what: &str) -> Result<(u64, &'a str), String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a {what}"))?;
+    Ok((value, unit.trim()))
+}
+
+/// Parses a byte size: see [`Size`].
 pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: usize = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try 16MiB)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` (use B, KiB, MiB or GiB)"
-            ));
-        }
-    };
-    value
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size `{text}` is too large"))
+    text.parse::<Size>().map(|size| size.0)
 }
 
-/// Parses a duration: `30s`, `500ms`, `2m`, `1h`, or `0` to disable.
+/// Parses a duration: see [`Span`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 30s)"))?;
-    Ok(match unit.trim() {
-        "ms" => Duration::from_millis(value),
-        "" | "s" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value.saturating_mul(60)),
-        "h" => Duration::from_secs(value.saturating_mul(3600)),
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m or h)"
-            ));
-        }
-    })
+    text.parse::<Span>().map(|span| span.0)
 }
 
 #[cfg(test)]
@@ -159,6 +367,11 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+        assert!(parse_size("17179869184GiB").is_err());
+        for size in [0, 1, 1000, 64 << 10, 16 << 20, 3 << 30] {
+            assert_eq!(Size(size).to_string().parse(), Ok(Size(size)));
+        }
+        assert_eq!(Size(16 << 20).to_string(), "16MiB");
     }
 
     #[test]
@@ -167,6 +380,12 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
+        for millis in [0, 250, 1000, 90_000, 3_600_000] {
+            let span = Span(Duration::from_millis(millis));
+            assert_eq!(span.to_string().parse(), Ok(span));
+        }
+        assert_eq!(Span(Duration::from_secs(60)).to_string(), "1m");
     }
 
     #[test]
@@ -177,5 +396,35 @@ mod tests {
         assert!(config.origin_allowed(Some("https://APP.example")));
         assert!(!config.origin_allowed(Some("https://evil.example")));
         assert!(config.origin_allowed(None));
+    }
+
+    #[test]
+    fn the_deflate_threshold_default_is_the_codec_default() {
+        assert_eq!(
+            defaults::DEFLATE_MIN_SIZE,
+            DeflateConfig::default().min_size
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        assert_eq!(ServerConfig::default().validate(), Ok(()));
+        let refused = |change: fn(&mut ServerConfig)| {
+            let mut config = ServerConfig::default();
+            change(&mut config);
+            config.validate().expect_err("refused").setting
+        };
+        assert_eq!(refused(|c| c.shards = 65), "shards");
+        assert_eq!(refused(|c| c.shards = 0), "shards");
+        assert_eq!(refused(|c| c.max_queued_bytes = 0), "max-queued");
+        assert_eq!(
+            refused(|c| c.idle_timeout = Duration::from_secs(u64::MAX / 2)),
+            "idle-timeout"
+        );
+        assert_eq!(
+            refused(|c| c.close_timeout = Duration::ZERO),
+            "close-timeout"
+        );
+        assert_eq!(refused(|c| c.listen.clear()), "listen");
     }
 }

@@ -1,7 +1,7 @@
 //! The echo application `ringws serve` runs on every path outside pub/sub.
 
-use super::app::{Accept, App, Message, Reject, Upgrade};
-use super::handle::Ws;
+use super::app::{Accept, App, Message, Refusal, Upgrade};
+use super::ws::Ws;
 
 /// Sends every message back to its sender, unchanged.
 #[derive(Default)]
@@ -10,7 +10,7 @@ pub struct Echo;
 impl App for Echo {
     type State = ();
 
-    fn upgrade(&mut self, _upgrade: &Upgrade<'_>) -> Result<Accept<()>, Reject> {
+    fn upgrade(&mut self, _upgrade: &Upgrade<'_>) -> Result<Accept<()>, Refusal> {
         Ok(Accept::new(()))
     }
 

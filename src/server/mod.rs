@@ -1,61 +1,104 @@
 //! The WebSocket server: shards of connections on the io_uring runtime, the application API,
 //! pub/sub, and the application of `ringws serve`.
+//!
+//! The rooms: `connection` is one connection's state machine (sans-io, driven through the
+//! `transport` seam, with explicit timers), `handler` adapts it to the runtime, `ws` is what
+//! an application callback can do, `frames` writes outgoing frames, `pubsub` routes
+//! publishes, `metrics` counts, `config` holds every setting and its default.
 
 pub mod app;
 pub mod config;
-mod conn;
-mod core;
+mod connection;
 pub mod echo;
-mod handle;
+mod frames;
+mod handler;
+pub mod metrics;
 pub mod pubsub;
 pub mod serve_app;
-mod shard;
+mod shard_state;
 mod transport;
+mod ws;
+
+/// One connection driven in memory (a recording transport, a virtual clock, a client-side
+/// session reading the output), for fuzzing the connection state machine.
+#[cfg(feature = "fuzzing")]
+pub mod testing {
+    pub use super::connection::harness::{Harness, Seen};
+    pub use super::transport::Recording;
+}
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-pub use app::{Accept, App, Closed, Message, Reject, Upgrade};
-pub use config::{BackpressurePolicy, ServerConfig};
-pub use handle::Ws;
-pub use pubsub::{Metrics, Publisher};
-pub use transport::ConnId;
+pub use app::{Accept, App, Closed, Message, Refusal, Upgrade};
+pub use config::{BackpressurePolicy, ConfigError, ServerConfig, SlowSubscriberPolicy};
+pub use metrics::{Metrics, ShardMetrics};
+pub use pubsub::{PublishError, Publisher, SubscribeError};
+pub use ws::Ws;
+
+/// A connection within its shard.
+pub use crate::runtime::ConnId;
 
 use crate::runtime::{self, Runtime};
-use pubsub::{Hub, ShardMessage, ShardTopics};
-use shard::ShardHandler;
+use connection::Clock;
+use handler::ShardHandler;
+use metrics::Registry;
+use pubsub::{Hub, ShardMessage, ShardTopics, TopicTable};
 
 /// A running server.
 pub struct Server {
     runtime: Runtime<ShardMessage>,
     publisher: Publisher,
+    hub: Arc<Hub>,
+    registry: Arc<Registry>,
 }
 
 impl Server {
-    /// Starts the shards; `make_app` runs once on each shard's thread.
+    /// Checks the configuration, then starts the shards; `make_app` runs once on each
+    /// shard's thread.
     pub fn start<A, F>(config: ServerConfig, make_app: F) -> io::Result<Self>
     where
         A: App,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
-        let shards = config.shards.max(1);
+        config
+            .validate()
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let shards = config.shards;
         let runtime_config = runtime::Config {
             listen: config.listen.clone(),
             shards,
             max_connections_per_shard: config.max_connections.div_ceil(shards),
             shutdown_grace: config.shutdown_grace,
+            drain_timeout: config.close_timeout,
+            mailbox_bytes: config.max_shard_backlog,
             ..runtime::Config::default()
         };
         let config = Arc::new(config);
-        let hub = Arc::new(Hub::new(shards));
-        let shard_hub = hub.clone();
+        let hub = Arc::new(Hub::default());
+        let registry = Arc::new(Registry::new(shards));
+        let clock = Clock::new(Instant::now());
+        let (shard_hub, shard_registry) = (hub.clone(), registry.clone());
         let runtime = runtime::start(runtime_config, move |ctx| {
-            let topics = ShardTopics::new(ctx.index, shard_hub.clone(), ctx.remotes);
-            ShardHandler::new(make_app(ctx.index), config.clone(), topics)
+            let table = TopicTable::new(config.max_topic_len, config.max_topics_per_connection);
+            let topics = ShardTopics::new(
+                ctx.index,
+                shard_hub.clone(),
+                shard_registry.clone(),
+                ctx.remotes,
+                table,
+            );
+            ShardHandler::new(make_app(ctx.index), config.clone(), clock, topics)
         })?;
-        let publisher = Publisher::new(hub, runtime.remotes().to_vec());
-        Ok(Self { runtime, publisher })
+        let publisher = Publisher::new(hub.clone(), registry.clone(), runtime.remotes().to_vec());
+        Ok(Self {
+            runtime,
+            publisher,
+            hub,
+            registry,
+        })
     }
 
     /// A handle that publishes to the server's topics from any thread.
@@ -65,7 +108,7 @@ impl Server {
 
     /// The server's counters, summed over shards.
     pub fn metrics(&self) -> Metrics {
-        self.publisher.metrics()
+        self.registry.snapshot(self.hub.directory.len() as u64)
     }
 
     /// The addresses being listened on.
@@ -89,7 +132,8 @@ impl Server {
 pub fn serve(config: ServerConfig) -> io::Result<()> {
     // Shard threads inherit this mask: only `wait_for_signal` sees the signals.
     let signals = block_termination_signals()?;
-    let server = Server::start(config, |_| serve_app::ServeApp)?;
+    let app_config = config.clone();
+    let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
     for addr in server.local_addrs() {
         println!("ringws: listening on {addr}");
     }

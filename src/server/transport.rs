@@ -1,34 +1,133 @@
-//! The socket operations a shard needs from the I/O runtime, and nothing more.
-//!
-//! Connections are named by [`ConnId`]; the runtime guarantees an id is never reused while
-//! anything may still refer to the connection it named.
-
-use std::time::Duration;
+//! The socket operations a connection needs from the I/O runtime, and nothing more: the
+//! seam between the WebSocket state machine and io_uring. The runtime's `Io` implements it
+//! for real; [`Recording`] implements it in memory, so a connection can be driven through
+//! handshake, backpressure, deadlines and close without a socket.
 
 use bytes::Bytes;
 
-use crate::runtime::Dropped;
-
-/// A connection within its shard.
-pub use crate::runtime::ConnId;
+use crate::runtime::{ConnId, Dropped};
 
 pub(crate) trait Transport {
     /// Queues bytes; they leave in order, batched with others in one write per loop turn.
     fn send(&mut self, conn: ConnId, bytes: Bytes);
     /// Queues a whole message that [`Transport::drop_oldest`] may drop unsent.
     fn send_droppable(&mut self, conn: ConnId, bytes: Bytes);
-    /// Drops the oldest droppable messages not yet being written until at most `limit`
-    /// bytes are queued.
-    fn drop_oldest(&mut self, conn: ConnId, limit: usize) -> Dropped;
-    /// Bytes queued and not yet written to the socket.
+    /// Drops the oldest droppable messages not yet being written until the queue costs at
+    /// most `low_water`.
+    fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped;
+    /// What the queue costs: bytes not yet written, plus its own overhead.
     fn queued_bytes(&self, conn: ConnId) -> usize;
-    /// Closes once everything queued has been written.
+    /// Bytes written to the socket so far, ever: progress shows as this growing.
+    fn written_bytes(&self, conn: ConnId) -> u64;
+    /// Closes once everything queued has been written (within the runtime's deadlines).
     fn close(&mut self, conn: ConnId);
-    /// Closes now, dropping whatever is queued.
+    /// Closes now, dropping whatever is queued, with a reset.
     fn abort(&mut self, conn: ConnId);
     /// Stops delivering received bytes until [`Transport::resume_recv`].
     fn pause_recv(&mut self, conn: ConnId);
     fn resume_recv(&mut self, conn: ConnId);
-    /// Calls the shard back for this connection after `after` (replacing any earlier deadline).
-    fn set_deadline(&mut self, conn: ConnId, after: Duration);
+}
+
+/// An in-memory transport for one connection that records what the connection did. The
+/// test plays the kernel: [`Recording::write_out`] takes queued bytes as a reading peer
+/// would.
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// Chunks queued and not yet written, each with whether it may be dropped.
+    queue: std::collections::VecDeque<(Bytes, bool)>,
+    /// Bytes written out so far, in order.
+    pub written: Vec<u8>,
+    pub written_total: u64,
+    pub closing: bool,
+    pub aborted: bool,
+    pub paused: bool,
+    pub dropped: usize,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Recording {
+    /// Writes out up to `limit` queued bytes, as a peer reading that much would allow.
+    pub fn write_out(&mut self, mut limit: usize) -> usize {
+        let mut moved = 0;
+        while limit > 0 {
+            let Some((front, _)) = self.queue.front_mut() else {
+                break;
+            };
+            let take = front.len().min(limit);
+            self.written.extend_from_slice(&front.split_to(take));
+            if front.is_empty() {
+                self.queue.pop_front();
+            }
+            limit -= take;
+            moved += take;
+        }
+        self.written_total += moved as u64;
+        moved
+    }
+
+    /// Whether the connection is gone or on its way out.
+    pub fn ended(&self) -> bool {
+        self.closing || self.aborted
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.iter().map(|(bytes, _)| bytes.len()).sum()
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Transport for Recording {
+    fn send(&mut self, _conn: ConnId, bytes: Bytes) {
+        if !self.aborted && !bytes.is_empty() {
+            self.queue.push_back((bytes, false));
+        }
+    }
+
+    fn send_droppable(&mut self, _conn: ConnId, bytes: Bytes) {
+        if !self.aborted && !bytes.is_empty() {
+            self.queue.push_back((bytes, true));
+        }
+    }
+
+    fn drop_oldest(&mut self, _conn: ConnId, low_water: usize) -> Dropped {
+        let mut dropped = Dropped::default();
+        let mut queued = self.queued();
+        self.queue.retain(|(bytes, droppable)| {
+            if queued <= low_water || !droppable {
+                return true;
+            }
+            queued -= bytes.len();
+            dropped.chunks += 1;
+            dropped.bytes += bytes.len();
+            false
+        });
+        self.dropped += dropped.chunks;
+        dropped
+    }
+
+    fn queued_bytes(&self, _conn: ConnId) -> usize {
+        self.queued()
+    }
+
+    fn written_bytes(&self, _conn: ConnId) -> u64 {
+        self.written_total
+    }
+
+    fn close(&mut self, _conn: ConnId) {
+        self.closing = true;
+    }
+
+    fn abort(&mut self, _conn: ConnId) {
+        self.aborted = true;
+        self.queue.clear();
+    }
+
+    fn pause_recv(&mut self, _conn: ConnId) {
+        self.paused = true;
+    }
+
+    fn resume_recv(&mut self, _conn: ConnId) {
+        self.paused = false;
+    }
 }

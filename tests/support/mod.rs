@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use ringws::proto::OpCode;
-use ringws::proto::frame::{Decoded, FrameHeader, decode_header, write_frame};
+use ringws::proto::frame::{Decoded, FrameHead, FrameHeader, decode_header, write_frame};
 
 /// The key of RFC 6455's example handshake, and the accept value it must produce.
 pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -142,9 +142,11 @@ pub fn frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     write_frame(
         &mut out,
-        opcode,
-        fin,
-        false,
+        FrameHead {
+            opcode,
+            fin,
+            compressed: false,
+        },
         payload,
         Some([0x12, 0x34, 0x56, 0x78]),
     );

@@ -11,7 +11,7 @@ pub use client::{Accepted, ClientHandshake, ClientRequest, HandshakeError};
 pub use extensions::{ExtensionOffer, parse_offers};
 pub use request::{Limits, Request, RequestParser};
 pub use server::{
-    Rejection, UpgradeRequest, accept_key, reason_phrase, select_protocol, validate, write_accept,
+    Refusal, UpgradeRequest, accept_key, reason_phrase, select_protocol, validate, write_accept,
     write_response,
 };
 

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use super::extensions::{ExtensionOffer, parse_offers};
 use super::head::{FieldError, Fields, HeadReader};
-use super::server::Rejection;
+use super::server::Refusal;
 
 /// Limits on a request head.
 #[derive(Clone, Copy, Debug)]
@@ -44,11 +44,11 @@ impl RequestParser {
     /// Takes the next bytes. Once the head is complete, returns how many bytes of `input`
     /// belonged to it: the rest (frames a client sent right behind its request) are the
     /// caller's. A malformed or oversized head is refused with the HTTP answer it deserves.
-    pub fn feed(&mut self, input: &[u8]) -> Result<Option<usize>, Rejection> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<Option<usize>, Refusal> {
         if self.request.is_some() {
             return Ok(Some(0));
         }
-        let too_large = || Rejection::new(431, "request header fields too large");
+        let too_large = || Refusal::new(431, "request header fields too large");
         let Some(consumed) = self
             .reader
             .feed(input, self.limits.max_head_bytes)
@@ -78,41 +78,41 @@ pub struct Request {
 }
 
 impl Request {
-    fn parse(head: Vec<u8>, max_headers: usize) -> Result<Self, Rejection> {
+    fn parse(head: Vec<u8>, max_headers: usize) -> Result<Self, Refusal> {
         let head = String::from_utf8(head)
-            .map_err(|_| Rejection::new(400, "request head is not valid UTF-8"))?;
+            .map_err(|_| Refusal::new(400, "request head is not valid UTF-8"))?;
         let line_end = head
             .find("\r\n")
-            .ok_or(Rejection::new(400, "malformed request line"))?;
+            .ok_or(Refusal::new(400, "malformed request line"))?;
         let line = &head[..line_end];
         let mut parts = line.split(' ');
         let (Some(method), Some(target), Some(version), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(Rejection::new(400, "malformed request line"));
+            return Err(Refusal::new(400, "malformed request line"));
         };
         if method.is_empty() || !method.bytes().all(super::head::is_token_byte) {
-            return Err(Rejection::new(400, "malformed request method"));
+            return Err(Refusal::new(400, "malformed request method"));
         }
         if target.is_empty() || target.bytes().any(|b| b.is_ascii_control()) {
-            return Err(Rejection::new(400, "malformed request target"));
+            return Err(Refusal::new(400, "malformed request target"));
         }
         let minor_version = match version {
             "HTTP/1.1" => 1,
             "HTTP/1.0" => {
-                return Err(Rejection::new(
+                return Err(Refusal::new(
                     400,
                     "HTTP/1.1 or later is required for a WebSocket upgrade",
                 ));
             }
             v if v.starts_with("HTTP/") && v.len() == 8 => {
-                return Err(Rejection::new(505, "HTTP version not supported"));
+                return Err(Refusal::new(505, "HTTP version not supported"));
             }
-            _ => return Err(Rejection::new(400, "malformed HTTP version")),
+            _ => return Err(Refusal::new(400, "malformed HTTP version")),
         };
         let fields = Fields::parse(&head, line_end + 2, max_headers).map_err(|e| match e {
-            FieldError::TooMany => Rejection::new(431, "too many header fields"),
-            FieldError::Malformed(what) => Rejection::new(400, what),
+            FieldError::TooMany => Refusal::new(431, "too many header fields"),
+            FieldError::Malformed(what) => Refusal::new(400, what),
         })?;
         let method_range = 0..method.len();
         let target_start = method.len() + 1;

@@ -19,19 +19,21 @@ pub struct UpgradeRequest<'a> {
     pub key: &'a str,
 }
 
-/// An HTTP answer refusing a request.
+/// An HTTP answer refusing a request: the protocol's own refusals (400, 426, 431...) and an
+/// application's (401, 403, 429...) alike.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
+pub struct Refusal {
     pub status: u16,
     /// Names the problem; the body of the response.
     pub message: Cow<'static, str>,
-    /// Extra response headers (426 names the version the server speaks).
-    pub headers: Vec<(&'static str, &'static str)>,
+    /// Extra response headers (426 names the version the server speaks, 429 may say when
+    /// to retry). A header whose name or value holds CR or LF is never written.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     /// The request was plain HTTP with no upgrade at all.
     plain_http: bool,
 }
 
-impl Rejection {
+impl Refusal {
     pub fn new(status: u16, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
@@ -41,8 +43,9 @@ impl Rejection {
         }
     }
 
-    fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
-        self.headers.push((name, value));
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -67,36 +70,32 @@ impl Rejection {
 }
 
 /// Checks a request against RFC 6455 §4.2.1.
-pub fn validate(request: &Request) -> Result<UpgradeRequest<'_>, Rejection> {
+pub fn validate(request: &Request) -> Result<UpgradeRequest<'_>, Refusal> {
     if request.header("upgrade").is_none() {
-        let mut plain =
-            Rejection::new(426, "this is a WebSocket endpoint: send an Upgrade request")
-                .with_header("Upgrade", "websocket");
+        let mut plain = Refusal::new(426, "this is a WebSocket endpoint: send an Upgrade request")
+            .with_header("Upgrade", "websocket");
         plain.plain_http = true;
         return Err(plain);
     }
     if request.method() != "GET" {
         return Err(
-            Rejection::new(405, "a WebSocket upgrade must use GET").with_header("Allow", "GET")
+            Refusal::new(405, "a WebSocket upgrade must use GET").with_header("Allow", "GET")
         );
     }
     if request.host().is_none() {
-        return Err(Rejection::new(400, "missing Host header"));
+        return Err(Refusal::new(400, "missing Host header"));
     }
     if !request.has_token("upgrade", "websocket") {
-        return Err(Rejection::new(
-            400,
-            "the Upgrade header must name websocket",
-        ));
+        return Err(Refusal::new(400, "the Upgrade header must name websocket"));
     }
     if !request.has_token("connection", "upgrade") {
-        return Err(Rejection::new(
+        return Err(Refusal::new(
             400,
             "the Connection header must contain Upgrade",
         ));
     }
     if request.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Rejection::new(
+        return Err(Refusal::new(
             426,
             "unsupported Sec-WebSocket-Version: this server speaks 13",
         )
@@ -104,10 +103,10 @@ pub fn validate(request: &Request) -> Result<UpgradeRequest<'_>, Rejection> {
     }
     let key = request
         .header("sec-websocket-key")
-        .ok_or(Rejection::new(400, "missing Sec-WebSocket-Key"))?;
+        .ok_or(Refusal::new(400, "missing Sec-WebSocket-Key"))?;
     match BASE64.decode(key) {
         Ok(bytes) if bytes.len() == 16 => Ok(UpgradeRequest { key }),
-        _ => Err(Rejection::new(
+        _ => Err(Refusal::new(
             400,
             format!("invalid Sec-WebSocket-Key `{key}`: it must be 16 bytes in base64"),
         )),
@@ -164,14 +163,18 @@ fn write_head(
     status: u16,
     content_type: &str,
     length: usize,
-    headers: &[(&str, &str)],
+    headers: &[(&str, Cow<'_, str>)],
 ) {
     let _ = write!(
         Writer(out),
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n",
         reason_phrase(status)
     );
+    let splits_lines = |text: &str| text.contains(['\r', '\n']);
     for (name, value) in headers {
+        if splits_lines(name) || splits_lines(value) {
+            continue;
+        }
         let _ = write!(Writer(out), "{name}: {value}\r\n");
     }
     out.extend_from_slice(b"\r\n");

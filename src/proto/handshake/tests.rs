@@ -19,7 +19,7 @@ Sec-WebSocket-Protocol: chat.v2, chat.v1\r\n\
 Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
 /// Feeds `bytes` in pieces ending at `cuts`; returns the parse outcome and the bytes left over.
-fn parse_split(bytes: &[u8], cuts: &[usize]) -> (Result<Option<Request>, Rejection>, Vec<u8>) {
+fn parse_split(bytes: &[u8], cuts: &[usize]) -> (Result<Option<Request>, Refusal>, Vec<u8>) {
     let mut parser = RequestParser::new(Limits::default());
     let mut bounds: Vec<usize> = cuts
         .iter()

@@ -1,39 +1,15 @@
-//! What every connection of a shard shares: settings, the frame arena, shared compressors,
-//! the shard's pub/sub topics.
-
-use std::sync::Arc;
+//! Outgoing frames: written into a per-shard arena and handed to the runtime as shared
+//! `Bytes`, compressed by a connection's own compressor or one shared by the shard.
 
 use bytes::{Bytes, BytesMut};
 
 use crate::proto::deflate::{Compressor, DeflateConfig, Direction};
-
-use super::config::ServerConfig;
-use super::pubsub::ShardTopics;
-
-pub(crate) struct ShardCore {
-    pub config: Arc<ServerConfig>,
-    pub arena: Arena,
-    pub compressors: SharedCompressors,
-    pub topics: ShardTopics,
-}
-
-impl ShardCore {
-    pub fn new(config: Arc<ServerConfig>, topics: ShardTopics) -> Self {
-        let compressors = SharedCompressors {
-            config: config.deflate,
-            by_window: Default::default(),
-        };
-        Self {
-            config,
-            arena: Arena::default(),
-            compressors,
-            topics,
-        }
-    }
-}
+use crate::proto::session::Writer;
+use crate::proto::{OpCode, SendError};
 
 /// Frames are written into one growing buffer and split off as shared [`Bytes`]: no heap
-/// allocation per frame until a block is used up.
+/// allocation per frame until a block is used up. A frame that must wait in a queue behind
+/// a send in flight is copied out by the runtime, so a slow reader never keeps a block alive.
 #[derive(Default)]
 pub(crate) struct Arena {
     buf: BytesMut,
@@ -64,6 +40,13 @@ pub(crate) struct SharedCompressors {
 }
 
 impl SharedCompressors {
+    pub fn new(config: Option<DeflateConfig>) -> Self {
+        Self {
+            config,
+            by_window: Default::default(),
+        }
+    }
+
     pub fn get(&mut self, direction: Direction) -> Option<&mut Compressor> {
         let config = self.config.as_ref()?;
         let slot = self.by_window.get_mut(usize::from(direction.window_bits))?;
@@ -77,5 +60,30 @@ impl SharedCompressors {
             );
         }
         slot.as_mut()
+    }
+}
+
+/// Writes one message into `arena`, compressed when the connection negotiated it and the
+/// message is large enough to gain: with the connection's own compressor when it keeps
+/// context, else with the shard's shared one.
+pub(crate) fn write_message(
+    writer: &mut Writer,
+    own_compressor: Option<&mut Compressor>,
+    arena: &mut Arena,
+    shared: &mut SharedCompressors,
+    opcode: OpCode,
+    payload: &[u8],
+) -> Result<(), SendError> {
+    let out = arena.room(payload.len() + 16);
+    if let Some(compressor) = own_compressor {
+        return writer.send_compressed(opcode, payload, compressor, out);
+    }
+    let shared = writer
+        .own_direction()
+        .filter(|_| !opcode.is_control())
+        .and_then(|direction| shared.get(direction));
+    match shared {
+        Some(compressor) => writer.send_compressed(opcode, payload, compressor, out),
+        None => writer.send(opcode, payload, out),
     }
 }

@@ -1,0 +1,592 @@
+//! One connection's life in a shard: HTTP handshake, WebSocket session, deadlines, close.
+//!
+//! The connection is a state machine that never touches a socket: the shard hands it what
+//! the runtime reported (bytes, drained, a deadline) with the current [`Time`], and it acts
+//! through a [`Transport`]. Its deadlines are explicit [`Timer`]s; the shard only asks for
+//! the earliest ([`Connection::poll_timeout`]) and calls [`Connection::handle_timeout`]
+//! when it passes, so the ping and close policy runs the same on a virtual clock in tests.
+//!
+//! Once the server has decided to end a connection it always ends: a close frame we sent
+//! must be answered within the close timeout ([`Timer::Close`]), bytes queued must make
+//! progress within the idle timeout ([`Timer::SendStall`]), and once the runtime is told to
+//! close, its own deadlines bound the rest.
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod harness;
+mod timers;
+mod upgrade;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+
+use crate::proto::deflate::Compressor;
+use crate::proto::handshake::{self, Refusal, RequestParser};
+use crate::proto::session::{Reader, Writer};
+use crate::proto::{CloseCode, Event, ProtocolError};
+use crate::runtime::ConnId;
+
+use super::app::{App, Closed, Message};
+use super::config::{BackpressurePolicy, SlowSubscriberPolicy};
+use super::frames::write_message;
+use super::pubsub::Published;
+use super::shard_state::ShardState;
+use super::transport::Transport;
+use super::ws::Ws;
+
+pub use timers::{Clock, Time, Timer, Timers};
+
+/// How often a connection paused behind a full shard queue checks whether it may read again.
+const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// What a connection's calls need from its shard, lent for one call.
+pub(crate) struct Cx<'a> {
+    pub id: ConnId,
+    pub now: Time,
+    pub shard: &'a mut ShardState,
+    pub io: &'a mut dyn Transport,
+}
+
+/// A connection's state, kept in the shard's table.
+pub(crate) struct Connection<S> {
+    peer: SocketAddr,
+    stage: Stage<S>,
+    timers: Timers,
+    /// When the peer last sent anything; idle pings count from here.
+    last_seen: Time,
+    /// Why reading is paused, if it is.
+    paused: Option<Pause>,
+    /// How the connection ended, for `on_close`: the first cause recorded.
+    ending: Option<Box<(CloseCode, Box<str>)>>,
+    /// Bytes of incomplete messages counted in the shard's budget.
+    incomplete: usize,
+    /// Bytes written when [`Timer::SendStall`] was armed: progress is measured from here.
+    stall_mark: u64,
+}
+
+enum Stage<S> {
+    /// Reading the HTTP request; the parser holds the head until it is complete.
+    Handshake(Box<RequestParser>),
+    Open(Open<S>),
+    /// An HTTP response (a page or a refusal) is on its way; the connection closes after it.
+    Responded,
+}
+
+/// An open WebSocket connection: the reader, and the parts a callback may use.
+pub(crate) struct Open<S> {
+    reader: Reader,
+    parts: Parts<S>,
+}
+
+/// What an application callback borrows of an open connection.
+pub(crate) struct Parts<S> {
+    pub writer: Writer,
+    pub state: S,
+    pub protocol: Option<Box<str>>,
+    /// A compressor of this connection's own, when it keeps context between messages.
+    pub compressor: Option<Box<Compressor>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pause {
+    /// The send queue passed its bound; reading resumes once it drains.
+    Backpressure,
+    /// A publish found another shard's queue full; reading resumes once it has room.
+    Backlog,
+}
+
+/// What a callback asked of the connection beyond sending, applied when it returns.
+#[derive(Default)]
+pub(crate) struct Asked {
+    /// The application started the close handshake.
+    pub close_sent: bool,
+    /// A publish was refused by a shard that is behind.
+    pub publish_refused: bool,
+}
+
+impl<S> Connection<S> {
+    pub fn new(peer: SocketAddr, cx: &mut Cx<'_>) -> Self {
+        let config = &cx.shard.config;
+        let limits = handshake::Limits {
+            max_head_bytes: config.max_header_bytes,
+            ..Default::default()
+        };
+        let mut timers = Timers::default();
+        timers.set(Timer::Handshake, cx.now.after(config.handshake_timeout));
+        Self {
+            peer,
+            stage: Stage::Handshake(Box::new(RequestParser::new(limits))),
+            timers,
+            last_seen: cx.now,
+            paused: None,
+            ending: None,
+            incomplete: 0,
+            stall_mark: 0,
+        }
+    }
+
+    /// The earliest deadline: the runtime should call [`Connection::handle_timeout`] then.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next()
+    }
+
+    /// Bytes of incomplete messages this connection holds.
+    pub fn incomplete_bytes(&self) -> usize {
+        self.incomplete
+    }
+
+    /// The peer sent `data`.
+    pub fn on_data<A: App<State = S>>(&mut self, cx: &mut Cx<'_>, app: &mut A, data: &mut [u8]) {
+        self.last_seen = cx.now;
+        let data = match &mut self.stage {
+            Stage::Handshake(parser) => match parser.feed(data) {
+                Ok(None) => return,
+                Err(refusal) => return self.refuse(cx, &refusal),
+                Ok(Some(consumed)) => {
+                    self.timers.stop(Timer::Handshake);
+                    if !self.upgrade(cx, app) {
+                        return;
+                    }
+                    // Frames may follow the request in the same read.
+                    &mut data[consumed..]
+                }
+            },
+            Stage::Open(_) => data,
+            // Anything after an HTTP response is ignored until the close.
+            Stage::Responded => return,
+        };
+        self.read_frames(cx, app, data);
+    }
+
+    /// Answers the complete request the parser holds. Returns whether the connection is
+    /// now a WebSocket.
+    fn upgrade<A: App<State = S>>(&mut self, cx: &mut Cx<'_>, app: &mut A) -> bool {
+        let Stage::Handshake(parser) = std::mem::replace(&mut self.stage, Stage::Responded) else {
+            return false;
+        };
+        let Some(request) = parser.request() else {
+            cx.io.abort(cx.id);
+            return false;
+        };
+        match upgrade::answer(request, self.peer, app, cx.shard) {
+            upgrade::Answer::Page(response) => {
+                self.respond_and_close(cx, response);
+                false
+            }
+            upgrade::Answer::Refuse(refusal) => {
+                self.refuse(cx, &refusal);
+                false
+            }
+            upgrade::Answer::Accept { response, open } => {
+                cx.io.send(cx.id, response.into());
+                self.stage = Stage::Open(open);
+                let idle = cx.shard.config.idle_timeout;
+                if !idle.is_zero() {
+                    self.timers.set(Timer::Idle, cx.now.after(idle));
+                }
+                self.callback(cx, app, |ws, app| app.on_open(ws));
+                true
+            }
+        }
+    }
+
+    /// Decodes frames and hands whole messages to the application.
+    fn read_frames<A: App<State = S>>(&mut self, cx: &mut Cx<'_>, app: &mut A, data: &mut [u8]) {
+        let Stage::Open(Open { reader, parts }) = &mut self.stage else {
+            return;
+        };
+        let mut asked = Asked::default();
+        let mut data = data;
+        let mut ended = false;
+        while !data.is_empty() && !ended {
+            let result = reader.read(data, &mut parts.writer, cx.shard.arena.room(256));
+            // Replies the protocol wrote (pong, the close reply, the failing close frame).
+            cx.shard.flush(cx.io, cx.id);
+            let (used, event) = match result {
+                Ok(read) => read,
+                Err(err) => {
+                    tracing::debug!(peer = %self.peer, code = u16::from(err.code), reason = err.reason, "protocol error");
+                    note_ending(&mut self.ending, err.code, err.reason);
+                    ended = true;
+                    continue;
+                }
+            };
+            match event {
+                Some(Event::Text(text)) => {
+                    let mut ws = Ws::new(cx, self.peer, parts, &mut asked);
+                    app.on_message(&mut ws, Message::Text(text));
+                }
+                Some(Event::Binary(bytes)) => {
+                    let mut ws = Ws::new(cx, self.peer, parts, &mut asked);
+                    app.on_message(&mut ws, Message::Binary(bytes));
+                }
+                Some(Event::Close(frame)) => {
+                    let (code, reason) =
+                        frame.map_or((CloseCode::NO_STATUS, ""), |f| (f.code, f.reason));
+                    note_ending(&mut self.ending, code, reason);
+                    ended = true;
+                }
+                Some(Event::Pong(payload)) => {
+                    if answers_ping(&self.timers, payload, cx.shard.config.idle_timeout) {
+                        self.timers.stop(Timer::Pong);
+                        let idle = cx.shard.config.idle_timeout;
+                        self.timers.set(Timer::Idle, cx.now.after(idle));
+                    }
+                }
+                Some(Event::Ping(_)) | None => {}
+            }
+            data = &mut data[used..];
+        }
+        reader.release_delivered();
+        self.account_incomplete(cx);
+        if ended {
+            // The close handshake is done, or the connection failed: the reply or the
+            // failing close frame is queued, and the runtime closes once it is written.
+            return self.finish(cx);
+        }
+        self.apply(cx, asked);
+    }
+
+    /// Queues a published message to this subscriber, then applies the slow-subscriber
+    /// policy if its queue has grown past the bound.
+    pub fn deliver(&mut self, cx: &mut Cx<'_>, published: &Published) {
+        let Stage::Open(open) = &mut self.stage else {
+            return;
+        };
+        let parts = &mut open.parts;
+        if !parts.writer.is_open() {
+            return;
+        }
+        let (id, shard) = (cx.id, &mut *cx.shard);
+        let limit = shard.config.max_queued_bytes;
+        let policy = shard.config.slow_subscriber;
+        let frame_len = if let Some(compressor) = parts.compressor.as_deref_mut() {
+            // This connection's compressor keeps context: the message must pass through it,
+            // and the frame it makes can never be dropped (later ones depend on it).
+            let (opcode, payload) = (published.opcode(), published.payload());
+            let (arena, shared) = (&mut shard.arena, &mut shard.compressors);
+            if write_message(
+                &mut parts.writer,
+                Some(compressor),
+                arena,
+                shared,
+                opcode,
+                payload,
+            )
+            .is_err()
+            {
+                return;
+            }
+            let Some(frame) = shard.arena.take() else {
+                return;
+            };
+            let len = frame.len();
+            cx.io.send(id, frame);
+            len
+        } else {
+            let direction = parts.writer.own_direction();
+            let counters = shard.topics.counters();
+            let frame = published.frame_for(direction, &mut shard.compressors, counters);
+            let len = frame.len();
+            if policy == SlowSubscriberPolicy::DropOldest && cx.io.queued_bytes(id) + len > limit {
+                // Down to half the bound at once, so the next deliveries need not drop.
+                let dropped = cx.io.drop_oldest(id, limit / 2);
+                shard.counters().dropped(dropped.chunks);
+            }
+            cx.io.send_droppable(id, frame);
+            len
+        };
+        cx.shard.counters().delivered();
+        // Dropping keeps the queue within the bound plus the newest message; what is left
+        // over that cannot be dropped, and the close policy, end the subscription.
+        let allowance = match policy {
+            SlowSubscriberPolicy::DropOldest => limit.saturating_add(frame_len),
+            SlowSubscriberPolicy::Close => limit,
+        };
+        if cx.io.queued_bytes(id) > allowance {
+            // The close frame should not wait behind messages the subscriber will never read.
+            let dropped = cx.io.drop_oldest(id, 0);
+            cx.shard.counters().dropped(dropped.chunks);
+            cx.shard.counters().slow_closed();
+            let reason = "subscriber too slow: send queue over its limit";
+            return self.close(cx, CloseCode::POLICY_VIOLATION, reason);
+        }
+        self.watch_send_queue(cx);
+    }
+
+    /// The runtime wrote out everything queued for this connection.
+    pub fn on_drained<A: App<State = S>>(&mut self, cx: &mut Cx<'_>, app: &mut A) {
+        self.timers.stop(Timer::SendStall);
+        if self.paused != Some(Pause::Backpressure) {
+            return;
+        }
+        self.paused = None;
+        cx.io.resume_recv(cx.id);
+        self.callback(cx, app, |ws, app| app.on_drain(ws));
+    }
+
+    /// Handles every deadline that has passed.
+    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        let config = cx.shard.config.clone();
+        while let Some(timer) = self.timers.expired(cx.now) {
+            match timer {
+                Timer::Handshake => {
+                    let refusal = Refusal::new(408, "handshake not completed in time");
+                    return self.refuse(cx, &refusal);
+                }
+                // Our close frame went unanswered.
+                Timer::Close => return self.abort(cx),
+                Timer::Pong => {
+                    cx.shard.counters().ping_timeout();
+                    let reason = "idle timeout: no pong to the server's ping";
+                    return self.close(cx, CloseCode::GOING_AWAY, reason);
+                }
+                Timer::SendStall => {
+                    if cx.io.queued_bytes(cx.id) == 0 {
+                        continue;
+                    }
+                    let written = cx.io.written_bytes(cx.id);
+                    if written != self.stall_mark {
+                        self.stall_mark = written;
+                        self.timers
+                            .set(Timer::SendStall, cx.now.after(config.idle_timeout));
+                        continue;
+                    }
+                    // The peer reads nothing: a close frame would never reach it.
+                    tracing::debug!(peer = %self.peer, "send queue made no progress: aborting");
+                    cx.shard.counters().stalled_closed();
+                    note_ending(
+                        &mut self.ending,
+                        CloseCode::ABNORMAL,
+                        "the peer stopped reading",
+                    );
+                    return self.abort(cx);
+                }
+                Timer::Idle => self.on_idle(cx),
+                Timer::Backlog => {
+                    let bound = cx.shard.config.max_shard_backlog;
+                    if cx.shard.topics.largest_backlog() > bound / 2 {
+                        self.timers
+                            .set(Timer::Backlog, cx.now.after(BACKLOG_RECHECK));
+                    } else if self.paused == Some(Pause::Backlog) {
+                        self.paused = None;
+                        cx.io.resume_recv(cx.id);
+                        // Bytes may have piled up meanwhile: the queue bound applies again.
+                        self.apply(cx, Asked::default());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The idle check: ping a peer silent for the idle timeout, else check again when it
+    /// would have been.
+    fn on_idle(&mut self, cx: &mut Cx<'_>) {
+        let idle = cx.shard.config.idle_timeout;
+        let Stage::Open(open) = &mut self.stage else {
+            return;
+        };
+        if idle.is_zero() || !open.parts.writer.is_open() {
+            return;
+        }
+        let quiet_until = self.last_seen.after(idle);
+        if cx.now < quiet_until {
+            return self.timers.set(Timer::Idle, quiet_until);
+        }
+        // The ping carries the time it was sent; only a pong echoing it proves the peer reads.
+        let sent = cx.now.as_millis().to_be_bytes();
+        if open
+            .parts
+            .writer
+            .ping(&sent, cx.shard.arena.room(16))
+            .is_ok()
+        {
+            cx.shard.flush(cx.io, cx.id);
+            self.timers.set(Timer::Pong, cx.now.after(idle));
+            self.watch_send_queue(cx);
+        }
+    }
+
+    /// Starts the close handshake from the server's side (shutdown, a policy); the peer
+    /// has the close timeout to answer.
+    pub fn close(&mut self, cx: &mut Cx<'_>, code: CloseCode, reason: &str) {
+        match &mut self.stage {
+            Stage::Open(open) => {
+                if open
+                    .parts
+                    .writer
+                    .close(code, reason, cx.shard.arena.room(128))
+                    .is_err()
+                {
+                    // A close frame is already out (its timer runs) or the handshake is done.
+                    return;
+                }
+                note_ending(&mut self.ending, code, reason);
+                cx.shard.flush(cx.io, cx.id);
+                self.await_close(cx);
+            }
+            Stage::Handshake(_) => self.abort(cx),
+            Stage::Responded => {}
+        }
+    }
+
+    /// Closes with 1009 to give back the memory of the message this connection is
+    /// assembling: the shard's budget for incomplete messages is spent and it holds the most.
+    pub fn shed_incomplete(&mut self, cx: &mut Cx<'_>) {
+        let Stage::Open(open) = &mut self.stage else {
+            return;
+        };
+        const SHED: ProtocolError = ProtocolError::too_big(
+            "the server's memory for incomplete messages is spent: this one is the largest",
+        );
+        cx.shard.counters().incomplete_closed();
+        open.parts.writer.fail(SHED, cx.shard.arena.room(128));
+        open.reader.discard();
+        note_ending(&mut self.ending, SHED.code, SHED.reason);
+        cx.shard.flush(cx.io, cx.id);
+        self.account_incomplete(cx);
+        self.finish(cx);
+    }
+
+    /// The runtime closed the connection; the application gets its state back.
+    pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A) {
+        shard.incomplete_bytes -= self.incomplete;
+        if let Stage::Open(open) = self.stage {
+            let ending = self.ending.map(|ending| *ending);
+            let (code, reason) = ending.unwrap_or((CloseCode::ABNORMAL, "".into()));
+            app.on_close(
+                open.parts.state,
+                Closed {
+                    code,
+                    reason: &reason,
+                },
+            );
+        }
+    }
+
+    /// After anything that may have queued bytes: the queue's bound, and its progress.
+    fn after_sending(&mut self, cx: &mut Cx<'_>) {
+        self.apply_backpressure(cx);
+        self.watch_send_queue(cx);
+    }
+
+    /// Past the bound on queued bytes, pause reading or close, as configured.
+    fn apply_backpressure(&mut self, cx: &mut Cx<'_>) {
+        if self.paused.is_some() || cx.io.queued_bytes(cx.id) <= cx.shard.config.max_queued_bytes {
+            return;
+        }
+        match cx.shard.config.backpressure {
+            BackpressurePolicy::PauseReading => {
+                self.paused = Some(Pause::Backpressure);
+                cx.io.pause_recv(cx.id);
+            }
+            BackpressurePolicy::Close => {
+                let reason = "send queue over its limit: the client reads too slowly";
+                self.close(cx, CloseCode::POLICY_VIOLATION, reason);
+            }
+        }
+    }
+
+    /// Bytes are queued: make sure someone checks they move.
+    fn watch_send_queue(&mut self, cx: &mut Cx<'_>) {
+        let idle = cx.shard.config.idle_timeout;
+        if idle.is_zero() || self.timers.is_set(Timer::SendStall) {
+            return;
+        }
+        if cx.io.queued_bytes(cx.id) > 0 {
+            self.stall_mark = cx.io.written_bytes(cx.id);
+            self.timers.set(Timer::SendStall, cx.now.after(idle));
+        }
+    }
+
+    /// Applies what a callback asked for.
+    fn apply(&mut self, cx: &mut Cx<'_>, asked: Asked) {
+        if asked.close_sent {
+            self.await_close(cx);
+        }
+        if asked.publish_refused && self.paused.is_none() {
+            self.paused = Some(Pause::Backlog);
+            cx.io.pause_recv(cx.id);
+            self.timers
+                .set(Timer::Backlog, cx.now.after(BACKLOG_RECHECK));
+        }
+        self.after_sending(cx);
+    }
+
+    /// Our close frame is out: only its answer (or the close timeout) matters now.
+    fn await_close(&mut self, cx: &mut Cx<'_>) {
+        self.timers.stop_all();
+        self.timers
+            .set(Timer::Close, cx.now.after(cx.shard.config.close_timeout));
+    }
+
+    /// Runs `f` with a [`Ws`] for this connection, if it is open, then applies what it asked.
+    fn callback<A: App<State = S>>(
+        &mut self,
+        cx: &mut Cx<'_>,
+        app: &mut A,
+        f: impl FnOnce(&mut Ws<'_, A>, &mut A),
+    ) {
+        let Stage::Open(open) = &mut self.stage else {
+            return;
+        };
+        let mut asked = Asked::default();
+        f(
+            &mut Ws::new(cx, self.peer, &mut open.parts, &mut asked),
+            app,
+        );
+        self.apply(cx, asked);
+    }
+
+    /// Counts what the reader holds for incomplete messages in the shard's budget.
+    fn account_incomplete(&mut self, cx: &mut Cx<'_>) {
+        let held = match &self.stage {
+            Stage::Open(open) => open.reader.held_bytes(),
+            _ => 0,
+        };
+        cx.shard.incomplete_bytes = cx.shard.incomplete_bytes - self.incomplete + held;
+        self.incomplete = held;
+    }
+
+    /// The WebSocket is done: the runtime writes out what is queued, then closes, within
+    /// its own deadlines.
+    fn finish(&mut self, cx: &mut Cx<'_>) {
+        self.timers.stop_all();
+        cx.io.close(cx.id);
+    }
+
+    fn abort(&mut self, cx: &mut Cx<'_>) {
+        self.timers.stop_all();
+        cx.io.abort(cx.id);
+    }
+
+    fn refuse(&mut self, cx: &mut Cx<'_>, refusal: &Refusal) {
+        let mut response = Vec::new();
+        refusal.write(&mut response);
+        self.respond_and_close(cx, response);
+    }
+
+    fn respond_and_close(&mut self, cx: &mut Cx<'_>, response: Vec<u8>) {
+        self.stage = Stage::Responded;
+        cx.io.send(cx.id, response.into());
+        self.finish(cx);
+    }
+}
+
+/// Records why the connection ends, unless a cause was recorded first.
+fn note_ending(ending: &mut Option<Box<(CloseCode, Box<str>)>>, code: CloseCode, reason: &str) {
+    if ending.is_none() {
+        *ending = Some(Box::new((code, reason.into())));
+    }
+}
+
+/// Whether a pong carries the payload of the ping we are waiting on: the time it was sent.
+fn answers_ping(timers: &Timers, payload: &[u8], idle: std::time::Duration) -> bool {
+    let Some(deadline) = timers.get(Timer::Pong) else {
+        return false;
+    };
+    let idle_millis = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let sent = deadline.as_millis().saturating_sub(idle_millis);
+    payload == sent.to_be_bytes()
+}

@@ -1,0 +1,134 @@
+//! The answer to a complete HTTP request: a page for plain GETs, a refusal, or the 101 and
+//! a fresh session. Each decision is a step of its own: route, origin, subprotocol, the
+//! application's say, permessage-deflate.
+
+use std::net::SocketAddr;
+
+use crate::proto::Role;
+use crate::proto::deflate::{self, Compressor, DeflateParams};
+use crate::proto::handshake::{self, Refusal, Request};
+use crate::proto::session::{Session, SessionConfig};
+
+use super::super::app::{Accept, App, Upgrade};
+use super::super::shard_state::ShardState;
+use super::{Open, Parts};
+
+pub(super) enum Answer<S> {
+    /// A plain HTTP GET, answered with a page.
+    Page(Vec<u8>),
+    Refuse(Refusal),
+    /// The 101 response, and the connection it opens.
+    Accept {
+        response: Vec<u8>,
+        open: Open<S>,
+    },
+}
+
+pub(super) fn answer<A: App>(
+    request: &Request,
+    peer: SocketAddr,
+    app: &mut A,
+    shard: &ShardState,
+) -> Answer<A::State> {
+    let key = match handshake::validate(request) {
+        Ok(upgrade) => upgrade.key,
+        Err(refusal) if refusal.is_plain_http() && request.method() == "GET" => {
+            return Answer::Page(page(request, app, shard));
+        }
+        Err(refusal) => return Answer::Refuse(refusal),
+    };
+    let config = &shard.config;
+    if !config.origin_allowed(request.origin()) {
+        return Answer::Refuse(Refusal::new(403, "origin not allowed"));
+    }
+    let offered = handshake::select_protocol(request.protocols(), &config.subprotocols);
+    let decision = app.upgrade(&Upgrade {
+        request,
+        peer,
+        protocol: offered,
+    });
+    let Accept { state, protocol } = match decision {
+        Ok(accept) => accept,
+        Err(refusal) => return Answer::Refuse(refusal),
+    };
+    let protocol = match protocol {
+        Some(chosen) if request.protocols().any(|offer| offer == chosen) => Some(chosen.into()),
+        Some(_) => {
+            return Answer::Refuse(Refusal::new(
+                500,
+                "the application chose a subprotocol the client did not offer",
+            ));
+        }
+        None => offered.map(Into::into),
+    };
+    let agreement = negotiate_deflate(request, shard);
+
+    let mut response = Vec::with_capacity(256);
+    handshake::write_accept(
+        &mut response,
+        key,
+        protocol.as_deref(),
+        agreement.as_ref().map(|a| a.response.as_str()),
+    );
+    let deflate = agreement.map(|a| a.params);
+    let session = Session::new(
+        Role::Server,
+        SessionConfig {
+            max_message_size: config.max_message_size,
+            deflate,
+        },
+    );
+    let Session { reader, writer } = session;
+    let open = Open {
+        reader,
+        parts: Parts {
+            writer,
+            state,
+            protocol,
+            compressor: deflate.and_then(|params| own_compressor(params, shard)),
+        },
+    };
+    Answer::Accept { response, open }
+}
+
+/// The body of a plain GET: the metrics, or the application's page.
+fn page<A: App>(request: &Request, app: &A, shard: &ShardState) -> Vec<u8> {
+    let mut response = Vec::new();
+    if shard.config.metrics && request.path() == "/metrics" {
+        let topics = shard.topics.hub().directory.len() as u64;
+        let metrics = shard.topics.registry().snapshot(topics).render();
+        let kind = "text/plain; version=0.0.4; charset=utf-8";
+        handshake::write_response(&mut response, 200, kind, &metrics);
+    } else {
+        let kind = "text/plain; charset=utf-8";
+        handshake::write_response(&mut response, 200, kind, app.http_page());
+    }
+    response
+}
+
+/// The server's answer to the client's permessage-deflate offers: the first it can accept.
+fn negotiate_deflate(request: &Request, shard: &ShardState) -> Option<deflate::Agreement> {
+    let config = shard.config.deflate.as_ref()?;
+    request
+        .extension_offers()
+        .into_iter()
+        .filter(|offer| offer.name.eq_ignore_ascii_case(deflate::EXTENSION_NAME))
+        .find_map(|offer| {
+            let params = offer
+                .params
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_deref()));
+            deflate::accept_offer(config, params).ok()
+        })
+}
+
+/// A connection keeps its own compressor only when the server keeps context between
+/// messages; otherwise the shard's shared ones serve it.
+fn own_compressor(params: DeflateParams, shard: &ShardState) -> Option<Box<Compressor>> {
+    let config = shard.config.deflate.as_ref()?;
+    let direction = params.server();
+    if direction.no_context_takeover {
+        return None;
+    }
+    Compressor::new(direction, config).map(Box::new)
+}

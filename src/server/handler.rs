@@ -1,0 +1,252 @@
+//! The runtime's handler for one shard: a table of connections, each driven by
+//! `connection`, and the small adapter that turns their timers into the runtime's one
+//! deadline per connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::proto::CloseCode;
+use crate::runtime::{self, CloseCause, ConnId, Dropped, Io};
+
+use super::app::App;
+use super::config::ServerConfig;
+use super::connection::{Clock, Connection, Cx, Time};
+use super::pubsub::{Published, ShardMessage, ShardTopics};
+use super::shard_state::ShardState;
+use super::transport::Transport;
+
+/// A connection in the shard's table, with the deadline the runtime was last asked for.
+struct Entry<S> {
+    id: ConnId,
+    conn: Connection<S>,
+    armed: Option<Time>,
+}
+
+pub(crate) struct ShardHandler<A: App> {
+    app: A,
+    shard: ShardState,
+    /// Indexed by the connection's direct-descriptor slot.
+    conns: Vec<Option<Entry<A::State>>>,
+}
+
+impl<A: App> ShardHandler<A> {
+    pub fn new(app: A, config: Arc<ServerConfig>, clock: Clock, topics: ShardTopics) -> Self {
+        Self {
+            app,
+            shard: ShardState::new(config, clock, topics),
+            conns: Vec::new(),
+        }
+    }
+
+    fn entry(&mut self, id: ConnId) -> Option<&mut Entry<A::State>> {
+        match self.conns.get_mut(id.slot() as usize) {
+            Some(Some(entry)) if entry.id == id => Some(entry),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` on connection `id`, then points the runtime's deadline at the connection's
+    /// earliest timer if that moved.
+    fn drive(
+        &mut self,
+        io: &mut Io,
+        id: ConnId,
+        f: impl FnOnce(&mut Connection<A::State>, &mut Cx<'_>, &mut A),
+    ) {
+        let now = self.shard.clock.time(io.now());
+        let Some(Some(entry)) = self.conns.get_mut(id.slot() as usize) else {
+            return;
+        };
+        if entry.id != id {
+            return;
+        }
+        let mut cx = Cx {
+            id,
+            now,
+            shard: &mut self.shard,
+            io,
+        };
+        f(&mut entry.conn, &mut cx, &mut self.app);
+        sync_deadline(entry, io, &self.shard.clock);
+    }
+
+    /// Delivers what this shard's connections published during the last callback.
+    fn deliver_pending(&mut self, io: &mut Io) {
+        while let Some(published) = self.shard.topics.next_pending() {
+            self.deliver(io, &published);
+        }
+    }
+
+    /// Queues `published` to this shard's subscribers of its topic that joined before it
+    /// was published.
+    fn deliver(&mut self, io: &mut Io, published: &Published) {
+        let topic = published.topic();
+        let Some(subscribers) = self.shard.topics.lend(topic) else {
+            return;
+        };
+        let shard_index = self.shard.topics.shard();
+        for (&id, &since) in &subscribers {
+            if since > published.sequence() || published.is_from(shard_index, id) {
+                continue;
+            }
+            self.drive(io, id, |conn, cx, _| conn.deliver(cx, published));
+        }
+        self.shard.topics.give_back(topic, subscribers);
+    }
+
+    /// While the shard's incomplete messages hold more than their budget, closes the
+    /// connection holding the most.
+    fn enforce_incomplete_budget(&mut self, io: &mut Io) {
+        while self.shard.over_incomplete_budget() {
+            let largest = self
+                .conns
+                .iter()
+                .flatten()
+                .max_by_key(|entry| entry.conn.incomplete_bytes())
+                .filter(|entry| entry.conn.incomplete_bytes() > 0)
+                .map(|entry| entry.id);
+            let Some(id) = largest else {
+                return;
+            };
+            self.drive(io, id, |conn, cx, _| conn.shed_incomplete(cx));
+        }
+    }
+}
+
+/// Asks the runtime to call back at the connection's earliest deadline, if that changed.
+fn sync_deadline<S>(entry: &mut Entry<S>, io: &mut Io, clock: &Clock) {
+    let next = entry.conn.poll_timeout();
+    if next == entry.armed {
+        return;
+    }
+    entry.armed = next;
+    match next.and_then(|at| clock.instant(at)) {
+        Some(at) => io.set_deadline_at(entry.id, at),
+        None => io.clear_deadline(entry.id),
+    }
+}
+
+impl<A: App> runtime::Handler for ShardHandler<A> {
+    type Message = ShardMessage;
+
+    fn on_open(&mut self, io: &mut Io, id: ConnId, peer: SocketAddr) {
+        let slot = id.slot() as usize;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        let now = self.shard.clock.time(io.now());
+        let mut cx = Cx {
+            id,
+            now,
+            shard: &mut self.shard,
+            io,
+        };
+        let conn = Connection::new(peer, &mut cx);
+        let mut entry = Entry {
+            id,
+            conn,
+            armed: None,
+        };
+        sync_deadline(&mut entry, io, &self.shard.clock);
+        self.conns[slot] = Some(entry);
+        self.shard.counters().connection_opened();
+    }
+
+    fn on_data(&mut self, io: &mut Io, id: ConnId, data: &mut [u8]) {
+        self.drive(io, id, |conn, cx, app| conn.on_data(cx, app, data));
+        self.deliver_pending(io);
+        self.enforce_incomplete_budget(io);
+    }
+
+    fn on_drained(&mut self, io: &mut Io, id: ConnId) {
+        self.drive(io, id, |conn, cx, app| conn.on_drained(cx, app));
+        self.deliver_pending(io);
+    }
+
+    fn on_deadline(&mut self, io: &mut Io, id: ConnId) {
+        if let Some(entry) = self.entry(id) {
+            // The runtime's deadline fired and is spent.
+            entry.armed = None;
+        }
+        self.drive(io, id, |conn, cx, _| conn.handle_timeout(cx));
+    }
+
+    fn on_closed(&mut self, _io: &mut Io, id: ConnId, _cause: CloseCause) {
+        if self.entry(id).is_none() {
+            return;
+        }
+        if let Some(entry) = self.conns[id.slot() as usize].take() {
+            self.shard.topics.remove(id);
+            self.shard.counters().connection_closed();
+            entry.conn.on_closed(&mut self.shard, &mut self.app);
+        }
+    }
+
+    fn on_message(&mut self, io: &mut Io, message: ShardMessage) {
+        match message {
+            ShardMessage::Publish(published) => self.deliver(io, &published),
+        }
+    }
+
+    fn on_shutdown(&mut self, io: &mut Io) {
+        let ids: Vec<ConnId> = self.conns.iter().flatten().map(|e| e.id).collect();
+        for id in ids {
+            self.drive(io, id, |conn, cx, _| {
+                conn.close(cx, CloseCode::GOING_AWAY, "server shutting down");
+            });
+        }
+    }
+}
+
+impl Transport for Io {
+    fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        Io::send(self, conn, bytes);
+    }
+
+    fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
+        Io::send_droppable(self, conn, bytes);
+    }
+
+    fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped {
+        Io::drop_oldest(self, conn, low_water)
+    }
+
+    fn queued_bytes(&self, conn: ConnId) -> usize {
+        Io::queued_bytes(self, conn)
+    }
+
+    fn written_bytes(&self, conn: ConnId) -> u64 {
+        Io::written_bytes(self, conn)
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        Io::close(self, conn);
+    }
+
+    fn abort(&mut self, conn: ConnId) {
+        Io::abort(self, conn);
+    }
+
+    fn pause_recv(&mut self, conn: ConnId) {
+        Io::pause_recv(self, conn);
+    }
+
+    fn resume_recv(&mut self, conn: ConnId) {
+        Io::resume_recv(self, conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle connection costs in the shard's table, measured by the type system.
+    #[test]
+    fn idle_connection_tables_stay_small() {
+        let entry = std::mem::size_of::<Option<Entry<()>>>();
+        println!("connection entry {entry} B");
+        assert!(entry <= 448, "{entry}");
+    }
+}

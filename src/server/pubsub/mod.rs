@@ -1,0 +1,38 @@
+//! Pub/sub: topics whose subscribers live on any shard, and messages framed once for all.
+//!
+//! A published message becomes one unmasked frame in one `Bytes`; every subscriber's send
+//! queue gets a reference to it, not a copy. For subscribers that negotiated
+//! permessage-deflate without server context takeover, the compressed frame is made once per
+//! window size (by whichever shard needs it first) and shared the same way.
+//!
+//! The rooms: `topics` is one shard's table (a plain data structure), `directory` says
+//! which shards have subscribers to a topic, `published` is a message framed once, `router`
+//! numbers and routes a publish and holds the [`Publisher`], and `shard_topics` keeps a
+//! shard's table in step with the directory.
+//!
+//! Order: messages from one publisher (one connection, or one thread calling
+//! [`Publisher::publish`]) reach each subscriber in the order they were published, because
+//! every path (a shard's own pending queue, each shard's queue from other threads) is FIFO.
+//! Messages of different publishers may interleave differently at different subscribers.
+//! A subscription applies exactly to the messages published after it returns: every publish
+//! takes a number from one counter, each subscription remembers the number current when it
+//! joined, and a message numbered before that is not delivered to it, even when it was still
+//! in flight to the subscriber's shard as it joined.
+//!
+//! Bounds: a topic name and the topics per connection are bounded ([`SubscribeError`]); a
+//! shard's queue from other threads is bounded in bytes, and a publish that finds it full is
+//! refused for that shard ([`PublishError`]), never queued without limit.
+
+mod directory;
+mod published;
+mod router;
+mod shard_topics;
+mod topics;
+
+pub use published::Published;
+pub use router::{PublishError, Publisher, ShardMessage};
+pub use topics::SubscribeError;
+
+pub(crate) use router::Hub;
+pub(crate) use shard_topics::ShardTopics;
+pub(crate) use topics::TopicTable;

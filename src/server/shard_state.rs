@@ -1,0 +1,52 @@
+//! What every connection of a shard shares: settings, the clock, outgoing frames, the
+//! shard's pub/sub topics and its budget for incomplete messages.
+
+use std::sync::Arc;
+
+use crate::runtime::ConnId;
+
+use super::config::ServerConfig;
+use super::connection::Clock;
+use super::frames::{Arena, SharedCompressors};
+use super::metrics::Counters;
+use super::pubsub::ShardTopics;
+use super::transport::Transport;
+
+pub(crate) struct ShardState {
+    pub config: Arc<ServerConfig>,
+    pub clock: Clock,
+    pub arena: Arena,
+    pub compressors: SharedCompressors,
+    pub topics: ShardTopics,
+    /// Bytes held by messages still arriving, over all of the shard's connections.
+    pub incomplete_bytes: usize,
+}
+
+impl ShardState {
+    pub fn new(config: Arc<ServerConfig>, clock: Clock, topics: ShardTopics) -> Self {
+        Self {
+            compressors: SharedCompressors::new(config.deflate),
+            config,
+            clock,
+            arena: Arena::default(),
+            topics,
+            incomplete_bytes: 0,
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        self.topics.counters()
+    }
+
+    /// Queues whatever was written into the arena since the last flush for `conn`.
+    pub fn flush(&mut self, io: &mut dyn Transport, conn: ConnId) {
+        if let Some(bytes) = self.arena.take() {
+            io.send(conn, bytes);
+        }
+    }
+
+    /// Whether the incomplete messages of the shard's connections hold more than allowed.
+    pub fn over_incomplete_budget(&self) -> bool {
+        self.incomplete_bytes > self.config.max_incomplete_bytes
+    }
+}

@@ -1,0 +1,135 @@
+//! [`Ws`]: the handle an application uses to act on one connection during a callback.
+
+use std::net::SocketAddr;
+
+use crate::proto::{CloseCode, OpCode, SendError};
+use crate::runtime::ConnId;
+
+use super::app::{App, Message};
+use super::connection::{Asked, Cx, Parts};
+use super::frames::write_message;
+use super::pubsub::{PublishError, SubscribeError};
+use super::shard_state::ShardState;
+use super::transport::Transport;
+
+/// One connection, lent to an application callback.
+pub struct Ws<'a, A: App + ?Sized> {
+    id: ConnId,
+    peer: SocketAddr,
+    parts: &'a mut Parts<A::State>,
+    shard: &'a mut ShardState,
+    io: &'a mut dyn Transport,
+    asked: &'a mut Asked,
+}
+
+impl<'a, A: App + ?Sized> Ws<'a, A> {
+    pub(crate) fn new(
+        cx: &'a mut Cx<'_>,
+        peer: SocketAddr,
+        parts: &'a mut Parts<A::State>,
+        asked: &'a mut Asked,
+    ) -> Self {
+        Self {
+            id: cx.id,
+            peer,
+            parts,
+            shard: cx.shard,
+            io: cx.io,
+            asked,
+        }
+    }
+}
+
+impl<A: App + ?Sized> Ws<'_, A> {
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The subprotocol agreed in the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.parts.protocol.as_deref()
+    }
+
+    /// The application's state for this connection.
+    pub fn state(&mut self) -> &mut A::State {
+        &mut self.parts.state
+    }
+
+    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        self.send(OpCode::Text, text.as_bytes())
+    }
+
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.send(OpCode::Binary, data)
+    }
+
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.send(OpCode::Ping, payload)
+    }
+
+    /// Starts the close handshake; the connection closes when the client answers, or is
+    /// aborted after the close timeout.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        let out = self.shard.arena.room(128);
+        self.parts.writer.close(code, reason, out)?;
+        self.shard.flush(self.io, self.id);
+        self.asked.close_sent = true;
+        Ok(())
+    }
+
+    /// Subscribes this connection to `topic`; `Ok(false)` when it already was. The
+    /// subscription applies to messages published after this returns, and ends with
+    /// [`Ws::unsubscribe`] or when the connection closes.
+    pub fn subscribe(&mut self, topic: &str) -> Result<bool, SubscribeError> {
+        self.shard.topics.subscribe(self.id, topic)
+    }
+
+    /// Returns false when the connection was not subscribed to `topic`.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.shard.topics.unsubscribe(self.id, topic)
+    }
+
+    /// The topics this connection subscribes to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.shard.topics.topics_of(self.id)
+    }
+
+    /// Publishes `message` to every subscriber of `topic` except this connection; returns
+    /// whether any shard had subscribers. Subscribers on this shard receive it when the
+    /// current callback returns, others as soon as their shard wakes.
+    ///
+    /// When a shard is too far behind to take the message it is refused there
+    /// ([`PublishError`]), and this connection stops being read until that shard has room:
+    /// a publisher cannot outrun its subscribers' shards.
+    pub fn publish(&mut self, topic: &str, message: Message<'_>) -> Result<bool, PublishError> {
+        let result = self.shard.topics.publish(topic, message, Some(self.id));
+        if result.is_err() {
+            self.asked.publish_refused = true;
+        }
+        result
+    }
+
+    /// What this connection's send queue costs now: bytes not yet written to its socket,
+    /// plus the queue's own overhead.
+    pub fn buffered_amount(&self) -> usize {
+        self.io.queued_bytes(self.id)
+    }
+
+    fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+        let shard = &mut *self.shard;
+        write_message(
+            &mut self.parts.writer,
+            self.parts.compressor.as_deref_mut(),
+            &mut shard.arena,
+            &mut shard.compressors,
+            opcode,
+            payload,
+        )?;
+        self.shard.flush(self.io, self.id);
+        Ok(())
+    }
+}
