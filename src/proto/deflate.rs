@@ -39,7 +39,8 @@ pub struct DeflateConfig {
     /// messages, and one compressor can serve many connections.
     pub no_context_takeover: bool,
     /// Ask the peer to compress every message from a fresh state, so this side keeps no
-    /// inflate state between messages.
+    /// inflate state between messages (about 37 KiB per connection otherwise: 3.7 GB at
+    /// 100,000 connections). A server may ask this of any client (RFC 7692 §7.1.1.2).
     pub peer_no_context_takeover: bool,
     /// zlib level, 0..=9.
     pub level: u32,
@@ -53,7 +54,7 @@ impl Default for DeflateConfig {
             max_window_bits: 15,
             peer_max_window_bits: 15,
             no_context_takeover: true,
-            peer_no_context_takeover: false,
+            peer_no_context_takeover: true,
             level: 1,
             min_size: 64,
         }
@@ -507,6 +508,7 @@ mod tests {
     fn negotiation_follows_rfc7692() {
         let config = DeflateConfig {
             no_context_takeover: false,
+            peer_no_context_takeover: false,
             ..DeflateConfig::default()
         };
         let agreed = accept_offer(&config, offer("")).unwrap();
@@ -571,11 +573,12 @@ mod tests {
                 "{bad}"
             );
         }
-        // Memory-saving default: the server never keeps context, and says so.
+        // Memory-saving default: neither side keeps context, and the server says so (it
+        // may ask it of a client that did not offer it).
         let agreed = accept_offer(&DeflateConfig::default(), offer("")).unwrap();
         assert_eq!(
             agreed.response,
-            "permessage-deflate; server_no_context_takeover"
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
         );
     }
 
