@@ -24,8 +24,13 @@ pub struct Server {
 impl Server {
     /// Starts `ringws serve --listen 127.0.0.1:0` with `args` and waits for `listening on`.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    /// Starts `ringws serve --listen LISTEN` with `args` and waits for `listening on`.
+    pub fn start_on(listen: &str, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -49,6 +54,43 @@ impl Server {
         let _ = child.kill();
         let _ = child.wait();
         panic!("ringws serve did not print `listening on` within 30 s");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc status")
+            * 1024
+    }
+
+    /// CPU time the server has used, user and system, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read the server's /proc stat");
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf reads a constant of the system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
+    /// Whether the process has exited, with its status.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the server")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -227,5 +269,53 @@ pub fn wait_for_metrics(
         }
         assert!(Instant::now() < deadline, "metrics never settled: {now:?}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The kernel's state of the TCP connection between `local` and `remote` (as seen from
+/// `local`), from /proc/net/tcp: `None` once no socket of that pair exists.
+pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<&'static str> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let encode = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (local, remote) = (encode(local), encode(remote));
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        Some(match *fields.get(3)? {
+            "01" => "ESTABLISHED",
+            "02" => "SYN_SENT",
+            "03" => "SYN_RECV",
+            "04" => "FIN_WAIT1",
+            "05" => "FIN_WAIT2",
+            "06" => "TIME_WAIT",
+            "07" => "CLOSE",
+            "08" => "CLOSE_WAIT",
+            "09" => "LAST_ACK",
+            "0A" => "LISTEN",
+            "0B" => "CLOSING",
+            _ => "UNKNOWN",
+        })
+    })
+}
+
+/// Polls `check` every 50 ms until it holds; returns how long that took, or panics after
+/// `limit` naming `what`.
+pub fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -200,9 +200,10 @@ impl<S> Connection<S> {
         let mut data = data;
         let mut ended = false;
         while !data.is_empty() && !ended {
+            // Replies the protocol writes (pong, the close reply, the failing close frame)
+            // stay in the arena until the application sends or the read ends, so a burst
+            // of pings is answered in one queued chunk, not one each.
             let result = reader.read(data, &mut parts.writer, cx.shard.arena.room(256));
-            // Replies the protocol wrote (pong, the close reply, the failing close frame).
-            cx.shard.flush(cx.io, cx.id);
             let (used, event) = match result {
                 Ok(read) => read,
                 Err(err) => {
@@ -239,6 +240,7 @@ impl<S> Connection<S> {
             data = &mut data[used..];
         }
         reader.release_delivered();
+        cx.shard.flush(cx.io, cx.id);
         self.account_incomplete(cx);
         if ended {
             // The close handshake is done, or the connection failed: the reply or the
