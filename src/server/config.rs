@@ -332,6 +332,67 @@ impl fmt::Display for Span {
     }
 }
 
+impl serde::Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Size {
+    /// From `"16MiB"` or a plain number of bytes.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(HumanVisitor::<Size>::new("a size such as \"16MiB\""))
+    }
+}
+
+impl serde::Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Span {
+    /// From `"30s"` or a plain number of seconds.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(HumanVisitor::<Span>::new("a duration such as \"30s\""))
+    }
+}
+
+/// Reads a [`Size`] or [`Span`] from its text, or from a plain number in its base unit.
+struct HumanVisitor<T> {
+    expecting: &'static str,
+    kind: std::marker::PhantomData<T>,
+}
+
+impl<T> HumanVisitor<T> {
+    fn new(expecting: &'static str) -> Self {
+        Self {
+            expecting,
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: FromStr<Err = String>> serde::de::Visitor<'_> for HumanVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        text.parse().map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<T, E> {
+        self.visit_str(&value.to_string())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<T, E> {
+        self.visit_str(&value.to_string())
+    }
+}
+
 /// Splits `64KiB` into `64` and `KiB`.
 fn split_number<'a>(text: &'a str, what: &str) -> Result<(u64, &'a str), String> {
     let text = text.trim();

@@ -1,0 +1,396 @@
+//! The settings of `ringws serve`: flags, the `--config` file, and how they combine.
+//!
+//! One struct, [`ServeArgs`], is both the command line (clap) and the file (serde), so a
+//! setting is declared once: its flag, its key, its type and its default. A file is read as
+//! a table, the flags given on the command line are laid over it key by key, and the result
+//! is read into [`ServeArgs`] once, which refuses unknown keys and bad values by name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use ringws::proto::deflate::DeflateConfig;
+use ringws::server::config::{
+    BackpressurePolicy, ServerConfig, Size, SlowSubscriberPolicy, Span, defaults,
+};
+
+/// Every setting of `ringws serve`: a flag each, and a key each in the `--config` file (the
+/// flag's name without the dashes in front: `idle-timeout = "30s"`).
+#[derive(Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Read settings from this TOML file; flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (repeatable).
+    #[arg(long = "listen", value_name = "HOST:PORT", default_value = defaults::LISTEN)]
+    listen: Vec<SocketAddr>,
+    /// Shard threads, each pinned to a core [default: one per core].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shards: Option<usize>,
+    /// Connections held at once, over all shards.
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Largest message accepted (bytes, or with a unit: 64KiB, 16MiB); larger ones close with 1009.
+    #[arg(long, default_value_t = Size(defaults::MAX_MESSAGE_SIZE))]
+    max_message_size: Size,
+    /// Largest HTTP request head; larger ones get 431.
+    #[arg(long, default_value_t = Size(defaults::MAX_HEADER_BYTES))]
+    max_header_bytes: Size,
+    /// Ping after this much silence, close (1001) when no pong comes within as much again;
+    /// also how long queued bytes may make no progress before the connection ends (0 disables).
+    #[arg(long, default_value_t = Span(defaults::IDLE_TIMEOUT))]
+    idle_timeout: Span,
+    /// A client must finish its HTTP handshake within this time, else 408.
+    #[arg(long, default_value_t = Span(defaults::HANDSHAKE_TIMEOUT))]
+    handshake_timeout: Span,
+    /// How long a client has to answer our close frame and read what is queued before the
+    /// connection is aborted.
+    #[arg(long, default_value_t = Span(defaults::CLOSE_TIMEOUT))]
+    close_timeout: Span,
+    /// Browser origin allowed to connect (repeatable); others get 403. Default: any.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    #[serde(rename = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// Subprotocol the server speaks (repeatable), in order of preference.
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    #[serde(rename = "subprotocol")]
+    subprotocols: Vec<String>,
+    /// What one client's send queue may cost before the backpressure policy acts.
+    #[arg(long, default_value_t = Size(defaults::MAX_QUEUED_BYTES))]
+    max_queued: Size,
+    /// What a client whose queue passes --max-queued gets.
+    #[arg(long, value_enum, default_value_t = Backpressure::Pause)]
+    backpressure: Backpressure,
+    /// What a pub/sub subscriber whose queue passes --max-queued gets.
+    #[arg(long, value_enum, default_value_t = SlowSubscriber::DropOldest)]
+    slow_subscriber: SlowSubscriber,
+    /// Memory one shard may hold in messages still arriving; past it the client holding the
+    /// most is closed with 1009.
+    #[arg(long, default_value_t = Size(defaults::MAX_INCOMPLETE_BYTES))]
+    max_incomplete: Size,
+    /// Longest pub/sub topic name, in bytes; longer ones get 400.
+    #[arg(long, default_value_t = defaults::MAX_TOPIC_LEN)]
+    max_topic_len: usize,
+    /// Topics one connection may subscribe to at once (library applications).
+    #[arg(long, default_value_t = defaults::MAX_TOPICS_PER_CONNECTION)]
+    max_topics_per_connection: usize,
+    /// What one shard's queue of messages from other shards may hold; a publisher that
+    /// finds it full stops being read until it has room.
+    #[arg(long, default_value_t = Size(defaults::MAX_SHARD_BACKLOG))]
+    max_shard_backlog: Size,
+    /// How long a graceful shutdown waits for clients to answer the 1001 close.
+    #[arg(long, default_value_t = Span(defaults::SHUTDOWN_GRACE))]
+    shutdown_grace: Span,
+    /// Do not answer GET /metrics with the server's counters.
+    #[arg(long)]
+    no_metrics: bool,
+    /// permessage-deflate: off; on with neither side keeping context between messages (one
+    /// shared compressor per shard, no memory per idle connection); or on with both sides
+    /// keeping context (better ratio, ~230-350 KiB per connection).
+    #[arg(long, value_enum, default_value_t = Deflate::Off)]
+    deflate: Deflate,
+    /// With --deflate: messages shorter than this are sent uncompressed.
+    #[arg(long, default_value_t = Size(defaults::DEFLATE_MIN_SIZE))]
+    deflate_min_size: Size,
+    /// Let the allocator back its heap with 2 MiB transparent huge pages (off by default:
+    /// with them, memory grows in 2 MiB steps and an idle connection costs more).
+    #[arg(long)]
+    pub huge_pages: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Backpressure {
+    /// Stop reading from the client until its queue drains.
+    Pause,
+    /// Close the client with 1008.
+    Close,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum SlowSubscriber {
+    /// Drop its oldest queued pub/sub messages, counted in ringws_pubsub_dropped_total.
+    DropOldest,
+    /// Close it with 1008.
+    Close,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Deflate {
+    Off,
+    /// No context takeover either way: nothing kept per idle connection.
+    Shared,
+    /// Context kept both ways: better ratio, a compressor (190-310 KiB) and an inflater
+    /// (~37 KiB) per connection.
+    Dedicated,
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> ServerConfig {
+        let mut config = ServerConfig::default();
+        config.listen = self.listen;
+        if let Some(shards) = self.shards {
+            config.shards = shards;
+        }
+        config.max_connections = self.max_connections;
+        config.max_message_size = self.max_message_size.0;
+        config.max_header_bytes = self.max_header_bytes.0;
+        config.handshake_timeout = self.handshake_timeout.0;
+        config.idle_timeout = self.idle_timeout.0;
+        config.close_timeout = self.close_timeout.0;
+        config.allowed_origins = self.allowed_origins;
+        config.subprotocols = self.subprotocols;
+        config.max_queued_bytes = self.max_queued.0;
+        config.backpressure = match self.backpressure {
+            Backpressure::Pause => BackpressurePolicy::PauseReading,
+            Backpressure::Close => BackpressurePolicy::Close,
+        };
+        config.slow_subscriber = match self.slow_subscriber {
+            SlowSubscriber::DropOldest => SlowSubscriberPolicy::DropOldest,
+            SlowSubscriber::Close => SlowSubscriberPolicy::Close,
+        };
+        config.max_incomplete_bytes = self.max_incomplete.0;
+        config.max_topic_len = self.max_topic_len;
+        config.max_topics_per_connection = self.max_topics_per_connection;
+        config.max_shard_backlog = self.max_shard_backlog.0;
+        config.shutdown_grace = self.shutdown_grace.0;
+        config.metrics = !self.no_metrics;
+        config.deflate = match self.deflate {
+            Deflate::Off => None,
+            mode => Some(DeflateConfig {
+                no_context_takeover: matches!(mode, Deflate::Shared),
+                peer_no_context_takeover: matches!(mode, Deflate::Shared),
+                min_size: self.deflate_min_size.0,
+                ..DeflateConfig::default()
+            }),
+        };
+        config
+    }
+}
+
+impl Default for ServeArgs {
+    /// The defaults of the flags: what a file that sets nothing means.
+    fn default() -> Self {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let matches = command.get_matches_from(["serve"]);
+        ServeArgs::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
+/// Why the settings could not be read.
+#[derive(Debug)]
+pub struct SettingsError(pub String);
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The settings from `args` (parsed from `matches`) laid over the file `args.config`
+/// names, if any: a flag given on the command line wins over the file's key.
+pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeArgs, SettingsError> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let mut table = read_table(&path)?;
+    let mut flags = toml::Table::try_from(&args)
+        .map_err(|err| SettingsError(format!("the command line: {err}")))?;
+    // A file key is its flag's long name.
+    for arg in ServeArgs::augment_args(clap::Command::new("serve")).get_arguments() {
+        let given = matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine);
+        if let (true, Some(key)) = (given, arg.get_long())
+            && let Some(value) = flags.remove(key)
+        {
+            table.insert(key.to_owned(), value);
+        }
+    }
+    let mut settings = from_table(table, &path)?;
+    settings.config = Some(path);
+    Ok(settings)
+}
+
+/// Reads and checks a settings file on its own, as `ringws check-config` does.
+pub fn check_file(path: &Path) -> Result<ServerConfig, SettingsError> {
+    let config = from_table(read_table(path)?, path)?.into_config();
+    config
+        .validate()
+        .map_err(|err| SettingsError(format!("{}: {err}", path.display())))?;
+    Ok(config)
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, SettingsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| SettingsError(format!("{}: {err}", path.display())))?;
+    text.parse::<toml::Table>()
+        .map_err(|err| SettingsError(format!("{}: {err}", path.display())))
+}
+
+fn from_table(table: toml::Table, path: &Path) -> Result<ServeArgs, SettingsError> {
+    // Keys the file leaves out take the flags' defaults.
+    let mut full = toml::Table::try_from(ServeArgs::default())
+        .map_err(|err| SettingsError(format!("the defaults: {err}")))?;
+    full.extend(table);
+    full.try_into()
+        .map_err(|err: toml::de::Error| SettingsError(format!("{}: {err}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `serve` flags as the command line would, then lays them over `--config`.
+    fn settings(flags: &[&str]) -> Result<ServeArgs, SettingsError> {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .map_err(|err| SettingsError(err.to_string()))?;
+        let args = ServeArgs::from_arg_matches(&matches).expect("parsed");
+        resolve(args, &matches)
+    }
+
+    fn file(text: &str) -> tempfile_path::TempFile {
+        tempfile_path::TempFile::new(text)
+    }
+
+    /// A file in the temporary directory, removed on drop.
+    mod tempfile_path {
+        pub struct TempFile(pub std::path::PathBuf);
+
+        impl TempFile {
+            pub fn new(text: &str) -> Self {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let name = format!(
+                    "ringws-settings-{}-{}.toml",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
+                let path = std::env::temp_dir().join(name);
+                std::fs::write(&path, text).expect("write a settings file");
+                Self(path)
+            }
+
+            pub fn path(&self) -> &str {
+                self.0.to_str().expect("a UTF-8 path")
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    /// The command line and the library agree on every default.
+    #[test]
+    fn flags_default_to_the_library_defaults() {
+        assert_eq!(ServeArgs::default().into_config(), ServerConfig::default());
+        let config = settings(&[]).expect("no flags").into_config();
+        assert_eq!(config, ServerConfig::default());
+    }
+
+    /// Every flag is a file key of the same name, and every key a flag.
+    #[test]
+    fn file_keys_are_the_flags_long_names() {
+        let args = ServeArgs {
+            shards: Some(1),
+            ..ServeArgs::default()
+        };
+        let keys: std::collections::BTreeSet<String> = toml::Table::try_from(&args)
+            .expect("serializes")
+            .keys()
+            .cloned()
+            .collect();
+        let flags: std::collections::BTreeSet<String> =
+            ServeArgs::augment_args(clap::Command::new("serve"))
+                .get_arguments()
+                .filter_map(|arg| arg.get_long().map(str::to_owned))
+                .filter(|long| long != "config")
+                .collect();
+        assert_eq!(keys, flags);
+    }
+
+    #[test]
+    fn the_sample_file_in_contrib_is_valid_and_says_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/ringws.toml");
+        let config = check_file(&path).expect("contrib/ringws.toml");
+        let defaults = ServerConfig::default();
+        assert_eq!(config.listen, ["0.0.0.0:9001".parse().expect("an address")]);
+        assert_eq!(
+            (config.max_queued_bytes, config.idle_timeout, config.deflate),
+            (
+                defaults.max_queued_bytes,
+                defaults.idle_timeout,
+                defaults.deflate
+            )
+        );
+    }
+
+    #[test]
+    fn a_bad_flag_value_names_its_flag() {
+        let err = settings(&["--idle-timeout", "5 fortnights"])
+            .err()
+            .expect("refused");
+        assert!(err.0.contains("--idle-timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_file_sets_and_flags_given_override_it() {
+        let toml = file(
+            "idle-timeout = \"90s\"\nmax-queued = \"8MiB\"\nlisten = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]\n\
+             deflate = \"shared\"\nmax-connections = 5000\n",
+        );
+        let config = settings(&[
+            "--config",
+            toml.path(),
+            "--max-queued",
+            "1MiB",
+            "--allowed-origin",
+            "https://app.example",
+        ])
+        .expect("read")
+        .into_config();
+        assert_eq!(config.idle_timeout, std::time::Duration::from_secs(90));
+        assert_eq!(config.max_queued_bytes, 1 << 20, "the flag wins");
+        assert_eq!(config.max_connections, 5000);
+        assert_eq!(config.listen.len(), 2);
+        assert!(config.deflate.is_some());
+        assert_eq!(config.allowed_origins, ["https://app.example"]);
+        // What neither sets keeps its default.
+        let defaults = ServerConfig::default();
+        assert_eq!(config.handshake_timeout, defaults.handshake_timeout);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let unknown = file("idel-timeout = \"30s\"\n");
+        let err = settings(&["--config", unknown.path()])
+            .err()
+            .expect("refused");
+        assert!(err.0.contains("idel-timeout"), "{err}");
+        let bad = file("max-queued = \"lots\"\n");
+        let err = settings(&["--config", bad.path()]).err().expect("refused");
+        assert!(
+            err.0.contains("max-queued") && err.0.contains("lots"),
+            "{err}"
+        );
+        let invalid = file("max-queued = 0\n");
+        let err = check_file(&invalid.0).expect_err("refused");
+        assert!(
+            err.0.contains("max-queued: must be greater than zero"),
+            "{err}"
+        );
+        let good = file("shards = 2\nbackpressure = \"close\"\n");
+        assert!(check_file(&good.0).is_ok());
+    }
+}
