@@ -95,6 +95,9 @@ pub struct ServerConfig {
     ///
     /// [`PublishError`]: super::pubsub::PublishError
     pub max_shard_backlog: usize,
+    /// Log every connection's open and close, and every refusal, at info level (at debug
+    /// otherwise).
+    pub log_connections: bool,
     /// Answer a plain GET of `/metrics` with the server's counters (Prometheus text format).
     pub metrics: bool,
     /// How long a graceful shutdown waits for clients to answer the 1001 close.
@@ -127,6 +130,7 @@ impl Default for ServerConfig {
             max_topic_len: defaults::MAX_TOPIC_LEN,
             max_topics_per_connection: defaults::MAX_TOPICS_PER_CONNECTION,
             max_shard_backlog: defaults::MAX_SHARD_BACKLOG,
+            log_connections: false,
             metrics: true,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,

@@ -2,6 +2,7 @@
 //! `connection`, and the small adapter that turns their timers into the runtime's one
 //! deadline per connection.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -155,6 +156,7 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
     }
 
     fn on_data(&mut self, io: &mut Io, id: ConnId, data: &mut [u8]) {
+        self.shard.counters().received(data.len());
         self.drive(io, id, |conn, cx, app| conn.on_data(cx, app, data));
         self.deliver_pending(io);
         self.enforce_incomplete_budget(io);
@@ -173,14 +175,22 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
         self.drive(io, id, |conn, cx, _| conn.handle_timeout(cx));
     }
 
-    fn on_closed(&mut self, _io: &mut Io, id: ConnId, _cause: CloseCause) {
+    fn on_closed(&mut self, _io: &mut Io, id: ConnId, cause: CloseCause) {
         if self.entry(id).is_none() {
             return;
         }
         if let Some(entry) = self.conns[id.slot() as usize].take() {
             self.shard.topics.remove(id);
             self.shard.counters().connection_closed();
-            entry.conn.on_closed(&mut self.shard, &mut self.app);
+            let cause: Cow<'static, str> = match cause {
+                CloseCause::Local => "server".into(),
+                CloseCause::PeerClosed => "peer".into(),
+                CloseCause::Shutdown => "shutdown".into(),
+                CloseCause::Error(errno) => {
+                    std::io::Error::from_raw_os_error(errno).to_string().into()
+                }
+            };
+            entry.conn.on_closed(&mut self.shard, &mut self.app, &cause);
         }
     }
 

@@ -15,6 +15,7 @@ macro_rules! counters {
         /// Counters one shard writes and anyone reads.
         #[derive(Default)]
         pub(crate) struct Counters {
+            pub families: Families,
             $($field: AtomicU64,)*
         }
 
@@ -26,6 +27,11 @@ macro_rules! counters {
             pub per_shard: Vec<ShardMetrics>,
             /// Topics with at least one subscriber.
             pub topics: u64,
+            /// Handshakes by HTTP status (0: any status not listed).
+            pub handshakes: Vec<(u16, u64)>,
+            /// Closed WebSocket connections by close code (1006: no close frame; 0: any
+            /// code not listed).
+            pub closes: Vec<(u16, u64)>,
             $($(#[doc = $doc])* pub $field: u64,)*
         }
 
@@ -49,7 +55,15 @@ macro_rules! counters {
                     self.shards.iter().map(|c| field(c).load(Ordering::Relaxed)).sum()
                 };
                 let shards = self.shards.len() - 1;
+                let first = &self.shards[0].families;
+                let (mut handshakes, mut closes) = (first.handshakes.zeroes(), first.closes.zeroes());
+                for counters in self.shards.iter() {
+                    counters.families.handshakes.add_into(&mut handshakes);
+                    counters.families.closes.add_into(&mut closes);
+                }
                 Metrics {
+                    handshakes,
+                    closes,
                     per_shard: self.shards[..shards]
                         .iter()
                         .map(|c| ShardMetrics {
@@ -91,6 +105,72 @@ counters! {
     stalled_closed: counter, "send_stalled_closed_total", "Connections closed because their peer stopped reading";
     /// Connections closed with 1001 because the server's ping got no pong in time.
     ping_timeouts: counter, "ping_timeout_closed_total", "Connections closed for not answering a ping";
+    /// Bytes received from clients.
+    bytes_in: counter, "received_bytes_total", "Bytes received from clients";
+    /// Whole messages received from clients.
+    messages_in: counter, "received_messages_total", "Messages received from clients";
+    /// Messages queued to clients: replies and pub/sub deliveries.
+    messages_out: counter, "sent_messages_total", "Messages queued to clients";
+    /// Times a connection's send queue passed its bound (paused or closed for it).
+    queue_bound_hits: counter, "queue_bound_hits_total", "Times a send queue passed its bound";
+}
+
+/// Counters with one label: a fixed set of values, the last one standing for any other.
+pub(crate) struct Family<const N: usize> {
+    values: [u16; N],
+    counts: [AtomicU64; N],
+}
+
+impl<const N: usize> Family<N> {
+    const fn new(values: [u16; N]) -> Self {
+        Self {
+            values,
+            counts: [const { AtomicU64::new(0) }; N],
+        }
+    }
+
+    pub fn count(&self, value: u16) {
+        let at = self
+            .values
+            .iter()
+            .position(|&v| v == value)
+            .unwrap_or(N - 1);
+        self.counts[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add_into(&self, sums: &mut [(u16, u64)]) {
+        for (sum, count) in sums.iter_mut().zip(&self.counts) {
+            sum.1 += count.load(Ordering::Relaxed);
+        }
+    }
+
+    fn zeroes(&self) -> Vec<(u16, u64)> {
+        self.values.iter().map(|&v| (v, 0)).collect()
+    }
+}
+
+/// HTTP statuses a handshake can end with; 0 stands for any other.
+const HANDSHAKE_STATUSES: [u16; 13] = [
+    101, 400, 401, 403, 404, 405, 408, 426, 429, 431, 500, 503, 0,
+];
+/// Close codes a connection can end with (1006: without a close frame); 0 for any other.
+const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 0,
+];
+
+/// The labelled counters of one shard.
+pub(crate) struct Families {
+    pub handshakes: Family<13>,
+    pub closes: Family<12>,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Self {
+            handshakes: Family::new(HANDSHAKE_STATUSES),
+            closes: Family::new(CLOSE_CODES),
+        }
+    }
 }
 
 /// One shard's gauges, which show how connections spread over shards.
@@ -160,6 +240,22 @@ impl Counters {
     pub fn ping_timeout(&self) {
         Self::add(&self.ping_timeouts, 1);
     }
+
+    pub fn received(&self, bytes: usize) {
+        Self::add(&self.bytes_in, bytes as u64);
+    }
+
+    pub fn message_in(&self) {
+        Self::add(&self.messages_in, 1);
+    }
+
+    pub fn message_out(&self) {
+        Self::add(&self.messages_out, 1);
+    }
+
+    pub fn queue_bound_hit(&self) {
+        Self::add(&self.queue_bound_hits, 1);
+    }
 }
 
 /// Every shard's counters, and one set for publishers outside the shards.
@@ -203,6 +299,30 @@ impl Metrics {
                 m.subscriptions
             }),
         ];
+        type Labelled<'a> = (&'a str, &'a str, &'a str, &'a [(u16, u64)]);
+        let families: [Labelled<'_>; 2] = [
+            (
+                "handshakes_total",
+                "Handshakes by HTTP status (0: other)",
+                "status",
+                &self.handshakes,
+            ),
+            (
+                "closes_total",
+                "Closed WebSocket connections by close code (1006: no close frame; 0: other)",
+                "code",
+                &self.closes,
+            ),
+        ];
+        for (name, help, label, values) in families {
+            let _ = write!(
+                out,
+                "# HELP ringws_{name} {help}.\n# TYPE ringws_{name} counter\n"
+            );
+            for (value, count) in values {
+                let _ = writeln!(out, "ringws_{name}{{{label}=\"{value}\"}} {count}");
+            }
+        }
         for (name, help, value) in per_shard {
             let _ = write!(
                 out,

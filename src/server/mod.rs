@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 mod connection;
 pub mod echo;
+mod events;
 mod frames;
 mod handler;
 pub mod metrics;

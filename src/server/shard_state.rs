@@ -34,6 +34,11 @@ impl ShardState {
         }
     }
 
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.topics.shard()
+    }
+
     pub fn counters(&self) -> &Counters {
         self.topics.counters()
     }

@@ -120,6 +120,9 @@ impl<A: App + ?Sized> Ws<'_, A> {
     }
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+        if !opcode.is_control() {
+            self.shard.counters().message_out();
+        }
         let shard = &mut *self.shard;
         write_message(
             &mut self.parts.writer,

@@ -29,13 +29,40 @@ impl Server {
 
     /// Starts `ringws serve --listen LISTEN` with `args` and waits for `listening on`.
     pub fn start_on(listen: &str, args: &[&str]) -> Server {
+        Self::launch(listen, args, None)
+    }
+
+    /// Like [`Server::start`], with every line the server writes to stderr sent to `logs`.
+    pub fn start_logging(args: &[&str], logs: std::sync::mpsc::Sender<String>) -> Server {
+        Self::launch("127.0.0.1:0", args, Some(logs))
+    }
+
+    fn launch(
+        listen: &str,
+        args: &[&str],
+        logs: Option<std::sync::mpsc::Sender<String>>,
+    ) -> Server {
+        let stderr = if logs.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
             .args(["serve", "--listen", listen])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start ringws serve");
+        if let (Some(logs), Some(stderr)) = (logs, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if logs.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("server stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -87,6 +87,13 @@ pub struct ServeArgs {
     /// How long a graceful shutdown waits for clients to answer the 1001 close.
     #[arg(long, default_value_t = Span(defaults::SHUTDOWN_GRACE))]
     shutdown_grace: Span,
+    /// Log every connection's open and close, and every refused request, at info level.
+    #[arg(long)]
+    log_connections: bool,
+    /// How log lines look on stderr: text for people, json (one object per line) for a log
+    /// pipeline.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Do not answer GET /metrics with the server's counters.
     #[arg(long)]
     no_metrics: bool,
@@ -102,6 +109,13 @@ pub struct ServeArgs {
     /// with them, memory grows in 2 MiB steps and an idle connection costs more).
     #[arg(long)]
     pub huge_pages: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
@@ -163,6 +177,7 @@ impl ServeArgs {
         config.max_shard_backlog = self.max_shard_backlog.0;
         config.shutdown_grace = self.shutdown_grace.0;
         config.metrics = !self.no_metrics;
+        config.log_connections = self.log_connections;
         config.deflate = match self.deflate {
             Deflate::Off => None,
             mode => Some(DeflateConfig {

@@ -250,7 +250,7 @@ impl<A: App> Harness<A> {
     /// The runtime finished closing: the application hears `on_close`.
     pub fn closed(&mut self) {
         if let Some(conn) = self.conn.take() {
-            conn.on_closed(&mut self.shard, &mut self.app);
+            conn.on_closed(&mut self.shard, &mut self.app, "test");
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::runtime::ConnId;
 
 use super::app::{App, Closed, Message};
 use super::config::{BackpressurePolicy, SlowSubscriberPolicy};
+use super::events;
 use super::frames::write_message;
 use super::pubsub::Published;
 use super::shard_state::ShardState;
@@ -179,6 +180,9 @@ impl<S> Connection<S> {
                 false
             }
             upgrade::Answer::Accept { response, open } => {
+                cx.shard.counters().families.handshakes.count(101);
+                let loud = cx.shard.config.log_connections;
+                events::opened(loud, cx.shard.index(), self.peer, request.path());
                 cx.io.send(cx.id, response.into());
                 self.stage = Stage::Open(open);
                 let idle = cx.shard.config.idle_timeout;
@@ -215,10 +219,12 @@ impl<S> Connection<S> {
             };
             match event {
                 Some(Event::Text(text)) => {
+                    cx.shard.counters().message_in();
                     let mut ws = Ws::new(cx, self.peer, parts, &mut asked);
                     app.on_message(&mut ws, Message::Text(text));
                 }
                 Some(Event::Binary(bytes)) => {
+                    cx.shard.counters().message_in();
                     let mut ws = Ws::new(cx, self.peer, parts, &mut asked);
                     app.on_message(&mut ws, Message::Binary(bytes));
                 }
@@ -300,6 +306,7 @@ impl<S> Connection<S> {
             len
         };
         cx.shard.counters().delivered();
+        cx.shard.counters().message_out();
         // Dropping keeps the queue within the bound plus the newest message; what is left
         // over that cannot be dropped, and the close policy, end the subscription.
         let allowance = match policy {
@@ -307,6 +314,7 @@ impl<S> Connection<S> {
             SlowSubscriberPolicy::Close => limit,
         };
         if cx.io.queued_bytes(id) > allowance {
+            cx.shard.counters().queue_bound_hit();
             // The close frame should not wait behind messages the subscriber will never read.
             let dropped = cx.io.drop_oldest(id, 0);
             cx.shard.counters().dropped(dropped.chunks);
@@ -451,12 +459,16 @@ impl<S> Connection<S> {
         self.finish(cx);
     }
 
-    /// The runtime closed the connection; the application gets its state back.
-    pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A) {
+    /// The runtime closed the connection (`cause` says how the transport ended); the
+    /// application gets its state back.
+    pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A, cause: &str) {
         shard.incomplete_bytes -= self.incomplete;
         if let Stage::Open(open) = self.stage {
             let ending = self.ending.map(|ending| *ending);
             let (code, reason) = ending.unwrap_or((CloseCode::ABNORMAL, "".into()));
+            shard.counters().families.closes.count(code.as_u16());
+            let loud = shard.config.log_connections;
+            events::closed(loud, shard.index(), self.peer, code, &reason, cause);
             app.on_close(
                 open.parts.state,
                 Closed {
@@ -478,6 +490,7 @@ impl<S> Connection<S> {
         if self.paused.is_some() || cx.io.queued_bytes(cx.id) <= cx.shard.config.max_queued_bytes {
             return;
         }
+        cx.shard.counters().queue_bound_hit();
         match cx.shard.config.backpressure {
             BackpressurePolicy::PauseReading => {
                 self.paused = Some(Pause::Backpressure);
@@ -564,6 +577,19 @@ impl<S> Connection<S> {
     }
 
     fn refuse(&mut self, cx: &mut Cx<'_>, refusal: &Refusal) {
+        cx.shard
+            .counters()
+            .families
+            .handshakes
+            .count(refusal.status);
+        let loud = cx.shard.config.log_connections;
+        events::refused(
+            loud,
+            cx.shard.index(),
+            self.peer,
+            refusal.status,
+            &refusal.message,
+        );
         let mut response = Vec::new();
         refusal.write(&mut response);
         self.respond_and_close(cx, response);

@@ -1,0 +1,131 @@
+//! What an operator relies on, against the real binary: the settings file against the
+//! flags, `check-config`, JSON logs, the counters of /metrics.
+
+mod support;
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ringws::proto::OpCode;
+use support::{Server, connect, open, read_frame, read_to_close, send};
+
+/// Log lines until `done` holds for one of them (parsed as JSON); panics after 10 s.
+fn wait_for_log(
+    logs: &mpsc::Receiver<String>,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = logs.recv_timeout(left).expect("a log line in time");
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("a log line that is not JSON ({err}): {line}"));
+        if done(&value) {
+            return value;
+        }
+    }
+}
+
+#[test]
+fn json_logs_carry_one_object_per_event() {
+    let (tx, logs) = mpsc::channel();
+    let server = Server::start_logging(
+        &["--log-format", "json", "--log-connections", "--shards", "1"],
+        tx,
+    );
+    let mut client = open(server.addr, "/chat");
+    let opened = wait_for_log(&logs, |v| v["event"] == "open");
+    assert_eq!(opened["level"], "INFO");
+    assert_eq!(opened["shard"], 0);
+    assert_eq!(opened["path"], "/chat");
+    let peer = client.local_addr().expect("address").to_string();
+    assert_eq!(opened["peer"], peer.as_str());
+    assert!(opened["timestamp"].is_string());
+
+    send(&mut client, OpCode::Close, true, &1000u16.to_be_bytes());
+    let (header, _) = read_frame(&mut client);
+    assert_eq!(header.opcode, OpCode::Close);
+    let closed = wait_for_log(&logs, |v| v["event"] == "close");
+    assert_eq!(closed["code"], 1000);
+    assert_eq!(closed["peer"], peer.as_str());
+    assert!(closed["cause"].is_string());
+
+    let mut refused = connect(server.addr);
+    refused
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n")
+        .expect("send a bad upgrade");
+    read_to_close(&mut refused);
+    let refusal = wait_for_log(&logs, |v| v["event"] == "refuse");
+    assert_eq!(refusal["status"], 426);
+    assert!(refusal["reason"].as_str().is_some_and(|r| !r.is_empty()));
+}
+
+#[test]
+fn metrics_count_handshakes_closes_messages_and_bytes() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut client = open(server.addr, "/");
+    send(&mut client, OpCode::Binary, true, &[1; 100]);
+    read_frame(&mut client);
+    send(&mut client, OpCode::Close, true, &1000u16.to_be_bytes());
+    read_frame(&mut client);
+    let mut bad = connect(server.addr);
+    bad.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .expect("send a bad upgrade");
+    read_to_close(&mut bad);
+    let m = support::wait_for_metrics(server.addr, Duration::from_secs(5), |m| {
+        m["ringws_closes_total{code=\"1000\"}"] == 1
+    });
+    assert_eq!(m["ringws_handshakes_total{status=\"101\"}"], 1);
+    assert_eq!(m["ringws_handshakes_total{status=\"405\"}"], 1);
+    assert_eq!(m["ringws_received_messages_total"], 1);
+    assert_eq!(m["ringws_sent_messages_total"], 1);
+    let upgrade_and_frames = m["ringws_received_bytes_total"];
+    assert!(upgrade_and_frames > 100 + 8, "{upgrade_and_frames}");
+}
+
+#[test]
+fn the_settings_file_sets_what_the_flags_do_not() {
+    let path = std::env::temp_dir().join(format!("ringws-ops-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "max-message-size = \"1KiB\"\nmax-queued = \"8MiB\"\n",
+    )
+    .expect("write a settings file");
+    let path_text = path.to_str().expect("a UTF-8 path");
+    // The file limits messages to 1 KiB; the flag on top raises it back to 2 KiB.
+    let server = Server::start(&["--config", path_text, "--max-message-size", "2KiB"]);
+    let mut client = open(server.addr, "/");
+    send(&mut client, OpCode::Binary, true, &[7; 1500]);
+    assert_eq!(
+        read_frame(&mut client).1.len(),
+        1500,
+        "the flag won over the file"
+    );
+    send(&mut client, OpCode::Binary, true, &[7; 3000]);
+    support::expect_close(&mut client, 1009);
+    drop(server);
+
+    let check = |text: &str| {
+        std::fs::write(&path, text).expect("write a settings file");
+        Command::new(env!("CARGO_BIN_EXE_ringws"))
+            .args(["check-config", path_text])
+            .output()
+            .expect("run check-config")
+    };
+    let ok = check("idle-timeout = \"90s\"\n");
+    assert!(ok.status.success());
+    let unknown = check("idle-timout = \"90s\"\n");
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("idle-timout"));
+    let refused = Command::new(env!("CARGO_BIN_EXE_ringws"))
+        .args(["serve", "--config", path_text])
+        .output()
+        .expect("run serve");
+    assert_eq!(refused.status.code(), Some(1), "serve refuses the file too");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("idle-timout"));
+    let _ = std::fs::remove_file(&path);
+}
