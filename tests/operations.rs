@@ -129,3 +129,28 @@ fn the_settings_file_sets_what_the_flags_do_not() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("idle-timout"));
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn systemd_hears_ready_once_listening_and_stopping_on_sigterm() {
+    let path = std::env::temp_dir().join(format!("ringws-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind a notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    let server = Server::start_with_env(
+        &["--shards", "1"],
+        &[("NOTIFY_SOCKET", path.to_str().expect("a UTF-8 path"))],
+    );
+    let mut message = [0u8; 512];
+    let n = socket.recv(&mut message).expect("READY=1");
+    let ready = String::from_utf8_lossy(&message[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains(&server.addr.to_string()), "{ready}");
+    let status = server.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    let n = socket.recv(&mut message).expect("STOPPING=1");
+    let stopping = String::from_utf8_lossy(&message[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let _ = std::fs::remove_file(&path);
+}

@@ -14,6 +14,7 @@ mod events;
 mod frames;
 mod handler;
 pub mod metrics;
+pub mod notify;
 pub mod pubsub;
 pub mod serve_app;
 mod shard_state;
@@ -135,13 +136,28 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     let signals = block_termination_signals()?;
     let app_config = config.clone();
     let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
-    for addr in server.local_addrs() {
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    for addr in &addrs {
         println!("ringws: listening on {addr}");
     }
     use std::io::Write as _;
     io::stdout().flush()?;
+    let notifier = notify::Notifier::from_env().unwrap_or_else(|err| {
+        tracing::warn!("NOTIFY_SOCKET is set but unusable: {err}");
+        None
+    });
+    let tell = |state: &str| {
+        if let Some(Err(err)) = notifier.as_ref().map(|n| n.notify(state)) {
+            tracing::warn!("cannot notify the service manager: {err}");
+        }
+    };
+    tell(&format!(
+        "READY=1\nSTATUS=listening on {}",
+        addrs.join(", ")
+    ));
     let signal = wait_for_signal(&signals)?;
     tracing::info!("signal {signal}: closing connections");
+    tell("STOPPING=1\nSTATUS=draining");
     server.shutdown();
     server.join()
 }

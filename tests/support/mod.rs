@@ -29,18 +29,24 @@ impl Server {
 
     /// Starts `ringws serve --listen LISTEN` with `args` and waits for `listening on`.
     pub fn start_on(listen: &str, args: &[&str]) -> Server {
-        Self::launch(listen, args, None)
+        Self::launch(listen, args, None, &[])
+    }
+
+    /// Like [`Server::start`], with `env` added to the server's environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::launch("127.0.0.1:0", args, None, env)
     }
 
     /// Like [`Server::start`], with every line the server writes to stderr sent to `logs`.
     pub fn start_logging(args: &[&str], logs: std::sync::mpsc::Sender<String>) -> Server {
-        Self::launch("127.0.0.1:0", args, Some(logs))
+        Self::launch("127.0.0.1:0", args, Some(logs), &[])
     }
 
     fn launch(
         listen: &str,
         args: &[&str],
         logs: Option<std::sync::mpsc::Sender<String>>,
+        env: &[(&str, &str)],
     ) -> Server {
         let stderr = if logs.is_some() {
             Stdio::piped()
@@ -50,6 +56,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
             .args(["serve", "--listen", listen])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
