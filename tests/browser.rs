@@ -7,12 +7,14 @@
 mod support;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::Server;
+use ringws::proto::OpCode;
+use support::{Server, open, read_frame, send};
 
-fn run_browser(deflate: &str) {
+/// Debian's Chromium and the Node packages, which `scripts/test.sh` installs.
+fn chromium_and_scripts() -> (String, PathBuf) {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     assert!(
         Path::new(&chromium).exists(),
@@ -23,6 +25,11 @@ fn run_browser(deflate: &str) {
         dir.join("node_modules/playwright-core").is_dir(),
         "tests/node/node_modules is missing: run scripts/test.sh, which runs `npm ci` there"
     );
+    (chromium, dir)
+}
+
+fn run_browser(deflate: &str) {
+    let (chromium, dir) = chromium_and_scripts();
     // A free port for the page: its origin is the one the server allows.
     let page_port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -56,4 +63,54 @@ fn chromium_with_shared_compression() {
 #[test]
 fn chromium_with_dedicated_compression() {
     run_browser("dedicated");
+}
+
+#[test]
+fn the_status_page_fills_in_from_metrics_on_a_phone() {
+    let (chromium, dir) = chromium_and_scripts();
+    let server = Server::start(&["--shards", "2"]);
+    // Three connections that have each echoed a message.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = open(server.addr, "/");
+            send(&mut client, OpCode::Text, true, b"hello");
+            read_frame(&mut client);
+            client
+        })
+        .collect();
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let output = Command::new("node")
+        .arg(dir.join("status.mjs"))
+        .arg(format!("http://{}/", server.addr))
+        .arg(&screenshot)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the status page test failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("status: "))
+        .expect("the page's values");
+    let seen: serde_json::Value = serde_json::from_str(seen).expect("JSON");
+    let connections: u64 = seen["connections"]
+        .as_str()
+        .and_then(|text| text.replace(',', "").parse().ok())
+        .expect("a connection count");
+    // The three clients, and the page's own request for /metrics.
+    assert!(connections >= 3, "{seen}");
+    assert_eq!(seen["shards"], 2, "{seen}");
+    let png = std::fs::read(&screenshot).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
+    println!("screenshot: {}", screenshot.display());
+    drop(clients);
 }

@@ -26,7 +26,7 @@ fn plain_get_gets_a_page_saying_what_the_server_is() {
     let server = Server::start(&[]);
     let response = exchange(
         &server,
-        &format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr),
+        &format!("GET /about HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr),
     );
     assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
     assert!(response.contains("Content-Type: text/plain"), "{response}");

@@ -98,6 +98,9 @@ pub struct ServerConfig {
     /// Log every connection's open and close, and every refusal, at info level (at debug
     /// otherwise).
     pub log_connections: bool,
+    /// Answer a plain GET of `/` with a live status page (it reads `/metrics`, so it needs
+    /// `metrics` on).
+    pub status_page: bool,
     /// Answer a plain GET of `/metrics` with the server's counters (Prometheus text format).
     pub metrics: bool,
     /// How long a graceful shutdown waits for clients to answer the 1001 close.
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
             max_topics_per_connection: defaults::MAX_TOPICS_PER_CONNECTION,
             max_shard_backlog: defaults::MAX_SHARD_BACKLOG,
             log_connections: false,
+            status_page: true,
             metrics: true,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,

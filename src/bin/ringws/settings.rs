@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// pipeline.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Do not answer GET / with the live status page.
+    #[arg(long)]
+    no_status_page: bool,
     /// Do not answer GET /metrics with the server's counters.
     #[arg(long)]
     no_metrics: bool,
@@ -177,6 +180,7 @@ impl ServeArgs {
         config.max_shard_backlog = self.max_shard_backlog.0;
         config.shutdown_grace = self.shutdown_grace.0;
         config.metrics = !self.no_metrics;
+        config.status_page = !self.no_status_page;
         config.log_connections = self.log_connections;
         config.deflate = match self.deflate {
             Deflate::Off => None,

@@ -91,14 +91,21 @@ pub(super) fn answer<A: App>(
     Answer::Accept { response, open }
 }
 
-/// The body of a plain GET: the metrics, or the application's page.
+/// The live status page at `/`: it reads `/metrics` itself.
+const STATUS_PAGE: &str = include_str!("../status.html");
+
+/// The body of a plain GET: the metrics, the status page, or the application's page.
 fn page<A: App>(request: &Request, app: &A, shard: &ShardState) -> Vec<u8> {
     let mut response = Vec::new();
-    if shard.config.metrics && request.path() == "/metrics" {
+    let config = &shard.config;
+    if config.metrics && request.path() == "/metrics" {
         let topics = shard.topics.hub().directory.len() as u64;
         let metrics = shard.topics.registry().snapshot(topics).render();
         let kind = "text/plain; version=0.0.4; charset=utf-8";
         handshake::write_response(&mut response, 200, kind, &metrics);
+    } else if config.metrics && config.status_page && request.path() == "/" {
+        let kind = "text/html; charset=utf-8";
+        handshake::write_response(&mut response, 200, kind, STATUS_PAGE);
     } else {
         let kind = "text/plain; charset=utf-8";
         handshake::write_response(&mut response, 200, kind, app.http_page());
