@@ -154,3 +154,52 @@ fn systemd_hears_ready_once_listening_and_stopping_on_sigterm() {
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// Every metric name a PromQL expression mentions (`ringws_...`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("ringws_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/grafana-dashboard.json");
+    let text = std::fs::read_to_string(&path).expect("contrib/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let server = Server::start(&["--shards", "1"]);
+    let exported: std::collections::HashSet<String> = support::metrics(server.addr)
+        .keys()
+        .map(|key| key.split('{').next().unwrap_or(key).to_owned())
+        .collect();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "a dashboard worth the name");
+    let mut queried = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            for name in metric_names(expr) {
+                assert!(
+                    exported.contains(&name),
+                    "panel {:?} queries {name}, which the server does not export",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= panels.len());
+    let variable = &dashboard["templating"]["list"][0]["query"]["query"];
+    for name in metric_names(variable.as_str().expect("the instance variable's query")) {
+        assert!(exported.contains(&name), "{name}");
+    }
+}
