@@ -58,13 +58,17 @@ impl Handler for Echo {
     }
 }
 
+/// The defaults on `shards` shards, listening on a port the kernel picks.
+fn config(shards: usize) -> Config {
+    let mut config = Config::default();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.shards = shards;
+    config
+}
+
 fn start(config: Config) -> (Runtime<Command>, Arc<Seen>, SocketAddr) {
     let seen = Arc::new(Seen::default());
     let shared = seen.clone();
-    let config = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        ..config
-    };
     let runtime = runtime::start(config, move |_ctx: ShardContext<Command>| Echo {
         seen: shared.clone(),
     })
@@ -101,10 +105,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn many_clients_get_their_bytes_back_in_any_pieces() {
-    let (runtime, _, addr) = start(Config {
-        shards: 2,
-        ..Config::default()
-    });
+    let (runtime, _, addr) = start(config(2));
     let clients: Vec<_> = (0..200u64)
         .map(|i| {
             std::thread::spawn(move || {
@@ -140,10 +141,7 @@ fn many_clients_get_their_bytes_back_in_any_pieces() {
 
 #[test]
 fn large_transfer_to_a_slow_reader_is_exact() {
-    let (runtime, _, addr) = start(Config {
-        shards: 1,
-        ..Config::default()
-    });
+    let (runtime, _, addr) = start(config(1));
     let mut stream = connect(addr);
     let data = pattern(42, 8 << 20);
     let mut writer = stream.try_clone().unwrap();
@@ -169,12 +167,9 @@ fn large_transfer_to_a_slow_reader_is_exact() {
 #[test]
 fn a_tiny_buffer_ring_loses_nothing() {
     // Four 512-byte buffers for 50 busy clients: the ring runs dry again and again.
-    let config = Config {
-        shards: 1,
-        recv_buffers: 4,
-        recv_buffer_size: 512,
-        ..Config::default()
-    };
+    let mut config = config(1);
+    config.recv_buffers = 4;
+    config.recv_buffer_size = 512;
     let (runtime, _, addr) = start(config);
     let clients: Vec<_> = (0..50u64)
         .map(|i| {
@@ -199,10 +194,7 @@ fn a_tiny_buffer_ring_loses_nothing() {
 
 #[test]
 fn a_reset_closes_only_that_connection() {
-    let (runtime, seen, addr) = start(Config {
-        shards: 1,
-        ..Config::default()
-    });
+    let (runtime, seen, addr) = start(config(1));
     let mut steady = connect(addr);
     let doomed = connect(addr);
     // SO_LINGER 0: closing sends RST.
@@ -235,11 +227,9 @@ fn a_reset_closes_only_that_connection() {
 
 #[test]
 fn a_full_descriptor_table_accepts_as_slots_free() {
-    let (runtime, seen, addr) = start(Config {
-        shards: 1,
-        max_connections_per_shard: 4,
-        ..Config::default()
-    });
+    let mut config = config(1);
+    config.max_connections_per_shard = 4;
+    let (runtime, seen, addr) = start(config);
     let mut clients: Vec<TcpStream> = (0..10).map(|_| connect(addr)).collect();
     wait_until(|| seen.opened.load(Ordering::SeqCst) == 4);
     std::thread::sleep(Duration::from_millis(200));
@@ -265,10 +255,7 @@ fn a_full_descriptor_table_accepts_as_slots_free() {
 
 #[test]
 fn deadlines_fire_and_close_gracefully() {
-    let (runtime, seen, addr) = start(Config {
-        shards: 1,
-        ..Config::default()
-    });
+    let (runtime, seen, addr) = start(config(1));
     let mut stream = connect(addr);
     stream.write_all(b"deadline").unwrap();
     let mut all = Vec::new();
@@ -280,10 +267,7 @@ fn deadlines_fire_and_close_gracefully() {
 
 #[test]
 fn messages_from_another_thread_wake_an_idle_shard() {
-    let (runtime, seen, _) = start(Config {
-        shards: 2,
-        ..Config::default()
-    });
+    let (runtime, seen, _) = start(config(2));
     let remotes = runtime.remotes().to_vec();
     std::thread::spawn(move || {
         for i in 0..100 {
@@ -298,11 +282,8 @@ fn messages_from_another_thread_wake_an_idle_shard() {
 
 #[test]
 fn shutdown_closes_connections_and_ends_the_shards() {
-    let config = Config {
-        shards: 2,
-        shutdown_grace: Duration::from_millis(300),
-        ..Config::default()
-    };
+    let mut config = config(2);
+    config.shutdown_grace = Duration::from_millis(300);
     let (runtime, seen, addr) = start(config);
     let mut clients: Vec<TcpStream> = (0..20).map(|_| connect(addr)).collect();
     wait_until(|| seen.opened.load(Ordering::SeqCst) == 20);

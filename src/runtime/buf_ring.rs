@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
+/// The provided-buffer group of every shard's ring (each ring has its own groups).
+pub(crate) const BUFFER_GROUP: u16 = 0;
+
 /// An anonymous, page-aligned memory mapping.
 struct Mapping {
     ptr: NonNull<u8>,
@@ -37,15 +40,17 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `new`, once.
+        // SAFETY: unmaps exactly the region mapped in `new`, once; nothing refers to it any
+        // more (see `BufRing`).
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
 /// A registered buffer ring and the buffers it hands out.
 ///
-/// Must be dropped after the io_uring it is registered with (the shard declares its ring
-/// first), so the kernel never writes into unmapped memory.
+/// Must be dropped after the ring it is registered with (the shard declares its ring first,
+/// and dropping the ring waits for its requests), so the kernel never writes into unmapped
+/// memory.
 pub(crate) struct BufRing {
     entries: Mapping,
     buffers: Mapping,

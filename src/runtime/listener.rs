@@ -5,13 +5,35 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::Config;
 use super::socket::{self, set_int_option};
 
-/// Creates a listening socket bound to `addr` with SO_REUSEPORT.
-pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+/// Binds every shard's listening sockets: one per shard and address. A port of 0 is chosen
+/// by the kernel for the first shard and shared by the rest.
+pub(crate) fn bind_all(config: &Config) -> io::Result<Vec<Vec<OwnedFd>>> {
+    let mut per_shard: Vec<Vec<OwnedFd>> = (0..config.shards).map(|_| Vec::new()).collect();
+    for &addr in &config.listen {
+        ensure_free(addr)?;
+        let first = listen(addr, config)?;
+        let bound = local_addr(&first)?;
+        per_shard[0].push(first);
+        for sockets in per_shard.iter_mut().skip(1) {
+            sockets.push(listen(bound, config)?);
+        }
+    }
+    Ok(per_shard)
+}
+
+/// Creates a listening socket bound to `addr` with SO_REUSEPORT, carrying the options
+/// accepted sockets inherit.
+fn listen(addr: SocketAddr, config: &Config) -> io::Result<OwnedFd> {
     let socket = bind(addr, true)?;
-    // SAFETY: listen on the socket we own.
-    if unsafe { libc::listen(socket.as_raw_fd(), backlog) } != 0 {
+    if !config.tcp_user_timeout.is_zero() {
+        socket::set_user_timeout(&socket, config.tcp_user_timeout)?;
+    }
+    socket::set_keepalive(&socket, config.keepalive)?;
+    // SAFETY: listen takes no pointers; the descriptor is ours.
+    if unsafe { libc::listen(socket.as_raw_fd(), config.backlog) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(socket)
@@ -19,7 +41,7 @@ pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
 
 /// Fails when something already listens on `addr`. SO_REUSEPORT would otherwise let a
 /// second server (of the same user) join the port silently and take half the connections.
-pub(crate) fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
@@ -62,7 +84,7 @@ pub(crate) fn local_addr(socket: &OwnedFd) -> io::Result<SocketAddr> {
     // SAFETY: zeroed sockaddr_storage is a valid value of the type.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most `len` bytes into `storage`.
+    // SAFETY: getsockname writes at most `len` bytes into `storage`, a live local.
     if unsafe { libc::getsockname(socket.as_raw_fd(), (&raw mut storage).cast(), &mut len) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -1,8 +1,15 @@
-//! Ring setup: the fastest flags the kernel has, and a clear error for what it lacks.
+//! The shard's ring: set up with the fastest flags the kernel has, a clear error for what it
+//! lacks, and the one place requests are handed to the kernel.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, Probe, opcode};
+use io_uring::types::{CancelBuilder, Fixed, SubmitArgs, Timespec};
+use io_uring::{IoUring, Probe, Submitter, cqueue, opcode, squeue};
+
+use super::socket;
+use super::user_data::{Op, pack};
 
 /// The opcodes the runtime cannot work without, with the kernel that brought each.
 const REQUIRED: &[(u8, &str, &str)] = &[
@@ -23,8 +30,23 @@ const REQUIRED: &[(u8, &str, &str)] = &[
     (opcode::Read::CODE, "IORING_OP_READ", "5.6"),
 ];
 
-/// Fails with a message naming each missing io_uring feature and the kernel it needs.
-pub(crate) fn check_kernel() -> io::Result<()> {
+/// SO_LINGER {on, 0}: a close that resets the connection. A static, so the kernel may read
+/// it whenever it runs the request.
+pub(crate) static LINGER_ZERO: libc::linger = libc::linger {
+    l_onoff: 1,
+    l_linger: 0,
+};
+
+/// What this kernel can do beyond the required opcodes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Features {
+    /// IORING_OP_URING_CMD setsockopt on a direct descriptor (Linux 6.7): aborts reset.
+    pub setsockopt: bool,
+}
+
+/// Fails with a message naming each missing io_uring feature and the kernel it needs; finds
+/// out what optional features there are.
+pub(crate) fn check_kernel() -> io::Result<Features> {
     let ring = IoUring::new(8).map_err(|e| {
         io::Error::new(e.kind(), format!("io_uring is not available ({e}); ringws needs Linux 6.0 or newer with io_uring enabled"))
     })?;
@@ -47,28 +69,215 @@ pub(crate) fn check_kernel() -> io::Result<()> {
             "this kernel lacks IORING_FEAT_EXT_ARG (Linux 5.11)",
         ));
     }
+    let setsockopt = match try_setsockopt(ring, &probe) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(
+                "io_uring setsockopt unavailable ({err}; Linux 6.7): aborted connections close without a reset"
+            );
+            false
+        }
+    };
+    Ok(Features { setsockopt })
+}
+
+/// Sets SO_LINGER {on, 0} through io_uring on a fresh socket registered as a direct
+/// descriptor, exactly as an abort does: the probe cannot tell, only a first attempt.
+fn try_setsockopt(mut ring: IoUring, probe: &Probe) -> io::Result<()> {
+    if !probe.is_supported(opcode::SetSockOpt::CODE) {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let socket = socket::tcp_socket_for(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    ring.submitter().register_files(&[socket.as_raw_fd()])?;
+    let entry = linger_zero(Fixed(0)).user_data(1);
+    // SAFETY: the entry points only at the static LINGER_ZERO; the socket it names stays
+    // registered (and open) until the ring is dropped, after the completion is reaped below.
+    unsafe { ring.submission().push(&entry) }
+        .map_err(|_| io::Error::other("a new ring has no room"))?;
+    ring.submit_and_wait(1)?;
+    let result = ring
+        .completion()
+        .next()
+        .map_or(-libc::EIO, |completion| completion.result());
+    if result < 0 {
+        return Err(io::Error::from_raw_os_error(-result));
+    }
     Ok(())
 }
 
-/// A ring for one shard's thread: single issuer with deferred task running where the kernel
-/// has them (6.1), else the plain setup.
-pub(crate) fn build(entries: u32) -> io::Result<IoUring> {
-    let cq = entries.saturating_mul(4);
-    let best = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_coop_taskrun()
-        .setup_submit_all()
-        .setup_cqsize(cq)
-        .build(entries);
-    match best {
-        Ok(ring) => Ok(ring),
-        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!(
-                "io_uring SINGLE_ISSUER/DEFER_TASKRUN unavailable (Linux 6.1): using the plain setup"
-            );
-            IoUring::builder().setup_cqsize(cq).build(entries)
-        }
-        Err(err) => Err(err),
+/// setsockopt(SO_LINGER, {on, 0}) on `fd`.
+pub(crate) fn linger_zero(fd: Fixed) -> squeue::Entry {
+    opcode::SetSockOpt::new(
+        fd,
+        libc::SOL_SOCKET as u32,
+        libc::SO_LINGER as u32,
+        (&raw const LINGER_ZERO).cast(),
+        std::mem::size_of::<libc::linger>() as u32,
+    )
+    .build()
+}
+
+/// One completion, copied out of the completion queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Completion {
+    pub user_data: u64,
+    pub result: i32,
+    pub flags: u32,
+}
+
+/// A shard's ring and the count of requests the kernel still holds.
+///
+/// Dropping it cancels every request and waits (boundedly) for their completions, so memory
+/// the kernel was given is not freed under it: declare it before that memory.
+pub(crate) struct Ring {
+    uring: IoUring,
+    /// Requests pushed whose last completion is not reaped yet.
+    in_flight: usize,
+}
+
+impl Ring {
+    /// A ring for one shard's thread, single issuer with deferred task running where the
+    /// kernel has them (6.1), else the plain setup; and a sparse table of `table` direct
+    /// descriptors.
+    pub fn new(entries: u32, table: u32) -> io::Result<Self> {
+        let cq = entries.saturating_mul(4);
+        let best = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_submit_all()
+            .setup_cqsize(cq)
+            .build(entries);
+        let uring = match best {
+            Ok(ring) => ring,
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(
+                    "io_uring SINGLE_ISSUER/DEFER_TASKRUN unavailable (Linux 6.1): using the plain setup"
+                );
+                IoUring::builder().setup_cqsize(cq).build(entries)?
+            }
+            Err(err) => return Err(err),
+        };
+        uring
+            .submitter()
+            .register_files_sparse(table)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot register a direct-descriptor table of {table}: {e}"),
+                )
+            })?;
+        Ok(Self {
+            uring,
+            in_flight: 0,
+        })
     }
+
+    pub fn submitter(&self) -> Submitter<'_> {
+        self.uring.submitter()
+    }
+
+    /// Queues `entry` for the next kernel entry, handing the queue over first if it is full.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer `entry` carries (buffers, message headers, address slots, option
+    /// values) must stay valid, and not be written by us where the kernel reads or read where
+    /// it writes, until the request's last completion is reaped. The ring keeps that promise
+    /// to the end: dropping it waits for every request to complete.
+    pub unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: the caller upholds this function's contract for `entry`.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                self.in_flight += 1;
+                return;
+            }
+            // The submission queue is full: hand it to the kernel and retry.
+            if let Err(err) = self.uring.submit() {
+                tracing::error!("io_uring submit failed with a full queue: {err}");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Moves every completion the kernel posted into `into`.
+    pub fn reap(&mut self, into: &mut Vec<Completion>) {
+        let start = into.len();
+        into.extend(self.uring.completion().map(|c| Completion {
+            user_data: c.user_data(),
+            result: c.result(),
+            flags: c.flags(),
+        }));
+        let ended = into[start..]
+            .iter()
+            .filter(|c| !cqueue::more(c.flags))
+            .count();
+        self.in_flight = self.in_flight.saturating_sub(ended);
+    }
+
+    /// Submits what was pushed and waits up to `wait` for a completion (not at all for zero).
+    pub fn enter(&mut self, wait: Duration) -> io::Result<()> {
+        let timeout = Timespec::from(wait);
+        let args = SubmitArgs::new().timespec(&timeout);
+        match self.uring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Cancels every request and reaps completions until none is left or `bound` passes.
+    fn cancel_everything(&mut self, bound: Duration) {
+        if self.in_flight == 0 {
+            return;
+        }
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::any()).build();
+        // SAFETY: a cancel carries no pointers.
+        unsafe { self.push(&cancel.user_data(pack(Op::Cancel, 0, 0))) };
+        let deadline = Instant::now() + bound;
+        let mut completions = Vec::new();
+        while self.in_flight > 0 && Instant::now() < deadline {
+            if self.enter(Duration::from_millis(10)).is_err() {
+                break;
+            }
+            completions.clear();
+            self.reap(&mut completions);
+        }
+        if self.in_flight > 0 {
+            tracing::warn!(
+                in_flight = self.in_flight,
+                "io_uring requests still in flight as the ring closes"
+            );
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.cancel_everything(Duration::from_secs(1));
+    }
+}
+
+/// The direct-descriptor table size: what was asked, within the kernel's cap (the process's
+/// RLIMIT_NOFILE).
+pub(crate) fn table_size(wanted: usize) -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the live struct we pass.
+    let cap = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    u32::try_from(wanted.min(cap).max(1)).unwrap_or(u32::MAX)
 }

@@ -1,32 +1,36 @@
-//! One direct-descriptor slot: the runtime's state for the connection in it.
+//! One direct-descriptor slot: the runtime's state for the connection in it, and the phases
+//! of its life as a state machine.
+//!
+//! Every transition is a method that changes the slot and returns the [`Action`]s it needs:
+//! requests for the ring, timers, work for this turn. The shard carries them out; the slot
+//! never touches a ring, so its life can be tested in memory.
+//!
+//! ```text
+//!  Free ─accept─► Open ─close─► Draining ─queue written─► Lingering ─peer's FIN─► Closing ─► Free
+//!                  │               │ drain timeout          │ linger timeout         ▲
+//!                  └── abort, error, peer's FIN with nothing queued ─────────────────┘
+//! ```
+//!
+//! `Closing` cancels what is in flight and closes the descriptor once nothing refers to it.
+//! A closing deadline that passes aborts: SO_LINGER {on, 0} before the close, so the kernel
+//! resets the connection and frees its buffers at once.
 
-use std::collections::VecDeque;
-
-use bytes::Bytes;
+use std::time::Duration;
 
 use super::CloseCause;
+use super::send_queue::SendQueue;
+use super::timer;
+use super::user_data::next_generation;
 
-/// Chunks one sendmsg takes at most; more wait for the next.
-pub(crate) const MAX_IOV: usize = 64;
-
-/// The memory of a sendmsg in flight, which must stay put until its completion.
-pub(crate) struct SendBuf {
-    pub header: libc::msghdr,
-    pub iov: [libc::iovec; MAX_IOV],
-}
-
-impl SendBuf {
-    pub fn new() -> Box<Self> {
-        // SAFETY: msghdr and iovec are plain C structs for which all-zero bytes are valid.
-        Box::new(unsafe { std::mem::zeroed() })
-    }
-}
+/// How long cancelled requests may take to complete before the socket is shut down under
+/// them. Cancels normally complete at once.
+pub(crate) const CANCEL_BOUND: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
     Free,
     Open,
-    /// Closing was asked for: writing out what is queued first.
+    /// Closing was asked for, or the peer sent its FIN: writing out what is queued first.
     Draining,
     /// Our FIN is sent; waiting for the peer's, or the linger deadline.
     Lingering,
@@ -34,18 +38,74 @@ pub(crate) enum Phase {
     Closing,
 }
 
-/// Bytes queued for a connection, and whether they may be dropped unsent.
-pub(crate) struct Chunk {
-    pub bytes: Bytes,
-    /// A whole message the sender can afford to lose (pub/sub) when the reader is too slow.
-    pub droppable: bool,
+/// What a transition asks of the shard, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start the multishot receive.
+    ArmRecv,
+    /// Start the receive again once this turn has given buffers back.
+    RearmRecv,
+    CancelRecv,
+    CancelSend,
+    /// shutdown(SHUT_WR): our FIN, after everything written.
+    ShutdownWrite,
+    /// shutdown(SHUT_RDWR): ends whatever still waits on the socket.
+    ShutdownBoth,
+    /// SO_LINGER {on, 0}: the close resets the connection.
+    LingerZero,
+    /// Close the descriptor; the slot is free when this completes.
+    Close,
+    /// One of the runtime's own deadlines for this connection.
+    StartTimer(timer::Kind),
+    /// The queue has bytes and no sendmsg in flight: write it this turn.
+    Flush,
+    /// Everything queued is written: tell the handler.
+    Drained,
 }
 
-/// What [`Slot::drop_oldest`] removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Dropped {
-    pub chunks: usize,
-    pub bytes: usize,
+/// The few actions of one transition, without allocating.
+#[derive(Default, PartialEq, Eq)]
+pub(crate) struct Actions {
+    list: [Option<Action>; 6],
+    len: usize,
+}
+
+impl Actions {
+    fn none() -> Self {
+        Self::default()
+    }
+
+    fn one(action: Action) -> Self {
+        let mut actions = Self::none();
+        actions.push(action);
+        actions
+    }
+
+    fn push(&mut self, action: Action) {
+        self.list[self.len] = Some(action);
+        self.len += 1;
+    }
+
+    fn extend(&mut self, other: Actions) {
+        for action in other {
+            self.push(action);
+        }
+    }
+}
+
+impl IntoIterator for Actions {
+    type Item = Action;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Action>, 6>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.into_iter().flatten()
+    }
+}
+
+impl std::fmt::Debug for Actions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.list.iter().flatten()).finish()
+    }
 }
 
 pub(crate) struct Slot {
@@ -53,23 +113,18 @@ pub(crate) struct Slot {
     pub phase: Phase,
     pub cause: CloseCause,
     pub recv_armed: bool,
+    /// The handler paused reading (only an open connection's bytes are held back).
     pub paused: bool,
     pub peer_closed: bool,
-    pub close_submitted: bool,
-    /// A shutdown(SHUT_WR) is in flight. The close must wait for it: io_uring may run
-    /// unlinked requests out of order, and a shutdown that ran after the close would hit
-    /// whichever connection the kernel gave the slot to next.
-    pub shutdown_in_flight: bool,
+    close_submitted: bool,
+    /// Requests other than recv and send that name the descriptor (shutdown, setsockopt).
+    /// The close waits for them: io_uring may run unlinked requests out of order, and one
+    /// that ran after the close would hit whichever connection the kernel gave the slot to
+    /// next.
+    fd_ops: u8,
     /// Listed for this turn's flush.
-    pub dirty: bool,
-    /// Chunks of `queue` the sendmsg in flight covers: they must stay until it completes.
-    pub in_flight: u8,
-    pub queue: VecDeque<Chunk>,
-    /// Bytes of `queue[0]` already written.
-    pub head_offset: usize,
-    pub queued: usize,
-    pub written: u64,
-    pub sending: Option<Box<SendBuf>>,
+    dirty: bool,
+    pub queue: SendQueue,
     /// The handler's deadline (a timer tick), 0 when none.
     pub deadline: u64,
     /// Bytes received while reading was paused.
@@ -86,14 +141,9 @@ impl Default for Slot {
             paused: false,
             peer_closed: false,
             close_submitted: false,
-            shutdown_in_flight: false,
+            fd_ops: 0,
             dirty: false,
-            in_flight: 0,
-            queue: VecDeque::new(),
-            head_offset: 0,
-            queued: 0,
-            written: 0,
-            sending: None,
+            queue: SendQueue::default(),
             deadline: 0,
             stash: Vec::new(),
         }
@@ -101,143 +151,247 @@ impl Default for Slot {
 }
 
 impl Slot {
-    pub fn push(&mut self, bytes: Bytes, droppable: bool) {
-        self.queued += bytes.len();
-        self.queue.push_back(Chunk { bytes, droppable });
+    /// Holds a connection, in any phase but `Free`.
+    pub fn is_live(&self) -> bool {
+        self.phase != Phase::Free
     }
 
-    /// Drops droppable chunks, oldest first, until at most `limit` bytes stay queued. Chunks
-    /// the kernel may be reading, or partly written, are never touched.
-    pub fn drop_oldest(&mut self, limit: usize) -> Dropped {
-        let mut dropped = Dropped::default();
-        let in_flight = if self.sending.is_some() {
-            usize::from(self.in_flight)
-        } else {
-            0
+    /// Whether bytes may still be queued: open, or writing out before the FIN.
+    pub fn accepts_bytes(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Draining)
+    }
+
+    /// A new connection in this slot, under a new generation.
+    pub fn open(&mut self) -> Actions {
+        debug_assert_eq!(self.phase, Phase::Free);
+        *self = Self {
+            generation: next_generation(self.generation),
+            phase: Phase::Open,
+            ..Self::default()
         };
-        let protected = in_flight.max(usize::from(self.head_offset > 0));
-        let mut index = 0;
-        self.queue.retain(|chunk| {
-            index += 1;
-            let over = self.queued - dropped.bytes > limit;
-            if !over || index <= protected || !chunk.droppable {
-                return true;
-            }
-            dropped.chunks += 1;
-            dropped.bytes += chunk.bytes.len();
-            false
-        });
-        self.queued -= dropped.bytes;
-        dropped
+        self.arm_recv()
     }
 
-    /// Drops `written` bytes from the front of the queue.
-    pub fn consume(&mut self, mut written: usize) {
-        self.written += written as u64;
-        self.queued -= written.min(self.queued);
-        while written > 0 {
-            let Some(front) = self.queue.front() else {
-                break;
-            };
-            let left = front.bytes.len() - self.head_offset;
-            if written >= left {
-                written -= left;
-                self.head_offset = 0;
-                self.queue.pop_front();
-            } else {
-                self.head_offset += written;
-                written = 0;
-            }
+    /// Bytes were queued: list the connection for this turn's flush.
+    pub fn queued(&mut self) -> Actions {
+        if std::mem::replace(&mut self.dirty, true) {
+            Actions::none()
+        } else {
+            Actions::one(Action::Flush)
         }
     }
 
-    /// Fills `buf` with the queue's front chunks; returns the bytes it covers.
-    pub fn fill(&mut self, buf: &mut SendBuf) -> usize {
-        let mut total = 0;
-        let mut count = 0;
-        for (i, chunk) in self.queue.iter().take(MAX_IOV).enumerate() {
-            let skip = if i == 0 { self.head_offset } else { 0 };
-            let bytes = &chunk.bytes[skip..];
-            buf.iov[i] = libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            };
-            total += bytes.len();
-            count += 1;
+    /// Taken off this turn's flush list; whether a sendmsg should start now.
+    pub fn take_flush(&mut self) -> bool {
+        self.dirty = false;
+        self.accepts_bytes() && !self.queue.is_sending() && !self.queue.is_empty()
+    }
+
+    fn wants_recv(&self) -> bool {
+        match self.phase {
+            Phase::Open => !self.paused,
+            // Reading on to see the peer's FIN; what arrives is discarded.
+            Phase::Lingering => true,
+            _ => false,
         }
-        buf.header.msg_iov = buf.iov.as_mut_ptr();
-        buf.header.msg_iovlen = count;
-        self.in_flight = count as u8;
-        total
+    }
+
+    /// Starts the receive unless it runs or is not wanted.
+    pub fn arm_recv(&mut self) -> Actions {
+        if self.recv_armed || !self.wants_recv() {
+            return Actions::none();
+        }
+        self.recv_armed = true;
+        Actions::one(Action::ArmRecv)
+    }
+
+    pub fn pause(&mut self) -> Actions {
+        if std::mem::replace(&mut self.paused, true) || !self.recv_armed {
+            return Actions::none();
+        }
+        if self.phase == Phase::Open {
+            Actions::one(Action::CancelRecv)
+        } else {
+            Actions::none()
+        }
+    }
+
+    /// Unpauses; whether the receive must start again (after the stash is handed over).
+    pub fn resume(&mut self) -> bool {
+        std::mem::replace(&mut self.paused, false)
+    }
+
+    /// The handler closes: write out the queue, then FIN and linger.
+    pub fn close(&mut self) -> Actions {
+        if self.phase != Phase::Open {
+            return Actions::none();
+        }
+        self.phase = Phase::Draining;
+        if self.queue.is_idle() {
+            return self.linger();
+        }
+        Actions::one(Action::StartTimer(timer::Kind::Drain))
+    }
+
+    /// Closes now, dropping what is queued. With `reset`, the kernel sends RST and frees the
+    /// socket's buffers at once (when it cannot, a plain close).
+    pub fn abort(&mut self, cause: CloseCause, reset: bool) -> Actions {
+        self.begin_closing(cause, reset)
+    }
+
+    /// Everything is written: our FIN, then read (and discard) until the peer's arrives or
+    /// the linger deadline passes, so the peer gets all we sent before any reset.
+    fn linger(&mut self) -> Actions {
+        if self.peer_closed {
+            return self.begin_closing(self.cause, false);
+        }
+        self.phase = Phase::Lingering;
+        self.fd_ops += 1;
+        let mut actions = Actions::none();
+        actions.push(Action::ShutdownWrite);
+        actions.push(Action::StartTimer(timer::Kind::Linger));
+        actions.extend(self.arm_recv());
+        actions
+    }
+
+    /// Cancels what is in flight; the descriptor closes once nothing refers to it.
+    fn begin_closing(&mut self, cause: CloseCause, reset: bool) -> Actions {
+        if matches!(self.phase, Phase::Free | Phase::Closing) {
+            return Actions::none();
+        }
+        self.phase = Phase::Closing;
+        self.cause = cause;
+        self.queue.discard_unsent();
+        self.stash = Vec::new();
+        let mut actions = Actions::none();
+        if reset {
+            self.fd_ops += 1;
+            actions.push(Action::LingerZero);
+        }
+        if self.recv_armed {
+            actions.push(Action::CancelRecv);
+        }
+        if self.queue.is_sending() {
+            actions.push(Action::CancelSend);
+        }
+        let close = self.close_if_idle();
+        if close.len == 0 {
+            actions.push(Action::StartTimer(timer::Kind::Cancel));
+        }
+        actions.extend(close);
+        actions
+    }
+
+    fn close_if_idle(&mut self) -> Actions {
+        if self.phase != Phase::Closing
+            || self.recv_armed
+            || self.queue.is_sending()
+            || self.close_submitted
+            || self.fd_ops > 0
+        {
+            return Actions::none();
+        }
+        self.close_submitted = true;
+        Actions::one(Action::Close)
+    }
+
+    /// The sendmsg in flight completed with `result` (its buffer is already back from
+    /// [`SendQueue::complete`]).
+    pub fn on_sent(&mut self, result: i32) -> Actions {
+        if result < 0 {
+            return match self.phase {
+                Phase::Closing => self.close_if_idle(),
+                _ => self.begin_closing(CloseCause::Error(-result), false),
+            };
+        }
+        match (self.phase, self.queue.is_empty()) {
+            (Phase::Closing, _) => self.close_if_idle(),
+            (Phase::Open | Phase::Draining, false) => self.queued(),
+            (Phase::Draining, true) => self.linger(),
+            (Phase::Open, true) => Actions::one(Action::Drained),
+            _ => Actions::none(),
+        }
+    }
+
+    /// A receive completion's result, after any bytes it carried were handled. `more`: the
+    /// multishot receive goes on.
+    pub fn on_recv(&mut self, result: i32, more: bool) -> Actions {
+        if !more {
+            self.recv_armed = false;
+        }
+        let mut actions = match result {
+            0 => self.on_peer_fin(),
+            _ if self.phase == Phase::Closing => self.close_if_idle(),
+            // The ring ran dry, or the receive was cancelled to pause: see below.
+            r if -r == libc::ENOBUFS || -r == libc::ECANCELED => Actions::none(),
+            r if r < 0 => self.begin_closing(CloseCause::Error(-r), false),
+            _ => Actions::none(),
+        };
+        if !self.recv_armed && self.wants_recv() {
+            actions.push(Action::RearmRecv);
+        }
+        actions
+    }
+
+    /// The peer's FIN: write out what is queued, then close.
+    fn on_peer_fin(&mut self) -> Actions {
+        self.peer_closed = true;
+        match self.phase {
+            Phase::Open => {
+                self.cause = CloseCause::PeerClosed;
+                self.phase = Phase::Draining;
+                if self.queue.is_idle() {
+                    return self.begin_closing(CloseCause::PeerClosed, false);
+                }
+                Actions::one(Action::StartTimer(timer::Kind::Drain))
+            }
+            Phase::Lingering => self.begin_closing(self.cause, false),
+            Phase::Closing => self.close_if_idle(),
+            Phase::Draining | Phase::Free => Actions::none(),
+        }
+    }
+
+    /// A shutdown or setsockopt on the descriptor completed.
+    pub fn on_fd_op_done(&mut self) -> Actions {
+        self.fd_ops = self.fd_ops.saturating_sub(1);
+        self.close_if_idle()
+    }
+
+    /// One of the runtime's deadlines for this connection passed; `reset` as for
+    /// [`Slot::abort`].
+    pub fn on_timer(&mut self, kind: timer::Kind, reset: bool) -> Actions {
+        match (kind, self.phase) {
+            (timer::Kind::Drain, Phase::Draining) | (timer::Kind::Linger, Phase::Lingering) => {
+                self.begin_closing(CloseCause::TimedOut, reset)
+            }
+            (timer::Kind::Cancel, Phase::Closing) if !self.close_submitted => {
+                // Something did not end when cancelled: end everything on the socket.
+                let mut actions = Actions::none();
+                if self.recv_armed {
+                    actions.push(Action::CancelRecv);
+                }
+                if self.queue.is_sending() {
+                    actions.push(Action::CancelSend);
+                }
+                self.fd_ops += 1;
+                actions.push(Action::ShutdownBoth);
+                actions
+            }
+            _ => Actions::none(),
+        }
+    }
+
+    /// The descriptor is closed: the slot is free for the next connection. Returns why the
+    /// connection ended.
+    pub fn on_closed(&mut self) -> CloseCause {
+        let cause = self.cause;
+        *self = Self {
+            generation: self.generation,
+            ..Self::default()
+        };
+        cause
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_slot_stays_small() {
-        let size = std::mem::size_of::<Slot>();
-        println!("runtime slot {size} B");
-        assert!(size <= 160, "{size}");
-    }
-
-    #[test]
-    fn short_writes_resume_where_they_stopped() {
-        let mut slot = Slot::default();
-        for chunk in [&b"hello "[..], b"big ", b"world"] {
-            slot.push(Bytes::from_static(chunk), false);
-        }
-        let mut buf = SendBuf::new();
-        assert_eq!(slot.fill(&mut buf), 15);
-        slot.consume(8); // "hello bi"
-        assert_eq!(slot.queued, 7);
-        assert_eq!(slot.fill(&mut buf), 7);
-        // SAFETY: the iovec points into the queue's first chunk, alive in `slot`.
-        let first = unsafe {
-            std::slice::from_raw_parts(buf.iov[0].iov_base as *const u8, buf.iov[0].iov_len)
-        };
-        assert_eq!(first, b"g ");
-        slot.consume(7);
-        assert!(slot.queue.is_empty());
-        assert_eq!(slot.queued, 0);
-    }
-
-    #[test]
-    fn dropping_spares_what_is_in_flight_or_not_droppable() {
-        let mut slot = Slot::default();
-        slot.push(Bytes::from_static(b"aaaa"), true);
-        slot.push(Bytes::from_static(b"bbbb"), false);
-        slot.push(Bytes::from_static(b"cccc"), true);
-        slot.push(Bytes::from_static(b"dddd"), true);
-        let mut buf = SendBuf::new();
-        slot.fill(&mut buf);
-        // The sendmsg covering all four is in flight: nothing may go.
-        slot.sending = Some(buf);
-        assert_eq!(slot.drop_oldest(0), Dropped::default());
-        let buf = slot.sending.take();
-        slot.consume(2); // "aa" written, "aa" left
-        assert_eq!(slot.queued, 14);
-        // Partly written "aa" and the non-droppable "bbbb" stay; "cccc" goes first.
-        assert_eq!(
-            slot.drop_oldest(10),
-            Dropped {
-                chunks: 1,
-                bytes: 4
-            }
-        );
-        assert_eq!(slot.queued, 10);
-        assert_eq!(
-            slot.drop_oldest(0),
-            Dropped {
-                chunks: 1,
-                bytes: 4
-            }
-        );
-        let left: Vec<&[u8]> = slot.queue.iter().map(|c| &c.bytes[..]).collect();
-        assert_eq!(left, [&b"aaaa"[..], b"bbbb"]);
-        assert_eq!(slot.queued, 6);
-        drop(buf);
-    }
-}
+mod tests;

@@ -1,9 +1,16 @@
 //! Socket addresses and options as the C API wants them: shared by the listeners and by
 //! clients (the load generator) that make their own sockets.
+//!
+//! TCP_USER_TIMEOUT and the keepalive settings are inherited: Linux copies them from a
+//! listening socket to every socket it accepts (`tests/runtime_bounds.rs` proves it), so the
+//! runtime sets them once per listener rather than once per connection.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use super::Keepalive;
 
 /// A new non-blocking, close-on-exec TCP socket of `addr`'s family.
 pub fn tcp_socket_for(addr: SocketAddr) -> io::Result<OwnedFd> {
@@ -43,6 +50,63 @@ pub fn set_int_option(socket: &impl AsRawFd, level: i32, name: i32, value: i32) 
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Reads an integer socket option.
+pub fn get_int_option(socket: &impl AsRawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live i32 and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// Sets TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (a peer that vanished,
+/// or keeps a zero window) before the kernel drops the connection. Zero keeps the kernel's
+/// default. Linux copies it from a listening socket to the sockets it accepts.
+pub fn set_user_timeout(socket: &impl AsRawFd, timeout: Duration) -> io::Result<()> {
+    let millis = i32::try_from(timeout.as_millis())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user timeout too long"))?;
+    set_int_option(socket, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis)
+}
+
+/// Turns TCP keepalive on with `keepalive`'s timing (whole seconds), or off for `None`.
+/// Linux copies these from a listening socket to the sockets it accepts.
+pub fn set_keepalive(socket: &impl AsRawFd, keepalive: Option<Keepalive>) -> io::Result<()> {
+    let Some(keepalive) = keepalive else {
+        return set_int_option(socket, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 0);
+    };
+    let seconds = |d: Duration| {
+        i32::try_from(d.as_secs())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "keepalive time too long"))
+    };
+    let count = i32::try_from(keepalive.count)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "keepalive count too big"))?;
+    set_int_option(
+        socket,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        seconds(keepalive.idle)?,
+    )?;
+    set_int_option(
+        socket,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        seconds(keepalive.interval)?,
+    )?;
+    set_int_option(socket, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)?;
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
 }
 
 /// `addr` as the C socket API takes it.

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 pub(crate) enum Kind {
     /// The handler's deadline for the connection.
     Handler,
-    /// The runtime's own: how long a closing connection may linger.
+    /// How long a closing connection may take to write out its queue.
+    Drain,
+    /// How long a closing connection waits for the peer's FIN after sending its own.
     Linger,
+    /// How long cancelled requests may take before the socket is shut down under them.
+    Cancel,
     /// Retry accepting after a resource error.
     AcceptRetry,
 }
@@ -47,21 +51,16 @@ impl TimerWheel {
     }
 
     fn tick_of(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos()) as u64
+        let ticks = at.saturating_duration_since(self.start).as_nanos() / self.tick.as_nanos();
+        u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 
-    /// Schedules an entry `after` from `now`; returns its due tick (never the current one, so
-    /// it fires on a later turn, rounded up to a whole tick).
-    pub fn schedule(
-        &mut self,
-        index: u32,
-        generation: u32,
-        kind: Kind,
-        now: Instant,
-        after: Duration,
-    ) -> u64 {
-        let due = self
-            .tick_of(now + after + self.tick - Duration::from_nanos(1))
+    /// Schedules an entry for `at`; returns its due tick (never the current one, so it fires
+    /// on a later turn, rounded up to a whole tick). A time too far to represent never fires.
+    pub fn schedule(&mut self, index: u32, generation: u32, kind: Kind, at: Instant) -> u64 {
+        let due = at
+            .checked_add(self.tick - Duration::from_nanos(1))
+            .map_or(u64::MAX, |rounded| self.tick_of(rounded))
             .max(self.current + 1);
         self.buckets[(due % Self::BUCKETS as u64) as usize].push(Entry {
             index,
@@ -101,8 +100,8 @@ mod tests {
     fn fires_in_order_and_after_rounds() {
         let now = Instant::now();
         let mut wheel = TimerWheel::new(Duration::from_millis(10), now);
-        wheel.schedule(1, 0, Kind::Handler, now, Duration::from_millis(25));
-        wheel.schedule(2, 0, Kind::Handler, now, Duration::from_secs(10)); // beyond one round
+        wheel.schedule(1, 0, Kind::Handler, now + Duration::from_millis(25));
+        wheel.schedule(2, 0, Kind::Handler, now + Duration::from_secs(10)); // beyond one round
         let mut fired = Vec::new();
         wheel.advance(now + Duration::from_millis(20), &mut fired);
         assert!(fired.is_empty());
@@ -123,16 +122,22 @@ mod tests {
         let now = Instant::now();
         let mut wheel = TimerWheel::new(Duration::from_millis(10), now);
         for i in 0..100 {
-            wheel.schedule(
-                i,
-                0,
-                Kind::Handler,
-                now,
-                Duration::from_millis(u64::from(i) * 100),
-            );
+            let at = now + Duration::from_millis(u64::from(i) * 100);
+            wheel.schedule(i, 0, Kind::Handler, at);
         }
         let mut fired = Vec::new();
         wheel.advance(now + Duration::from_secs(60), &mut fired);
         assert_eq!(fired.len(), 100);
+    }
+
+    #[test]
+    fn a_time_too_far_to_represent_never_fires() {
+        let now = Instant::now();
+        let mut wheel = TimerWheel::new(Duration::from_millis(10), now);
+        let far = now + Duration::from_secs(u64::MAX / 4);
+        assert_eq!(wheel.schedule(1, 0, Kind::Handler, far), u64::MAX);
+        let mut fired = Vec::new();
+        wheel.advance(now + Duration::from_secs(3600), &mut fired);
+        assert!(fired.is_empty());
     }
 }

@@ -10,11 +10,14 @@ pub(crate) enum Op {
     Accept = 1,
     Recv,
     Send,
+    /// shutdown(2) on the connection.
     Shutdown,
     Close,
     Cancel,
     /// The eventfd read that wakes the shard for its mailbox.
     Wake,
+    /// setsockopt(2) on the connection.
+    SockOpt,
 }
 
 impl Op {
@@ -27,6 +30,7 @@ impl Op {
             5 => Self::Close,
             6 => Self::Cancel,
             7 => Self::Wake,
+            8 => Self::SockOpt,
             _ => return None,
         })
     }
@@ -67,6 +71,7 @@ mod tests {
             Op::Close,
             Op::Cancel,
             Op::Wake,
+            Op::SockOpt,
         ] {
             let packed = pack(op, 0xDEAD_BEEF, 0x12_3456);
             assert_eq!(unpack(packed), Some((op, 0xDEAD_BEEF, 0x12_3456)));

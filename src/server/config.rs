@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::proto::deflate::DeflateConfig;
+use crate::runtime;
 
 /// The default of every setting; the command line and [`ServerConfig::default`] both read
 /// them from here.
@@ -107,6 +108,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// permessage-deflate; `None` turns compression off.
     pub deflate: Option<DeflateConfig>,
+    /// The I/O runtime's own knobs: ring size, receive buffers, listen backlog, linger, TCP
+    /// user timeout and keepalive, mailbox batch. Its `listen`, `shards`,
+    /// `max_connections_per_shard`, `shutdown_grace`, `drain_timeout` and `mailbox_bytes`
+    /// are set from the fields above when the server starts.
+    pub runtime: runtime::Config,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +144,7 @@ impl Default for ServerConfig {
             metrics: true,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,
+            runtime: runtime::Config::default(),
         }
     }
 }
@@ -174,6 +181,18 @@ impl ServerConfig {
                         .any(|allowed| allowed.eq_ignore_ascii_case(origin))
             }
         }
+    }
+
+    /// The runtime's settings for this server: its own knobs, with what the server decides.
+    pub fn runtime_config(&self) -> runtime::Config {
+        let mut config = self.runtime.clone();
+        config.listen = self.listen.clone();
+        config.shards = self.shards;
+        config.max_connections_per_shard = self.max_connections.div_ceil(self.shards.max(1));
+        config.shutdown_grace = self.shutdown_grace;
+        config.drain_timeout = self.close_timeout;
+        config.mailbox_bytes = self.max_shard_backlog;
+        config
     }
 
     /// Checks every setting; the server refuses to start with the first one that is wrong.
@@ -230,6 +249,12 @@ impl ServerConfig {
                 return fail(setting, "must be greater than zero".into());
             }
         }
+        self.runtime_config()
+            .validate()
+            .map_err(|err| ConfigError {
+                setting: "runtime",
+                problem: err.to_string(),
+            })?;
         if let Some(deflate) = &self.deflate {
             if !(9..=15).contains(&deflate.max_window_bits) {
                 return fail(

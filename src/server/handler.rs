@@ -186,6 +186,7 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
                 CloseCause::Local => "server".into(),
                 CloseCause::PeerClosed => "peer".into(),
                 CloseCause::Shutdown => "shutdown".into(),
+                CloseCause::TimedOut => "timed out closing".into(),
                 CloseCause::Error(errno) => {
                     std::io::Error::from_raw_os_error(errno).to_string().into()
                 }

@@ -69,15 +69,7 @@ impl Server {
             .validate()
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         let shards = config.shards;
-        let runtime_config = runtime::Config {
-            listen: config.listen.clone(),
-            shards,
-            max_connections_per_shard: config.max_connections.div_ceil(shards),
-            shutdown_grace: config.shutdown_grace,
-            drain_timeout: config.close_timeout,
-            mailbox_bytes: config.max_shard_backlog,
-            ..runtime::Config::default()
-        };
+        let runtime_config = config.runtime_config();
         let config = Arc::new(config);
         let hub = Arc::new(Hub::default());
         let registry = Arc::new(Registry::new(shards));

@@ -13,6 +13,7 @@ use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use ringws::proto::deflate::DeflateConfig;
+use ringws::runtime::{Keepalive, defaults as runtime_defaults};
 use ringws::server::config::{
     BackpressurePolicy, ServerConfig, Size, SlowSubscriberPolicy, Span, defaults,
 };
@@ -94,6 +95,30 @@ pub struct ServeArgs {
     /// pipeline.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// TCP_USER_TIMEOUT of accepted sockets: how long sent data may go unacknowledged (a
+    /// vanished peer, a zero window) before the kernel drops the connection; 0 keeps the
+    /// kernel's default (about 15 minutes).
+    #[arg(long, default_value_t = Span(runtime_defaults::TCP_USER_TIMEOUT))]
+    tcp_user_timeout: Span,
+    /// Idle time before TCP keepalive probes (then every 10 s, 6 tries); 0 turns keepalive off.
+    #[arg(long, default_value_t = Span(runtime_defaults::KEEPALIVE_IDLE))]
+    keepalive: Span,
+    /// After the server closes, how long it waits for the client's FIN before resetting.
+    #[arg(long, default_value_t = Span(runtime_defaults::LINGER))]
+    linger: Span,
+    /// Listen backlog of each shard's socket (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = runtime_defaults::BACKLOG)]
+    backlog: i32,
+    /// Submission queue entries of each shard's io_uring (the completion queue has four times
+    /// as many).
+    #[arg(long, default_value_t = runtime_defaults::RING_ENTRIES)]
+    ring_entries: u32,
+    /// Receive buffers per shard, a power of two (the kernel picks one for each read).
+    #[arg(long, default_value_t = runtime_defaults::RECV_BUFFERS)]
+    recv_buffers: u16,
+    /// Size of each receive buffer.
+    #[arg(long, default_value_t = Size(runtime_defaults::RECV_BUFFER_SIZE))]
+    recv_buffer_size: Size,
     /// Do not answer GET / with the live status page.
     #[arg(long)]
     no_status_page: bool,
@@ -181,6 +206,17 @@ impl ServeArgs {
         config.shutdown_grace = self.shutdown_grace.0;
         config.metrics = !self.no_metrics;
         config.status_page = !self.no_status_page;
+        let runtime = &mut config.runtime;
+        runtime.tcp_user_timeout = self.tcp_user_timeout.0;
+        runtime.keepalive = (!self.keepalive.0.is_zero()).then(|| Keepalive {
+            idle: self.keepalive.0,
+            ..Keepalive::default()
+        });
+        runtime.linger = self.linger.0;
+        runtime.backlog = self.backlog;
+        runtime.ring_entries = self.ring_entries;
+        runtime.recv_buffers = self.recv_buffers;
+        runtime.recv_buffer_size = self.recv_buffer_size.0;
         config.log_connections = self.log_connections;
         config.deflate = match self.deflate {
             Deflate::Off => None,

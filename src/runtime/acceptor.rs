@@ -1,0 +1,158 @@
+//! Accepting connections straight into direct descriptors.
+//!
+//! Each listening socket keeps 16 single-shot accepts in flight, each with its own address
+//! buffer (a direct descriptor cannot be passed to getpeername(2), and a multishot accept has
+//! one buffer for every connection). Accepts are armed only while the descriptor table has
+//! free slots: one armed with the table full would take a client off the backlog only to drop
+//! it. The rest park until a connection closes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use io_uring::opcode;
+use io_uring::types::{DestinationSlot, Fd};
+
+use super::io_handle::Io;
+use super::socket;
+use super::timer;
+use super::user_data::{Op, pack};
+
+/// Accepts kept in flight per listening socket.
+const ACCEPTS_PER_LISTENER: usize = 16;
+/// How long to wait before accepting again after running out of memory or descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Memory an accept in flight writes the peer's address into.
+struct AcceptBuf {
+    listener: usize,
+    address: libc::sockaddr_storage,
+    length: libc::socklen_t,
+}
+
+pub(crate) struct Acceptor {
+    listeners: Vec<OwnedFd>,
+    /// A boxed slice, never resized: the buffer of an accept in flight stays put.
+    bufs: Box<[AcceptBuf]>,
+    /// Accepts waiting for a free descriptor slot.
+    parked: Vec<u32>,
+    in_flight: usize,
+    /// The direct-descriptor table's size.
+    table: usize,
+    stopped: bool,
+}
+
+impl Acceptor {
+    pub fn new(listeners: Vec<OwnedFd>, table: usize) -> Self {
+        let bufs = (0..listeners.len() * ACCEPTS_PER_LISTENER)
+            .map(|i| AcceptBuf {
+                listener: i / ACCEPTS_PER_LISTENER,
+                // SAFETY: all-zero bytes are a valid sockaddr_storage.
+                address: unsafe { std::mem::zeroed() },
+                length: 0,
+            })
+            .collect();
+        Self {
+            listeners,
+            bufs,
+            parked: Vec::new(),
+            in_flight: 0,
+            table,
+            stopped: false,
+        }
+    }
+
+    /// Arms every accept.
+    pub fn start(&mut self, io: &mut Io) {
+        for index in 0..self.bufs.len() as u32 {
+            self.arm(index, io);
+        }
+    }
+
+    /// Arms accept `index`, or parks it while the table has no room.
+    pub fn arm(&mut self, index: u32, io: &mut Io) {
+        if self.stopped {
+            return;
+        }
+        if io.live + self.in_flight >= self.table {
+            self.parked.push(index);
+            return;
+        }
+        self.in_flight += 1;
+        let buf = &mut self.bufs[index as usize];
+        buf.length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let listener = self.listeners[buf.listener].as_raw_fd();
+        let entry = opcode::Accept::new(
+            Fd(listener),
+            (&raw mut buf.address).cast(),
+            &raw mut buf.length,
+        )
+        // Direct descriptors are never in the fd table, so there is nothing to close on exec.
+        .file_index(Some(DestinationSlot::auto_target()))
+        .build()
+        .user_data(pack(Op::Accept, index, 0));
+        // SAFETY: the kernel writes the peer's address into `bufs[index]`, which lives in a
+        // boxed slice never resized, owned by the shard, which drops it after its ring (and
+        // so after every completion); the buffer is not touched again before this accept's
+        // completion re-arms it. The listening socket stays open as long as the acceptor.
+        unsafe { io.ring.push(&entry) };
+    }
+
+    /// Accept `index` completed; on success, the direct-descriptor slot and the peer.
+    /// Re-arms or backs off on errors. A successful caller re-arms with [`Acceptor::arm`].
+    pub fn on_complete(
+        &mut self,
+        index: u32,
+        result: i32,
+        io: &mut Io,
+    ) -> Option<(u32, SocketAddr)> {
+        self.in_flight -= 1;
+        let Ok(slot) = u32::try_from(result) else {
+            match -result {
+                libc::ECANCELED => {}
+                // The table is full after all (slots freed late): wait for a close.
+                libc::ENFILE => self.parked.push(index),
+                // The peer gave up before we accepted: nothing wrong here.
+                libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO | libc::EPERM => {
+                    self.arm(index, io)
+                }
+                // Out of memory or descriptors, or anything unexpected: back off, never spin.
+                errno => {
+                    let err = io::Error::from_raw_os_error(errno);
+                    tracing::warn!(
+                        shard = io.shard(),
+                        "accept failed: {err}; retrying in {ACCEPT_BACKOFF:?}"
+                    );
+                    let at = io.now + ACCEPT_BACKOFF;
+                    io.timers.schedule(index, 0, timer::Kind::AcceptRetry, at);
+                }
+            }
+            return None;
+        };
+        let peer = socket::from_sockaddr(&self.bufs[index as usize].address)
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        Some((slot, peer))
+    }
+
+    /// Arms the parked accepts once descriptors were freed: as many as now fit.
+    pub fn arm_parked(&mut self, io: &mut Io) {
+        if std::mem::take(&mut io.slots_freed) {
+            for parked in std::mem::take(&mut self.parked) {
+                self.arm(parked, io);
+            }
+        }
+    }
+
+    /// Stops accepting: cancels the accepts in flight and arms no more.
+    pub fn stop(&mut self, io: &mut Io) {
+        self.stopped = true;
+        for index in 0..self.bufs.len() as u32 {
+            let cancel = opcode::AsyncCancel::new(pack(Op::Accept, index, 0))
+                .build()
+                .user_data(pack(Op::Cancel, 0, 0));
+            // SAFETY: a cancel carries no pointers.
+            unsafe { io.ring.push(&cancel) };
+        }
+    }
+}

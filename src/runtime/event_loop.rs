@@ -1,0 +1,294 @@
+//! One shard's loop: its ring, its connections, and the turn that drives them.
+//!
+//! Each turn: handle every completion (sendmsg completions first, so what handlers queue
+//! after them goes out without a copy), fire due deadlines, take a batch of mail, write out
+//! what handlers queued (one sendmsg per connection), give the receive buffers back, then
+//! enter the kernel once to submit everything and wait for the next completion or timer tick.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use io_uring::cqueue;
+use io_uring::opcode;
+use io_uring::types::Fd;
+
+use super::acceptor::Acceptor;
+use super::buf_ring::{BUFFER_GROUP, BufRing};
+use super::io_handle::Io;
+use super::mailbox::Mailbox;
+use super::ring::{self, Completion, Features, Ring};
+use super::slot::Phase;
+use super::timer;
+use super::user_data::{Op, pack, unpack};
+use super::{Config, ConnId, Handler};
+
+/// How long past the shutdown grace a shard waits for the closes it forced.
+const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A shard's loop state. Field order matters: `io` (holding the ring, whose drop waits for
+/// every request) drops before the memory requests point into: receive buffers, accept
+/// addresses, the wake-up counter.
+struct Shard<H: Handler> {
+    io: Io,
+    buffers: BufRing,
+    acceptor: Acceptor,
+    handler: H,
+    mailbox: Arc<Mailbox<H::Message>>,
+    /// Where the kernel writes the eventfd's counter on a wake-up.
+    wake_buf: Box<u64>,
+    mail: Vec<H::Message>,
+    /// Mail is waiting: take a batch this turn, and do not block in the kernel.
+    mail_ready: bool,
+    mail_batch: usize,
+    completions: Vec<Completion>,
+    fired: Vec<timer::Entry>,
+    stopping: Option<Instant>,
+    grace: Duration,
+}
+
+/// Runs shard `index` until it is shut down.
+pub(super) fn run<H: Handler>(
+    index: usize,
+    config: &Config,
+    features: Features,
+    listeners: Vec<OwnedFd>,
+    mailbox: Arc<Mailbox<H::Message>>,
+    handler: H,
+) -> io::Result<()> {
+    let table = ring::table_size(config.max_connections_per_shard);
+    let ring = Ring::new(config.ring_entries, table)?;
+    let buffers = BufRing::new(
+        &ring.submitter(),
+        config.recv_buffers,
+        config.recv_buffer_size,
+        BUFFER_GROUP,
+    )?;
+    let mut shard = Shard {
+        io: Io::new(ring, index, config, features.setsockopt),
+        buffers,
+        acceptor: Acceptor::new(listeners, table as usize),
+        handler,
+        mailbox,
+        wake_buf: Box::new(0),
+        mail: Vec::new(),
+        mail_ready: false,
+        mail_batch: config.mailbox_batch,
+        completions: Vec::with_capacity(1024),
+        fired: Vec::new(),
+        stopping: None,
+        grace: config.shutdown_grace,
+    };
+    tracing::debug!(shard = index, table, "shard started");
+    shard.run()
+}
+
+impl<H: Handler> Shard<H> {
+    fn run(&mut self) -> io::Result<()> {
+        self.acceptor.start(&mut self.io);
+        self.arm_wake();
+        loop {
+            self.io.now = Instant::now();
+            self.handle_completions();
+            self.fire_deadlines();
+            self.acceptor.arm_parked(&mut self.io);
+            self.read_mail();
+            if self.check_stop() {
+                return Ok(());
+            }
+            for conn in std::mem::take(&mut self.io.rearm) {
+                self.resume(conn);
+            }
+            for conn in std::mem::take(&mut self.io.drained) {
+                if self
+                    .io
+                    .slot_for(conn.slot, conn.generation)
+                    .map(|s| s.phase)
+                    == Some(Phase::Open)
+                {
+                    self.handler.on_drained(&mut self.io, conn);
+                }
+            }
+            self.io.flush();
+            self.buffers.publish();
+            let wait = if self.mail_ready {
+                Duration::ZERO
+            } else {
+                self.io.timers.tick()
+            };
+            self.io.ring.enter(wait)?;
+        }
+    }
+
+    fn handle_completions(&mut self) {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.io.ring.reap(&mut completions);
+        // Sends first: a connection whose last sendmsg is done queues its new bytes without
+        // a copy (see `SendQueue`).
+        for completion in &completions {
+            if let Some((Op::Send, index, generation)) = unpack(completion.user_data) {
+                self.io.on_send(index, generation, completion.result);
+            }
+        }
+        for &Completion {
+            user_data,
+            result,
+            flags,
+        } in &completions
+        {
+            let Some((op, index, generation)) = unpack(user_data) else {
+                continue;
+            };
+            match op {
+                Op::Send | Op::Cancel => {}
+                Op::Accept => self.on_accept(index, result),
+                Op::Recv => self.on_recv(index, generation, result, flags),
+                Op::Close => {
+                    if let Some((conn, cause)) = self.io.on_closed_fd(index, generation) {
+                        self.handler.on_closed(&mut self.io, conn, cause);
+                    }
+                }
+                Op::Shutdown | Op::SockOpt => self.io.on_fd_op_done(index, generation),
+                Op::Wake => {
+                    self.mail_ready = true;
+                    self.arm_wake();
+                }
+            }
+        }
+        completions.clear();
+        self.completions = completions;
+    }
+
+    fn on_accept(&mut self, index: u32, result: i32) {
+        let Some((slot, peer)) = self.acceptor.on_complete(index, result, &mut self.io) else {
+            return;
+        };
+        let conn = self.io.open(slot);
+        self.acceptor.arm(index, &mut self.io);
+        if let Some(conn) = conn {
+            tracing::debug!(shard = self.io.shard(), slot, %peer, "accepted");
+            self.handler.on_open(&mut self.io, conn, peer);
+        }
+    }
+
+    fn on_recv(&mut self, index: u32, generation: u32, result: i32, flags: u32) {
+        let buffer = cqueue::buffer_select(flags);
+        let conn = ConnId {
+            slot: index,
+            generation,
+        };
+        let state = self
+            .io
+            .slot_for(index, generation)
+            .map(|s| (s.phase, s.paused));
+        if let Some(id) = buffer {
+            if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
+                let data = self.buffers.filled(id, len);
+                match state {
+                    (Phase::Open, false) => self.handler.on_data(&mut self.io, conn, data),
+                    (Phase::Open, true) => {
+                        self.io.slots[index as usize].stash.extend_from_slice(data);
+                    }
+                    // Closing: whatever comes now is discarded.
+                    _ => {}
+                }
+            }
+            self.buffers.recycle(id);
+        }
+        // The handler may have closed the connection, but not freed its slot: that waits for
+        // the close's completion.
+        if let Some(slot) = self.io.slot_for(index, generation) {
+            let actions = slot.on_recv(result, cqueue::more(flags));
+            self.io.apply(index, actions);
+        }
+    }
+
+    /// Starts a connection's receive again, handing over what arrived while it was paused.
+    fn resume(&mut self, conn: ConnId) {
+        let Some(slot) = self.io.slot_for(conn.slot, conn.generation) else {
+            return;
+        };
+        if slot.paused {
+            return;
+        }
+        let mut stash = std::mem::take(&mut slot.stash);
+        if !stash.is_empty() && slot.phase == Phase::Open {
+            self.handler.on_data(&mut self.io, conn, &mut stash);
+        }
+        if let Some(slot) = self.io.slot_for(conn.slot, conn.generation) {
+            let actions = slot.arm_recv();
+            self.io.apply(conn.slot, actions);
+        }
+    }
+
+    fn fire_deadlines(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.io.timers.advance(self.io.now, &mut fired);
+        for entry in fired.drain(..) {
+            let conn = ConnId {
+                slot: entry.index,
+                generation: entry.generation,
+            };
+            match entry.kind {
+                timer::Kind::AcceptRetry => self.acceptor.arm(entry.index, &mut self.io),
+                timer::Kind::Handler => {
+                    let Some(slot) = self.io.slot_for(conn.slot, conn.generation) else {
+                        continue;
+                    };
+                    if slot.deadline == entry.due && slot.phase == Phase::Open {
+                        slot.deadline = 0;
+                        self.handler.on_deadline(&mut self.io, conn);
+                    }
+                }
+                kind => self
+                    .io
+                    .on_closing_timer(entry.index, entry.generation, kind),
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn arm_wake(&mut self) {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let read = opcode::Read::new(Fd(self.mailbox.wake_fd()), buf.cast(), 8)
+            .build()
+            .user_data(pack(Op::Wake, 0, 0));
+        // SAFETY: the kernel writes 8 bytes into `wake_buf`, a box the shard owns and drops
+        // after its ring, and reads it nowhere else; it is re-armed only after this read
+        // completes. The eventfd belongs to the mailbox the shard holds as long.
+        unsafe { self.io.ring.push(&read) };
+    }
+
+    /// Handles one batch of mail; more waits for the next turn.
+    fn read_mail(&mut self) {
+        if !self.mail_ready {
+            return;
+        }
+        self.mail_ready = self.mailbox.take(&mut self.mail, self.mail_batch);
+        for message in self.mail.drain(..) {
+            self.handler.on_message(&mut self.io, message);
+        }
+    }
+
+    /// Handles a shutdown request; returns whether the shard is done.
+    fn check_stop(&mut self) -> bool {
+        let Some(since) = self.stopping else {
+            if self.mailbox.stop.load(Ordering::Acquire) {
+                self.stopping = Some(self.io.now);
+                self.acceptor.stop(&mut self.io);
+                self.handler.on_shutdown(&mut self.io);
+            }
+            return false;
+        };
+        if self.io.live == 0 {
+            return true;
+        }
+        let waited = self.io.now.saturating_duration_since(since);
+        if waited >= self.grace {
+            self.io.close_all();
+        }
+        waited >= self.grace + FORCED_CLOSE_WAIT
+    }
+}

@@ -1,0 +1,401 @@
+//! [`Io`]: what a handler can do to its shard's connections, and how the shard carries out
+//! what a slot's transitions ask for.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use io_uring::opcode;
+use io_uring::types::Fixed;
+
+use super::buf_ring::BUFFER_GROUP;
+use super::ring::{self, Ring};
+use super::send_queue::{Dropped, SendBuf};
+use super::slot::{Action, Actions, CANCEL_BOUND, Slot};
+use super::timer::{self, TimerWheel};
+use super::user_data::{Op, pack};
+use super::{CloseCause, ConnId};
+
+/// Spare sendmsg headers kept for reuse; each is about 1 KiB.
+const MAX_SPARE_SEND_BUFS: usize = 256;
+
+/// What a handler can do to connections; lent to every [`Handler`](super::Handler) call.
+pub struct Io {
+    /// Declared first: dropping the ring waits for the kernel to finish with the memory
+    /// of the fields below (send queues and their headers).
+    pub(super) ring: Ring,
+    pub(super) slots: Vec<Slot>,
+    pub(super) timers: TimerWheel,
+    pub(super) now: Instant,
+    /// Connections with something to write this turn.
+    dirty: Vec<u32>,
+    /// Connections whose receive must be started again (resumed, or the buffers ran out).
+    pub(super) rearm: Vec<ConnId>,
+    /// Connections that wrote out their whole queue this turn.
+    pub(super) drained: Vec<ConnId>,
+    /// A descriptor closed this turn: parked accepts may go ahead.
+    pub(super) slots_freed: bool,
+    /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS. Boxed: the kernel
+    /// reads a header by address while its send is in flight, so it must not move.
+    #[allow(clippy::vec_box)]
+    send_pool: Vec<Box<SendBuf>>,
+    pub(super) live: usize,
+    shard: usize,
+    drain_timeout: Duration,
+    linger: Duration,
+    /// Aborts reset (SO_LINGER 0 through io_uring); without it they are plain closes.
+    reset: bool,
+}
+
+/// The slot `conn` names, if that connection is still there.
+fn slot_of(slots: &mut [Slot], conn: ConnId) -> Option<&mut Slot> {
+    slots
+        .get_mut(conn.slot as usize)
+        .filter(|slot| slot.generation == conn.generation && slot.is_live())
+}
+
+impl Io {
+    pub(super) fn new(ring: Ring, shard: usize, config: &super::Config, reset: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            ring,
+            slots: Vec::new(),
+            timers: TimerWheel::new(config.timer_tick, now),
+            now,
+            dirty: Vec::new(),
+            rearm: Vec::new(),
+            drained: Vec::new(),
+            slots_freed: false,
+            send_pool: Vec::new(),
+            live: 0,
+            shard,
+            drain_timeout: config.drain_timeout,
+            linger: config.linger,
+            reset,
+        }
+    }
+
+    /// Queues `bytes` for `conn`. They are written in order, with everything else queued for
+    /// it, in one sendmsg at the end of the loop turn.
+    pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        self.enqueue(conn, bytes, false);
+    }
+
+    /// Like [`Io::send`], for a whole message that [`Io::drop_oldest`] may drop unsent. It
+    /// is never copied: share it between connections freely.
+    pub fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
+        self.enqueue(conn, bytes, true);
+    }
+
+    fn enqueue(&mut self, conn: ConnId, bytes: Bytes, droppable: bool) {
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        if bytes.is_empty() || !slot.accepts_bytes() {
+            return;
+        }
+        slot.queue.push(bytes, droppable);
+        let actions = slot.queued();
+        self.apply(conn.slot, actions);
+    }
+
+    /// Drops `conn`'s oldest droppable messages not yet being written, until its queue
+    /// costs at most `low_water` (or nothing droppable is left). The work is proportional to
+    /// what it drops, plus what it must keep in front (in flight, or not droppable).
+    pub fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped {
+        slot_of(&mut self.slots, conn)
+            .map_or(Dropped::default(), |slot| slot.queue.drop_oldest(low_water))
+    }
+
+    /// What `conn`'s queue costs: bytes not yet written, plus
+    /// [`CHUNK_OVERHEAD`](super::CHUNK_OVERHEAD) per queued chunk, plus the capacity of the
+    /// buffers the queue owns (bytes queued behind a sendmsg in flight are copied into
+    /// them).
+    pub fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.slots
+            .get(conn.slot as usize)
+            .filter(|slot| slot.generation == conn.generation)
+            .map_or(0, |slot| slot.queue.cost())
+    }
+
+    /// Bytes the kernel has accepted for `conn` since it opened: no progress over a while
+    /// means the peer is not reading.
+    pub fn written_bytes(&self, conn: ConnId) -> u64 {
+        self.slots
+            .get(conn.slot as usize)
+            .filter(|slot| slot.generation == conn.generation)
+            .map_or(0, |slot| slot.queue.written())
+    }
+
+    /// Closes `conn` once its queue is written: FIN, a wait for the peer's, then the
+    /// descriptor. From here the runtime owns the connection's end: writing out the queue
+    /// may take [`Config::drain_timeout`](super::Config::drain_timeout), the wait
+    /// [`Config::linger`](super::Config::linger), and past either the connection is aborted,
+    /// so the handler hears `on_closed` within both plus a little whatever the peer does.
+    pub fn close(&mut self, conn: ConnId) {
+        if let Some(slot) = slot_of(&mut self.slots, conn) {
+            let actions = slot.close();
+            self.apply(conn.slot, actions);
+        }
+    }
+
+    /// Closes `conn` now, dropping whatever is queued: the kernel resets the connection
+    /// (SO_LINGER 0, where io_uring can set it) and frees its buffers at once.
+    pub fn abort(&mut self, conn: ConnId) {
+        if let Some(slot) = slot_of(&mut self.slots, conn) {
+            let actions = slot.abort(CloseCause::Local, self.reset);
+            self.apply(conn.slot, actions);
+        }
+    }
+
+    /// Stops delivering `conn`'s bytes until [`Io::resume_recv`]; what the kernel already
+    /// received is kept, not lost.
+    pub fn pause_recv(&mut self, conn: ConnId) {
+        if let Some(slot) = slot_of(&mut self.slots, conn) {
+            let actions = slot.pause();
+            self.apply(conn.slot, actions);
+        }
+    }
+
+    pub fn resume_recv(&mut self, conn: ConnId) {
+        if let Some(slot) = slot_of(&mut self.slots, conn)
+            && slot.resume()
+        {
+            self.rearm.push(conn);
+        }
+    }
+
+    /// Calls the handler's `on_deadline` for `conn` after `after` (rounded up to the timer
+    /// tick), replacing any earlier deadline. Delivered only while the connection is open.
+    pub fn set_deadline(&mut self, conn: ConnId, after: Duration) {
+        match self.now.checked_add(after) {
+            Some(at) => self.set_deadline_at(conn, at),
+            None => self.clear_deadline(conn),
+        }
+    }
+
+    /// Like [`Io::set_deadline`], at `at`.
+    pub fn set_deadline_at(&mut self, conn: ConnId, at: Instant) {
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        slot.deadline = self
+            .timers
+            .schedule(conn.slot, conn.generation, timer::Kind::Handler, at);
+    }
+
+    pub fn clear_deadline(&mut self, conn: ConnId) {
+        if let Some(slot) = slot_of(&mut self.slots, conn) {
+            slot.deadline = 0;
+        }
+    }
+
+    /// The time at the start of this loop turn.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Connections this shard holds, closing ones included.
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    /// A connection accepted into `index`; `None` if the slot is somehow still in use (the
+    /// newcomer is then closed).
+    pub(super) fn open(&mut self, index: u32) -> Option<ConnId> {
+        if self.slots.len() <= index as usize {
+            self.slots.resize_with(index as usize + 1, Slot::default);
+        }
+        let slot = &mut self.slots[index as usize];
+        if slot.is_live() {
+            // Cannot happen while closes complete in order; refuse the newcomer rather than
+            // corrupt the old connection.
+            tracing::error!(
+                shard = self.shard,
+                slot = index,
+                "accepted into a slot in use"
+            );
+            let close = opcode::Close::new(Fixed(index)).build().user_data(0);
+            // SAFETY: a close carries no pointers.
+            unsafe { self.ring.push(&close) };
+            return None;
+        }
+        let actions = slot.open();
+        let conn = ConnId {
+            slot: index,
+            generation: slot.generation,
+        };
+        self.live += 1;
+        self.apply(index, actions);
+        Some(conn)
+    }
+
+    /// The slot a completion of generation `generation` belongs to, if still there.
+    pub(super) fn slot_for(&mut self, index: u32, generation: u32) -> Option<&mut Slot> {
+        slot_of(
+            &mut self.slots,
+            ConnId {
+                slot: index,
+                generation,
+            },
+        )
+    }
+
+    pub(super) fn on_send(&mut self, index: u32, generation: u32, result: i32) {
+        let Some(slot) = self.slot_for(index, generation) else {
+            return;
+        };
+        let buf = slot.queue.complete(result);
+        let actions = slot.on_sent(result);
+        // A burst (thousands of handshake answers at once) must not leave a spare buffer
+        // behind for every connection that took part.
+        if let Some(buf) = buf
+            && self.send_pool.len() < MAX_SPARE_SEND_BUFS
+        {
+            self.send_pool.push(buf);
+        }
+        self.apply(index, actions);
+    }
+
+    /// A shutdown or setsockopt completed.
+    pub(super) fn on_fd_op_done(&mut self, index: u32, generation: u32) {
+        if let Some(slot) = self.slot_for(index, generation) {
+            let actions = slot.on_fd_op_done();
+            self.apply(index, actions);
+        }
+    }
+
+    /// One of the runtime's closing deadlines passed.
+    pub(super) fn on_closing_timer(&mut self, index: u32, generation: u32, kind: timer::Kind) {
+        let reset = self.reset;
+        if let Some(slot) = self.slot_for(index, generation) {
+            if kind == timer::Kind::Cancel {
+                tracing::warn!(slot = index, "cancelled requests outlived their bound");
+            }
+            let actions = slot.on_timer(kind, reset);
+            self.apply(index, actions);
+        }
+    }
+
+    /// The descriptor is closed and the slot free: the kernel may hand it to the very next
+    /// accept, even one completing in the same batch, so the handler must hear of this
+    /// connection's end before anything else.
+    pub(super) fn on_closed_fd(
+        &mut self,
+        index: u32,
+        generation: u32,
+    ) -> Option<(ConnId, CloseCause)> {
+        let slot = self.slot_for(index, generation)?;
+        let cause = slot.on_closed();
+        tracing::trace!(
+            shard = self.shard,
+            slot = index,
+            ?cause,
+            "descriptor closed"
+        );
+        self.live -= 1;
+        self.slots_freed = true;
+        Some((
+            ConnId {
+                slot: index,
+                generation,
+            },
+            cause,
+        ))
+    }
+
+    /// Closes every connection still here, as the shutdown grace ran out.
+    pub(super) fn close_all(&mut self) {
+        for index in 0..self.slots.len() as u32 {
+            let actions = self.slots[index as usize].abort(CloseCause::Shutdown, false);
+            self.apply(index, actions);
+        }
+    }
+
+    /// One sendmsg for each connection with something queued and nothing in flight.
+    pub(super) fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for index in dirty.drain(..) {
+            let slot = &mut self.slots[index as usize];
+            if !slot.take_flush() {
+                continue;
+            }
+            let buf = self.send_pool.pop().unwrap_or_else(SendBuf::new);
+            let header = slot.queue.start_send(buf);
+            let send = opcode::SendMsg::new(Fixed(index), header)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(pack(Op::Send, index, slot.generation));
+            // SAFETY: `header` is the boxed SendBuf the slot's queue now holds as its send in
+            // flight; it and the chunks its iovecs point into stay put and unchanged until
+            // the completion hands the box back (`SendQueue::start_send`). The slot is not
+            // freed before then: its close waits for the send to end.
+            unsafe { self.ring.push(&send) };
+        }
+        self.dirty = dirty;
+    }
+
+    /// Carries out what a transition of slot `index` asked for.
+    pub(super) fn apply(&mut self, index: u32, actions: Actions) {
+        let generation = self.slots[index as usize].generation;
+        let conn = ConnId {
+            slot: index,
+            generation,
+        };
+        let fd = Fixed(index);
+        let of = |op: Op| pack(op, index, generation);
+        for action in actions {
+            let entry = match action {
+                Action::ArmRecv => opcode::RecvMulti::new(fd, BUFFER_GROUP)
+                    .build()
+                    .user_data(of(Op::Recv)),
+                Action::CancelRecv => opcode::AsyncCancel::new(of(Op::Recv))
+                    .build()
+                    .user_data(of(Op::Cancel)),
+                Action::CancelSend => opcode::AsyncCancel::new(of(Op::Send))
+                    .build()
+                    .user_data(of(Op::Cancel)),
+                Action::ShutdownWrite => opcode::Shutdown::new(fd, libc::SHUT_WR)
+                    .build()
+                    .user_data(of(Op::Shutdown)),
+                Action::ShutdownBoth => opcode::Shutdown::new(fd, libc::SHUT_RDWR)
+                    .build()
+                    .user_data(of(Op::Shutdown)),
+                Action::LingerZero => ring::linger_zero(fd).user_data(of(Op::SockOpt)),
+                Action::Close => opcode::Close::new(fd).build().user_data(of(Op::Close)),
+                Action::StartTimer(kind) => {
+                    let after = match kind {
+                        timer::Kind::Drain => self.drain_timeout,
+                        timer::Kind::Linger => self.linger,
+                        _ => CANCEL_BOUND,
+                    };
+                    // Validated at start: now + the configured durations never overflows.
+                    let at = self.now.checked_add(after).unwrap_or(self.now);
+                    self.timers.schedule(index, generation, kind, at);
+                    continue;
+                }
+                Action::RearmRecv => {
+                    self.rearm.push(conn);
+                    continue;
+                }
+                Action::Flush => {
+                    self.dirty.push(index);
+                    continue;
+                }
+                Action::Drained => {
+                    self.drained.push(conn);
+                    continue;
+                }
+            };
+            // SAFETY: none of these entries carries a pointer to our memory but two: the
+            // multishot receive writes into buffers the kernel picks from the shard's buffer
+            // ring, which is registered before and dropped after this ring; the setsockopt
+            // reads the static LINGER_ZERO. The descriptor slot stays ours until the close
+            // submitted last completes (the slot's transitions order it after the others).
+            unsafe { self.ring.push(&entry) };
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! A connection's outgoing bytes: what they cost, which may be dropped unsent, and which the
+//! kernel is reading.
+//!
+//! The healthy path copies nothing: bytes queued while no sendmsg is in flight are written
+//! from the caller's `Bytes`. Bytes queued behind a sendmsg in flight have to wait a turn or
+//! more, so the non-droppable ones are copied into buffers the queue owns, coalesced: a flood
+//! of tiny frames costs its bytes, not an entry each, and never keeps alive the large shared
+//! block a small frame was cut from.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// What one queued chunk costs beyond its payload: the queue entry (40 bytes) and its share
+/// of the bookkeeping behind a `Bytes` (reference count, vtable, allocation header).
+///
+/// [`Io::queued_bytes`](super::Io::queued_bytes) counts this for every chunk, so a bound on
+/// queued bytes also bounds the number of entries behind it.
+pub const CHUNK_OVERHEAD: usize = 64;
+
+/// Chunks one sendmsg takes at most; more wait for the next.
+pub(crate) const MAX_IOV: usize = 64;
+
+/// An owned buffer takes appended bytes until it holds this many; then a new one starts, so
+/// growing never copies much at once.
+const OWNED_CHUNK_LIMIT: usize = 64 << 10;
+
+/// The memory of a sendmsg in flight, which must stay put until its completion.
+pub(crate) struct SendBuf {
+    header: libc::msghdr,
+    iov: [libc::iovec; MAX_IOV],
+}
+
+impl SendBuf {
+    pub fn new() -> Box<Self> {
+        // SAFETY: msghdr and iovec are plain C structs for which all-zero bytes are valid
+        // (null pointers, zero lengths).
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+}
+
+/// Bytes queued for a connection.
+enum Chunk {
+    /// The caller's bytes, written without a copy.
+    Shared(Bytes),
+    /// A whole message the sender can afford to lose (pub/sub) when the reader is too slow;
+    /// shared by many connections, so never copied.
+    Droppable(Bytes),
+    /// Bytes copied while a sendmsg was in flight, coalesced. Only the queue's last chunk
+    /// grows, and only while no sendmsg covers it.
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Shared(bytes) | Self::Droppable(bytes) => bytes,
+            Self::Owned(vec) => vec,
+        }
+    }
+
+    /// What the chunk costs while `written` of its bytes are already sent.
+    fn cost(&self, written: usize) -> usize {
+        CHUNK_OVERHEAD
+            + match self {
+                Self::Shared(bytes) | Self::Droppable(bytes) => bytes.len() - written,
+                Self::Owned(vec) => vec.capacity(),
+            }
+    }
+}
+
+/// What [`Io::drop_oldest`](super::Io::drop_oldest) removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Whole messages dropped.
+    pub chunks: usize,
+    /// What they cost, as [`Io::queued_bytes`](super::Io::queued_bytes) counts it.
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct SendQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    head_offset: usize,
+    /// Every chunk's cost, kept as chunks come and go.
+    cost: usize,
+    /// Front chunks the sendmsg in flight covers: they must stay, unchanged, until it
+    /// completes.
+    in_flight: u8,
+    sending: Option<Box<SendBuf>>,
+    /// Bytes the kernel has accepted, in total.
+    written: u64,
+}
+
+impl SendQueue {
+    /// Queues `bytes` behind everything else.
+    pub fn push(&mut self, bytes: Bytes, droppable: bool) {
+        if bytes.is_empty() {
+            return;
+        }
+        if droppable {
+            return self.push_chunk(Chunk::Droppable(bytes));
+        }
+        if self.sending.is_none() {
+            return self.push_chunk(Chunk::Shared(bytes));
+        }
+        // Behind a sendmsg in flight: copy, appending to the last owned buffer when the
+        // kernel is not reading it.
+        let tail_in_flight = self.chunks.len() <= usize::from(self.in_flight);
+        if !tail_in_flight
+            && let Some(Chunk::Owned(vec)) = self.chunks.back_mut()
+            && vec.len() + bytes.len() <= OWNED_CHUNK_LIMIT
+        {
+            let before = vec.capacity();
+            vec.extend_from_slice(&bytes);
+            self.cost += vec.capacity() - before;
+            return;
+        }
+        self.push_chunk(Chunk::Owned(bytes.to_vec()));
+    }
+
+    fn push_chunk(&mut self, chunk: Chunk) {
+        self.cost += chunk.cost(0);
+        self.chunks.push_back(chunk);
+    }
+
+    /// What the queue costs: payload not yet written, [`CHUNK_OVERHEAD`] per chunk, and the
+    /// whole capacity of the buffers it owns.
+    pub fn cost(&self) -> usize {
+        self.cost
+    }
+
+    /// Bytes the kernel has accepted since the connection opened.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    pub fn is_sending(&self) -> bool {
+        self.sending.is_some()
+    }
+
+    /// Nothing queued and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.chunks.is_empty() && self.sending.is_none()
+    }
+
+    /// Points `buf` at the front chunks and keeps it as the sendmsg in flight; returns the
+    /// header to hand the kernel.
+    ///
+    /// The header, its iovecs and the bytes they point to stay valid and unchanged until
+    /// [`SendQueue::complete`]: `buf` is boxed and held here, covered chunks are neither
+    /// dropped, consumed nor appended to, and the heap memory of `Bytes` and `Vec` does not
+    /// move when the deque does.
+    pub fn start_send(&mut self, mut buf: Box<SendBuf>) -> *const libc::msghdr {
+        debug_assert!(self.sending.is_none(), "one sendmsg at a time");
+        let mut count = 0;
+        for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
+            let skip = if i == 0 { self.head_offset } else { 0 };
+            let bytes = &chunk.bytes()[skip..];
+            buf.iov[i] = libc::iovec {
+                iov_base: bytes.as_ptr().cast_mut().cast(),
+                iov_len: bytes.len(),
+            };
+            count += 1;
+        }
+        buf.header.msg_iov = buf.iov.as_mut_ptr();
+        buf.header.msg_iovlen = count;
+        self.in_flight = count as u8;
+        let header: *const libc::msghdr = &buf.header;
+        self.sending = Some(buf);
+        header
+    }
+
+    /// The sendmsg in flight completed with `result`: drops what it wrote, and gives its
+    /// buffer back for reuse.
+    pub fn complete(&mut self, result: i32) -> Option<Box<SendBuf>> {
+        self.in_flight = 0;
+        if let Ok(written) = usize::try_from(result) {
+            self.written += written as u64;
+            self.consume(written);
+        }
+        self.sending.take()
+    }
+
+    /// Drops `written` bytes from the front.
+    fn consume(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.head_offset;
+            let taken = written.min(left);
+            let cost_before = front.cost(self.head_offset);
+            written -= taken;
+            if taken == left {
+                self.cost -= cost_before;
+                self.head_offset = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head_offset += taken;
+                self.cost -= cost_before - front.cost(self.head_offset);
+            }
+        }
+    }
+
+    /// Front chunks that may not be dropped: those the sendmsg in flight covers, and a chunk
+    /// partly written (dropping its rest would cut a message in two).
+    fn protected(&self) -> usize {
+        let in_flight = if self.sending.is_some() {
+            usize::from(self.in_flight)
+        } else {
+            0
+        };
+        in_flight.max(usize::from(self.head_offset > 0))
+    }
+
+    /// Drops droppable chunks, oldest first, until the queue costs at most `low_water` (or
+    /// nothing droppable is left). Walks from the front and stops there: the work is the
+    /// chunks it removes plus those it keeps in front of them, never the whole queue.
+    pub fn drop_oldest(&mut self, low_water: usize) -> Dropped {
+        let mut dropped = Dropped::default();
+        let mut at = self.protected();
+        while self.cost > low_water && at < self.chunks.len() {
+            if !matches!(self.chunks[at], Chunk::Droppable(_)) {
+                at += 1;
+                continue;
+            }
+            if let Some(chunk) = self.chunks.remove(at) {
+                let cost = chunk.cost(0);
+                self.cost -= cost;
+                dropped.chunks += 1;
+                dropped.bytes += cost;
+            }
+        }
+        dropped
+    }
+
+    /// Drops everything no sendmsg is reading: the connection is closing and will send
+    /// nothing more.
+    pub fn discard_unsent(&mut self) {
+        if self.sending.is_none() {
+            self.chunks.clear();
+            self.head_offset = 0;
+            self.cost = 0;
+            return;
+        }
+        // The front chunk is in flight, so none of these is partly written.
+        for chunk in self.chunks.drain(usize::from(self.in_flight)..) {
+            self.cost -= chunk.cost(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_of(chunks: &[(&'static [u8], bool)]) -> SendQueue {
+        let mut queue = SendQueue::default();
+        for &(bytes, droppable) in chunks {
+            queue.push(Bytes::from_static(bytes), droppable);
+        }
+        queue
+    }
+
+    /// The bytes of the iovec at `i` of the sendmsg in flight.
+    fn iov(queue: &SendQueue, i: usize) -> &[u8] {
+        let buf = queue.sending.as_ref().expect("a send in flight");
+        // SAFETY: the iovec points into a chunk the queue holds while the send is in flight.
+        unsafe { std::slice::from_raw_parts(buf.iov[i].iov_base as *const u8, buf.iov[i].iov_len) }
+    }
+
+    fn contents(queue: &SendQueue) -> Vec<&[u8]> {
+        queue.chunks.iter().map(Chunk::bytes).collect()
+    }
+
+    #[test]
+    fn cost_counts_payload_and_an_overhead_per_chunk() {
+        let mut queue = queue_of(&[(b"hello ", false), (b"world", true)]);
+        assert_eq!(queue.cost(), 11 + 2 * CHUNK_OVERHEAD);
+        queue.start_send(SendBuf::new());
+        queue.complete(8); // "hello wo"
+        assert_eq!(queue.cost(), 3 + CHUNK_OVERHEAD);
+        queue.start_send(SendBuf::new());
+        queue.complete(3);
+        assert_eq!(queue.cost(), 0);
+        assert!(queue.is_idle());
+        assert_eq!(queue.written(), 11);
+    }
+
+    #[test]
+    fn short_writes_resume_where_they_stopped() {
+        let mut queue = queue_of(&[(b"hello ", false), (b"big ", false), (b"world", false)]);
+        queue.start_send(SendBuf::new());
+        queue.complete(8); // "hello bi"
+        queue.start_send(SendBuf::new());
+        assert_eq!(iov(&queue, 0), b"g ");
+        assert_eq!(iov(&queue, 1), b"world");
+        queue.complete(7);
+        assert!(queue.is_idle());
+    }
+
+    #[test]
+    fn nothing_is_copied_while_no_send_is_in_flight() {
+        let shared = Bytes::from(vec![7u8; 1000]);
+        let mut queue = SendQueue::default();
+        queue.push(shared.slice(0..10), false);
+        queue.start_send(SendBuf::new());
+        assert_eq!(iov(&queue, 0).as_ptr(), shared.as_ptr(), "written in place");
+    }
+
+    #[test]
+    fn tiny_pushes_behind_a_send_in_flight_coalesce_into_owned_bytes() {
+        // Two bytes cut from a large block: copied, so the block is not kept alive.
+        let block = Bytes::from(vec![0u8; 256 << 10]);
+        let mut queue = queue_of(&[(b"first", false)]);
+        queue.start_send(SendBuf::new());
+        for _ in 0..10_000 {
+            queue.push(block.slice(0..2), false);
+        }
+        drop(block);
+        assert_eq!(queue.chunks.len(), 2, "one entry for ten thousand frames");
+        let Chunk::Owned(owned) = &queue.chunks[1] else {
+            panic!("behind a send in flight, bytes are owned");
+        };
+        assert_eq!(owned.len(), 20_000);
+        let expected = 5 + 2 * CHUNK_OVERHEAD + owned.capacity();
+        assert_eq!(queue.cost(), expected);
+        assert!(queue.cost() < 2 * 20_000 + 3 * CHUNK_OVERHEAD);
+    }
+
+    #[test]
+    fn owned_bytes_the_kernel_reads_are_never_appended_to() {
+        let mut queue = queue_of(&[(b"a", false)]);
+        queue.start_send(SendBuf::new());
+        queue.push(Bytes::from_static(b"bb"), false);
+        queue.complete(0);
+        // The owned "bb" is now in flight, with its address in the kernel's hands.
+        queue.start_send(SendBuf::new());
+        let address = iov(&queue, 1).as_ptr();
+        queue.push(Bytes::from_static(b"cc"), false);
+        assert_eq!(iov(&queue, 1), b"bb");
+        assert_eq!(iov(&queue, 1).as_ptr(), address);
+        assert_eq!(contents(&queue), [&b"a"[..], b"bb", b"cc"]);
+    }
+
+    #[test]
+    fn owned_buffers_stop_growing_at_their_limit() {
+        let mut queue = queue_of(&[(b"a", false)]);
+        queue.start_send(SendBuf::new());
+        let piece = Bytes::from(vec![1u8; 1000]);
+        for _ in 0..200 {
+            queue.push(piece.clone(), false);
+        }
+        let per_buffer = OWNED_CHUNK_LIMIT / 1000;
+        assert_eq!(queue.chunks.len(), 1 + 200usize.div_ceil(per_buffer));
+        let payload: usize = queue.chunks.iter().map(|c| c.bytes().len()).sum();
+        assert_eq!(payload, 200_001);
+    }
+
+    #[test]
+    fn droppable_bytes_are_never_copied() {
+        let message = Bytes::from_static(b"published");
+        let mut queue = queue_of(&[(b"a", false)]);
+        queue.start_send(SendBuf::new());
+        queue.push(message.clone(), true);
+        assert!(matches!(&queue.chunks[1], Chunk::Droppable(b) if b.as_ptr() == message.as_ptr()));
+    }
+
+    #[test]
+    fn dropping_spares_what_is_in_flight_or_not_droppable() {
+        let mut queue = queue_of(&[
+            (b"aaaa", true),
+            (b"bbbb", false),
+            (b"cccc", true),
+            (b"dddd", true),
+        ]);
+        queue.start_send(SendBuf::new());
+        // The sendmsg covering all four is in flight: nothing may go.
+        assert_eq!(queue.drop_oldest(0), Dropped::default());
+        queue.complete(2); // "aa" written, "aa" left
+        let each = 4 + CHUNK_OVERHEAD;
+        assert_eq!(queue.cost(), 2 + CHUNK_OVERHEAD + 3 * each);
+        // Partly written "aa" and the non-droppable "bbbb" stay; "cccc" goes first.
+        let low_water = queue.cost() - 1;
+        assert_eq!(
+            queue.drop_oldest(low_water),
+            Dropped {
+                chunks: 1,
+                bytes: each
+            }
+        );
+        assert_eq!(contents(&queue), [&b"aaaa"[..], b"bbbb", b"dddd"]);
+        assert_eq!(
+            queue.drop_oldest(0),
+            Dropped {
+                chunks: 1,
+                bytes: each
+            }
+        );
+        assert_eq!(contents(&queue), [&b"aaaa"[..], b"bbbb"]);
+        assert_eq!(queue.cost(), 2 + CHUNK_OVERHEAD + each);
+    }
+
+    #[test]
+    fn dropping_stops_at_the_low_water_mark_without_walking_the_queue() {
+        let mut queue = SendQueue::default();
+        for _ in 0..100_000 {
+            queue.push(Bytes::from_static(b"0123456789"), true);
+        }
+        let each = 10 + CHUNK_OVERHEAD;
+        // Over the mark by one message: exactly one goes, from the front.
+        let dropped = queue.drop_oldest(queue.cost() - 1);
+        assert_eq!(dropped.chunks, 1);
+        assert_eq!(queue.chunks.len(), 99_999);
+        // A slow subscriber's steady state: push one, drop one, each in constant work.
+        let low_water = queue.cost();
+        for _ in 0..100_000 {
+            queue.push(Bytes::from_static(b"0123456789"), true);
+            assert_eq!(queue.drop_oldest(low_water).chunks, 1);
+        }
+        assert_eq!(queue.cost(), 99_999 * each);
+    }
+
+    #[test]
+    fn discarding_keeps_only_what_the_kernel_reads() {
+        let mut queue = queue_of(&[(b"aaaa", false), (b"bbbb", true)]);
+        queue.start_send(SendBuf::new());
+        queue.push(Bytes::from_static(b"cc"), false);
+        queue.discard_unsent();
+        assert_eq!(contents(&queue), [&b"aaaa"[..], b"bbbb"]);
+        queue.complete(-libc::ECANCELED);
+        queue.discard_unsent();
+        assert!(queue.is_idle());
+        assert_eq!(queue.cost(), 0);
+    }
+}
