@@ -25,7 +25,7 @@ use crate::proto::deflate::Compressor;
 use crate::proto::handshake::{self, Refusal, RequestParser};
 use crate::proto::session::{Reader, Writer};
 use crate::proto::{CloseCode, Event, ProtocolError};
-use crate::runtime::ConnId;
+use crate::runtime::{CHUNK_OVERHEAD, ConnId};
 
 use super::app::{App, Closed, Message};
 use super::config::{BackpressurePolicy, SlowSubscriberPolicy};
@@ -269,7 +269,7 @@ impl<S> Connection<S> {
         let (id, shard) = (cx.id, &mut *cx.shard);
         let limit = shard.config.max_queued_bytes;
         let policy = shard.config.slow_subscriber;
-        let frame_len = if let Some(compressor) = parts.compressor.as_deref_mut() {
+        let frame_cost = if let Some(compressor) = parts.compressor.as_deref_mut() {
             // This connection's compressor keeps context: the message must pass through it,
             // and the frame it makes can never be dropped (later ones depend on it).
             let (opcode, payload) = (published.opcode(), published.payload());
@@ -289,28 +289,29 @@ impl<S> Connection<S> {
             let Some(frame) = shard.arena.take() else {
                 return;
             };
-            let len = frame.len();
+            // What the queue charges for it: its bytes and the entry.
+            let cost = frame.len() + CHUNK_OVERHEAD;
             cx.io.send(id, frame);
-            len
+            cost
         } else {
             let direction = parts.writer.own_direction();
             let counters = shard.topics.counters();
             let frame = published.frame_for(direction, &mut shard.compressors, counters);
-            let len = frame.len();
-            if policy == SlowSubscriberPolicy::DropOldest && cx.io.queued_bytes(id) + len > limit {
+            let cost = frame.len() + CHUNK_OVERHEAD;
+            if policy == SlowSubscriberPolicy::DropOldest && cx.io.queued_bytes(id) + cost > limit {
                 // Down to half the bound at once, so the next deliveries need not drop.
                 let dropped = cx.io.drop_oldest(id, limit / 2);
                 shard.counters().dropped(dropped.chunks);
             }
             cx.io.send_droppable(id, frame);
-            len
+            cost
         };
         cx.shard.counters().delivered();
         cx.shard.counters().message_out();
         // Dropping keeps the queue within the bound plus the newest message; what is left
         // over that cannot be dropped, and the close policy, end the subscription.
         let allowance = match policy {
-            SlowSubscriberPolicy::DropOldest => limit.saturating_add(frame_len),
+            SlowSubscriberPolicy::DropOldest => limit.saturating_add(frame_cost),
             SlowSubscriberPolicy::Close => limit,
         };
         if cx.io.queued_bytes(id) > allowance {
