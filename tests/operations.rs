@@ -203,3 +203,105 @@ fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
         assert!(exported.contains(&name), "{name}");
     }
 }
+
+/// A plain GET of `path`: the status code and the body.
+fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = connect(addr);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send a GET");
+    let response = String::from_utf8(read_to_close(&mut stream)).expect("a UTF-8 response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn readiness_turns_503_before_any_client_hears_1001_and_closes_spread_out() {
+    let mut server = Server::start(&[
+        "--shards",
+        "2",
+        "--drain-delay",
+        "1s",
+        "--drain-spread",
+        "2s",
+    ]);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(get(addr, "/readyz"), (200, "ready\n".to_owned()));
+    let clients: Vec<_> = (0..20).map(|_| open(addr, "/")).collect();
+
+    // Each client waits for its 1001 and notes when it came.
+    let start = std::time::Instant::now();
+    let waiting: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            std::thread::spawn(move || {
+                support::expect_close(&mut client, 1001);
+                start.elapsed()
+            })
+        })
+        .collect();
+    // SAFETY: kill(2) on the pid of the server this test started.
+    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
+    // Readiness turns first: polled from the moment of the signal.
+    let not_ready = support::within(Duration::from_secs(5), "/readyz answered 503", || {
+        get(addr, "/readyz").0 == 503
+    });
+    // During the drain delay new clients are still welcome.
+    let late = open(addr, "/");
+    let closes: Vec<Duration> = waiting
+        .into_iter()
+        .map(|thread| thread.join().expect("a client thread"))
+        .collect();
+    let first = closes.iter().min().copied().unwrap_or_default();
+    let last = closes.iter().max().copied().unwrap_or_default();
+    println!("503 after {not_ready:?}; closes from {first:?} to {last:?}");
+    assert!(
+        not_ready < first,
+        "a client heard 1001 before /readyz said 503"
+    );
+    assert!(
+        first >= Duration::from_secs(1),
+        "closes began before the drain delay"
+    );
+    assert!(
+        last - first >= Duration::from_millis(1200),
+        "the 1001s came all at once ({first:?} to {last:?}), not spread over 2 s"
+    );
+    drop(late);
+    let status = support::within(Duration::from_secs(15), "the server exited", || {
+        server.try_wait().is_some()
+    });
+    let _ = status;
+}
+
+#[test]
+fn the_watchdog_is_fed_while_the_shards_turn() {
+    let path = std::env::temp_dir().join(format!("ringws-watchdog-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind a notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    let _server = Server::start_with_env(
+        &["--shards", "2"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().expect("a UTF-8 path")),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut fed = 0;
+    let mut message = [0u8; 512];
+    while fed < 3 {
+        let n = socket.recv(&mut message).expect("a notification");
+        fed += usize::from(&message[..n] == b"WATCHDOG=1");
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 
-use ringws::proto::frame::write_frame;
+use ringws::proto::frame::{FrameHead, write_frame};
 use ringws::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
 
 use crate::link::Link;
@@ -29,13 +29,23 @@ impl MaskSource {
 impl MaskSource {
     /// Appends a masked binary message.
     pub fn binary(&mut self, payload: &[u8], out: &mut Vec<u8>) {
-        write_frame(out, OpCode::Binary, true, false, payload, Some(self.next()));
+        write_frame(
+            out,
+            FrameHead::whole(OpCode::Binary),
+            payload,
+            Some(self.next()),
+        );
     }
 
     /// Appends a masked close frame with 1000.
     pub fn close(&mut self, out: &mut Vec<u8>) {
         let code = u16::from(CloseCode::NORMAL).to_be_bytes();
-        write_frame(out, OpCode::Close, true, false, &code, Some(self.next()));
+        write_frame(
+            out,
+            FrameHead::whole(OpCode::Close),
+            &code,
+            Some(self.next()),
+        );
     }
 }
 

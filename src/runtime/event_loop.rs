@@ -23,7 +23,7 @@ use super::ring::{self, Completion, Features, Ring};
 use super::slot::Phase;
 use super::timer;
 use super::user_data::{Op, pack, unpack};
-use super::{Config, ConnId, Handler};
+use super::{Config, ConnId, Handler, Health};
 
 /// How long past the shutdown grace a shard waits for the closes it forced.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -47,6 +47,7 @@ struct Shard<H: Handler> {
     fired: Vec<timer::Entry>,
     stopping: Option<Instant>,
     grace: Duration,
+    health: Health,
 }
 
 /// Runs shard `index` until it is shut down.
@@ -57,6 +58,7 @@ pub(super) fn run<H: Handler>(
     listeners: Vec<OwnedFd>,
     mailbox: Arc<Mailbox<H::Message>>,
     handler: H,
+    health: Health,
 ) -> io::Result<()> {
     let table = ring::table_size(config.max_connections_per_shard);
     let ring = Ring::new(config.ring_entries, table)?;
@@ -80,6 +82,7 @@ pub(super) fn run<H: Handler>(
         fired: Vec::new(),
         stopping: None,
         grace: config.shutdown_grace,
+        health,
     };
     tracing::debug!(shard = index, table, "shard started");
     shard.run()
@@ -91,6 +94,7 @@ impl<H: Handler> Shard<H> {
         self.arm_wake();
         loop {
             self.io.now = Instant::now();
+            self.health.beat(self.io.shard(), self.io.now);
             self.handle_completions();
             self.fire_deadlines();
             self.acceptor.arm_parked(&mut self.io);

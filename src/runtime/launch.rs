@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use super::mailbox::{Mailbox, Remote};
-use super::{Config, Handler, affinity, event_loop, listener, ring};
+use super::{Config, Handler, Health, affinity, event_loop, listener, ring};
 
 /// The exit code of a process whose shard panicked (EX_SOFTWARE).
 const PANIC_EXIT_CODE: i32 = 70;
@@ -19,11 +19,14 @@ pub struct ShardContext<M> {
     pub index: usize,
     /// Every shard's remote, this one's included, indexed by shard.
     pub remotes: Vec<Remote<M>>,
+    /// When every shard last turned, for liveness checks.
+    pub health: Health,
 }
 
 /// The running shards.
 pub struct Runtime<M> {
     remotes: Vec<Remote<M>>,
+    health: Health,
     threads: Vec<JoinHandle<io::Result<()>>>,
     local_addrs: Vec<SocketAddr>,
 }
@@ -36,6 +39,11 @@ impl<M: Send + 'static> Runtime<M> {
 
     pub fn remotes(&self) -> &[Remote<M>] {
         &self.remotes
+    }
+
+    /// When every shard last went round its loop.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Asks every shard to stop accepting and close its connections (see
@@ -102,6 +110,7 @@ where
         .iter()
         .map(|m| Remote { mailbox: m.clone() })
         .collect();
+    let health = Health::new(config.shards, std::time::Instant::now());
     let make_handler = Arc::new(make_handler);
     let cpus = affinity::allowed_cpus();
     let mut threads = Vec::with_capacity(config.shards);
@@ -109,6 +118,7 @@ where
         let config = config.clone();
         let make_handler = make_handler.clone();
         let remotes = remotes.clone();
+        let health = health.clone();
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
         let thread = std::thread::Builder::new()
             .name(format!("ringws-shard-{index}"))
@@ -117,8 +127,15 @@ where
                     affinity::pin_to(cpu);
                 }
                 let ran = panic::catch_unwind(AssertUnwindSafe(|| {
-                    let handler = make_handler(ShardContext { index, remotes });
-                    event_loop::run(index, &config, features, listeners, mailbox, handler)
+                    let context = ShardContext {
+                        index,
+                        remotes,
+                        health: health.clone(),
+                    };
+                    let handler = make_handler(context);
+                    event_loop::run(
+                        index, &config, features, listeners, mailbox, handler, health,
+                    )
                 }));
                 ran.unwrap_or_else(|payload| exit_on_panic(index, payload.as_ref()))
             })?;
@@ -126,6 +143,7 @@ where
     }
     Ok(Runtime {
         remotes,
+        health,
         threads,
         local_addrs,
     })

@@ -18,6 +18,7 @@ mod affinity;
 mod buf_ring;
 mod config;
 mod event_loop;
+mod health;
 mod io_handle;
 mod launch;
 mod listener;
@@ -32,6 +33,7 @@ mod user_data;
 use std::net::SocketAddr;
 
 pub use config::{Config, Keepalive, defaults};
+pub use health::Health;
 pub use io_handle::Io;
 pub use launch::{Runtime, ShardContext, start};
 pub use mailbox::Remote;

@@ -27,6 +27,8 @@ pub mod defaults {
     pub const MAX_TOPICS_PER_CONNECTION: usize = 64;
     pub const MAX_SHARD_BACKLOG: usize = 64 << 20;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    pub const DRAIN_DELAY: Duration = Duration::ZERO;
+    pub const DRAIN_SPREAD: Duration = Duration::ZERO;
     pub const DEFLATE_MIN_SIZE: usize = 64;
 }
 
@@ -104,7 +106,13 @@ pub struct ServerConfig {
     pub status_page: bool,
     /// Answer a plain GET of `/metrics` with the server's counters (Prometheus text format).
     pub metrics: bool,
-    /// How long a graceful shutdown waits for clients to answer the 1001 close.
+    /// On SIGTERM (or [`Server::drain`](super::Server::drain)), how long `/readyz` answers
+    /// 503 while connections are still accepted, so load balancers take the server out first.
+    pub drain_delay: Duration,
+    /// The window over which connections get their 1001 once accepting stops, so their
+    /// clients do not all reconnect at once. Zero closes them all together.
+    pub drain_spread: Duration,
+    /// How long a graceful shutdown waits, after the last 1001 went out, for clients to answer.
     pub shutdown_grace: Duration,
     /// permessage-deflate; `None` turns compression off.
     pub deflate: Option<DeflateConfig>,
@@ -142,6 +150,8 @@ impl Default for ServerConfig {
             log_connections: false,
             status_page: true,
             metrics: true,
+            drain_delay: defaults::DRAIN_DELAY,
+            drain_spread: defaults::DRAIN_SPREAD,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,
             runtime: runtime::Config::default(),
@@ -189,7 +199,7 @@ impl ServerConfig {
         config.listen = self.listen.clone();
         config.shards = self.shards;
         config.max_connections_per_shard = self.max_connections.div_ceil(self.shards.max(1));
-        config.shutdown_grace = self.shutdown_grace;
+        config.shutdown_grace = self.shutdown_grace.saturating_add(self.drain_spread);
         config.drain_timeout = self.close_timeout;
         config.mailbox_bytes = self.max_shard_backlog;
         config
@@ -235,6 +245,8 @@ impl ServerConfig {
             ("idle-timeout", self.idle_timeout),
             ("close-timeout", self.close_timeout),
             ("shutdown-grace", self.shutdown_grace),
+            ("drain-delay", self.drain_delay),
+            ("drain-spread", self.drain_spread),
         ];
         for (setting, value) in durations {
             if now.checked_add(value.saturating_mul(4)).is_none() {

@@ -4,17 +4,14 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::proto::CloseCode;
 use crate::runtime::{self, CloseCause, ConnId, Dropped, Io};
 
 use super::app::App;
-use super::config::ServerConfig;
 use super::connection::{Clock, Connection, Cx, Time};
-use super::pubsub::{Published, ShardMessage, ShardTopics};
+use super::pubsub::{Published, ShardMessage};
 use super::shard_state::ShardState;
 use super::transport::Transport;
 
@@ -33,10 +30,10 @@ pub(crate) struct ShardHandler<A: App> {
 }
 
 impl<A: App> ShardHandler<A> {
-    pub fn new(app: A, config: Arc<ServerConfig>, clock: Clock, topics: ShardTopics) -> Self {
+    pub fn new(app: A, shard: ShardState) -> Self {
         Self {
             app,
-            shard: ShardState::new(config, clock, topics),
+            shard,
             conns: Vec::new(),
         }
     }
@@ -201,12 +198,16 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
         }
     }
 
+    /// Accepting has stopped: every connection gets its 1001, spread evenly over the drain
+    /// window so that its clients do not all reconnect in the same instant.
     fn on_shutdown(&mut self, io: &mut Io) {
         let ids: Vec<ConnId> = self.conns.iter().flatten().map(|e| e.id).collect();
-        for id in ids {
-            self.drive(io, id, |conn, cx, _| {
-                conn.close(cx, CloseCode::GOING_AWAY, "server shutting down");
-            });
+        let now = self.shard.clock.time(io.now());
+        let spread = self.shard.config.drain_spread;
+        let count = ids.len().max(1) as u32;
+        for (i, id) in ids.into_iter().enumerate() {
+            let at = now.after(spread.mul_f64(f64::from(i as u32) / f64::from(count)));
+            self.drive(io, id, |conn, cx, _| conn.drain_at(cx, at));
         }
     }
 }

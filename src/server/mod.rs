@@ -32,7 +32,8 @@ pub mod testing {
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 pub use app::{Accept, App, Closed, Message, Refusal, Upgrade};
 pub use config::{BackpressurePolicy, ConfigError, ServerConfig, SlowSubscriberPolicy};
@@ -48,6 +49,7 @@ use connection::Clock;
 use handler::ShardHandler;
 use metrics::Registry;
 use pubsub::{Hub, ShardMessage, ShardTopics, TopicTable};
+use shard_state::{Lifecycle, ShardState};
 
 /// A running server.
 pub struct Server {
@@ -55,6 +57,7 @@ pub struct Server {
     publisher: Publisher,
     hub: Arc<Hub>,
     registry: Arc<Registry>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Server {
@@ -73,8 +76,10 @@ impl Server {
         let config = Arc::new(config);
         let hub = Arc::new(Hub::default());
         let registry = Arc::new(Registry::new(shards));
+        let lifecycle = Arc::new(Lifecycle::default());
         let clock = Clock::new(Instant::now());
         let (shard_hub, shard_registry) = (hub.clone(), registry.clone());
+        let shard_lifecycle = lifecycle.clone();
         let runtime = runtime::start(runtime_config, move |ctx| {
             let table = TopicTable::new(config.max_topic_len, config.max_topics_per_connection);
             let topics = ShardTopics::new(
@@ -84,7 +89,9 @@ impl Server {
                 ctx.remotes,
                 table,
             );
-            ShardHandler::new(make_app(ctx.index), config.clone(), clock, topics)
+            let lifecycle = shard_lifecycle.clone();
+            let shard = ShardState::new(config.clone(), lifecycle, ctx.health, clock, topics);
+            ShardHandler::new(make_app(ctx.index), shard)
         })?;
         let publisher = Publisher::new(hub.clone(), registry.clone(), runtime.remotes().to_vec());
         Ok(Self {
@@ -92,7 +99,20 @@ impl Server {
             publisher,
             hub,
             registry,
+            lifecycle,
         })
+    }
+
+    /// Starts draining: `/readyz` answers 503 from now on, so load balancers take this
+    /// server out; connections carry on until [`Server::shutdown`].
+    pub fn drain(&self) {
+        self.lifecycle.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The shards that have not gone round their loop within `within`: a live server has
+    /// none.
+    pub fn stalled_shards(&self, within: Duration) -> Vec<usize> {
+        self.runtime.health().stalled(within)
     }
 
     /// A handle that publishes to the server's topics from any thread.
@@ -110,8 +130,10 @@ impl Server {
         self.runtime.local_addrs()
     }
 
-    /// Stops accepting, sends 1001 to every client, and waits (boundedly) for them to close.
+    /// Stops accepting and sends 1001 to every client (spread over the drain window), then
+    /// waits, boundedly, for them to close. Draining starts too, if it had not.
     pub fn shutdown(&self) {
+        self.drain();
         self.runtime.shutdown();
     }
 
@@ -127,6 +149,7 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     // Shard threads inherit this mask: only `wait_for_signal` sees the signals.
     let signals = block_termination_signals()?;
     let app_config = config.clone();
+    let (drain_delay, drain_spread) = (config.drain_delay, config.drain_spread);
     let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     for addr in &addrs {
@@ -147,11 +170,39 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
         "READY=1\nSTATUS=listening on {}",
         addrs.join(", ")
     ));
+    if let (Some(interval), Some(notifier)) = (notify::watchdog_interval(), notifier.as_ref()) {
+        watch(&server, notifier, interval)?;
+    }
     let signal = wait_for_signal(&signals)?;
-    tracing::info!("signal {signal}: closing connections");
+    tracing::info!(
+        "signal {signal}: draining; accepting stops in {drain_delay:?}, connections close over {drain_spread:?}"
+    );
     tell("STOPPING=1\nSTATUS=draining");
+    server.drain();
+    std::thread::sleep(drain_delay);
     server.shutdown();
     server.join()
+}
+
+/// Pings systemd's watchdog every `interval` while every shard is turning; a shard that
+/// stops turning stops the pings, and systemd restarts the service.
+fn watch(server: &Server, notifier: &notify::Notifier, interval: Duration) -> io::Result<()> {
+    let health = server.runtime.health();
+    let notifier = notifier.try_clone()?;
+    std::thread::Builder::new()
+        .name("ringws-watchdog".into())
+        .spawn(move || {
+            loop {
+                let stalled = health.stalled(interval);
+                if stalled.is_empty() {
+                    let _ = notifier.notify("WATCHDOG=1");
+                } else {
+                    tracing::error!(?stalled, "shards not turning: the watchdog is not fed");
+                }
+                std::thread::sleep(interval);
+            }
+        })?;
+    Ok(())
 }
 
 fn block_termination_signals() -> io::Result<libc::sigset_t> {

@@ -29,6 +29,14 @@ impl Notifier {
         }))
     }
 
+    /// Another handle on the same socket, for a thread of its own.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            socket: self.socket.try_clone()?,
+            target: self.target.clone(),
+        })
+    }
+
     /// Sends `state` (`READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=...`, newline-separated).
     pub fn notify(&self, state: &str) -> io::Result<()> {
         self.socket.send_to_addr(state.as_bytes(), &self.target)?;

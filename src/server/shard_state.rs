@@ -2,8 +2,9 @@
 //! shard's pub/sub topics and its budget for incomplete messages.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::runtime::ConnId;
+use crate::runtime::{ConnId, Health};
 
 use super::config::ServerConfig;
 use super::connection::Clock;
@@ -12,8 +13,24 @@ use super::metrics::Counters;
 use super::pubsub::ShardTopics;
 use super::transport::Transport;
 
+/// Where the server is in its life, shared by every shard and the server handle.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    /// Draining: `/readyz` answers 503 so load balancers stop sending new clients.
+    pub draining: AtomicBool,
+}
+
+impl Lifecycle {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
 pub(crate) struct ShardState {
     pub config: Arc<ServerConfig>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// When every shard last turned.
+    pub health: Health,
     pub clock: Clock,
     pub arena: Arena,
     pub compressors: SharedCompressors,
@@ -23,8 +40,16 @@ pub(crate) struct ShardState {
 }
 
 impl ShardState {
-    pub fn new(config: Arc<ServerConfig>, clock: Clock, topics: ShardTopics) -> Self {
+    pub fn new(
+        config: Arc<ServerConfig>,
+        lifecycle: Arc<Lifecycle>,
+        health: Health,
+        clock: Clock,
+        topics: ShardTopics,
+    ) -> Self {
         Self {
+            lifecycle,
+            health,
             compressors: SharedCompressors::new(config.deflate),
             config,
             clock,

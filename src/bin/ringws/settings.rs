@@ -85,7 +85,15 @@ pub struct ServeArgs {
     /// finds it full stops being read until it has room.
     #[arg(long, default_value_t = Size(defaults::MAX_SHARD_BACKLOG))]
     max_shard_backlog: Size,
-    /// How long a graceful shutdown waits for clients to answer the 1001 close.
+    /// On SIGTERM, how long /readyz answers 503 while connections are still accepted, so
+    /// load balancers take the server out before accepting stops.
+    #[arg(long, default_value_t = Span(defaults::DRAIN_DELAY))]
+    drain_delay: Span,
+    /// Once accepting stops, the window over which connections get their 1001, so their
+    /// clients do not all reconnect at once (0: all together).
+    #[arg(long, default_value_t = Span(defaults::DRAIN_SPREAD))]
+    drain_spread: Span,
+    /// How long a graceful shutdown waits, after the last 1001, for clients to answer.
     #[arg(long, default_value_t = Span(defaults::SHUTDOWN_GRACE))]
     shutdown_grace: Span,
     /// Log every connection's open and close, and every refused request, at info level.
@@ -204,6 +212,8 @@ impl ServeArgs {
         config.max_topics_per_connection = self.max_topics_per_connection;
         config.max_shard_backlog = self.max_shard_backlog.0;
         config.shutdown_grace = self.shutdown_grace.0;
+        config.drain_delay = self.drain_delay.0;
+        config.drain_spread = self.drain_spread.0;
         config.metrics = !self.no_metrics;
         config.status_page = !self.no_status_page;
         let runtime = &mut config.runtime;

@@ -59,7 +59,13 @@ impl<A: App> Harness<A> {
         let clock = Clock::new(Instant::now());
         let mut harness = Self {
             app,
-            shard: ShardState::new(config, clock, topics),
+            shard: ShardState::new(
+                config,
+                Default::default(),
+                crate::runtime::Health::new(1, Instant::now()),
+                clock,
+                topics,
+            ),
             io: Recording::default(),
             conn: None,
             now: Time::ZERO,

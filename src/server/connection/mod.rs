@@ -375,6 +375,9 @@ impl<S> Connection<S> {
                     return self.abort(cx);
                 }
                 Timer::Idle => self.on_idle(cx),
+                Timer::Drain => {
+                    return self.close(cx, CloseCode::GOING_AWAY, "server shutting down");
+                }
                 Timer::Backlog => {
                     let bound = cx.shard.config.max_shard_backlog;
                     if cx.shard.topics.largest_backlog() > bound / 2 {
@@ -438,6 +441,19 @@ impl<S> Connection<S> {
                 self.await_close(cx);
             }
             Stage::Handshake(_) => self.abort(cx),
+            Stage::Responded => {}
+        }
+    }
+
+    /// The server is draining: an open connection is closed with 1001 at `at`, a handshake
+    /// in progress is refused with 503 now.
+    pub fn drain_at(&mut self, cx: &mut Cx<'_>, at: Time) {
+        match &self.stage {
+            Stage::Open(_) => self.timers.set(Timer::Drain, at),
+            Stage::Handshake(_) => {
+                let refusal = Refusal::new(503, "the server is shutting down");
+                self.refuse(cx, &refusal.with_header("Retry-After", "5"));
+            }
             Stage::Responded => {}
         }
     }

@@ -70,10 +70,13 @@ pub enum Timer {
     /// Publishing was refused by a shard that is behind: check again whether reading may
     /// resume.
     Backlog,
+    /// The server is draining: this connection's turn to be closed with 1001, spread over
+    /// the drain window so that clients do not all reconnect at once.
+    Drain,
 }
 
 impl Timer {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// In the order [`Timers::expired`] hands them out when several are due at once: the
     /// ones that end the connection first, so nothing is sent to a connection already ending.
     pub const ALL: [Timer; Self::COUNT] = [
@@ -81,6 +84,7 @@ impl Timer {
         Timer::Handshake,
         Timer::SendStall,
         Timer::Pong,
+        Timer::Drain,
         Timer::Idle,
         Timer::Backlog,
     ];

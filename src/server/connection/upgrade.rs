@@ -3,6 +3,7 @@
 //! application's say, permessage-deflate.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::proto::Role;
 use crate::proto::deflate::{self, Compressor, DeflateParams};
@@ -94,11 +95,35 @@ pub(super) fn answer<A: App>(
 /// The live status page at `/`: it reads `/metrics` itself.
 const STATUS_PAGE: &str = include_str!("../status.html");
 
-/// The body of a plain GET: the metrics, the status page, or the application's page.
+/// A shard that has not gone round its loop for this long is not alive.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
+
+/// The body of a plain GET: health, readiness, the metrics, the status page, or the
+/// application's page.
 fn page<A: App>(request: &Request, app: &A, shard: &ShardState) -> Vec<u8> {
     let mut response = Vec::new();
     let config = &shard.config;
-    if config.metrics && request.path() == "/metrics" {
+    let text = "text/plain; charset=utf-8";
+    if request.path() == "/healthz" {
+        let stalled = shard.health.stalled(STALL_LIMIT);
+        let (status, body) = match stalled.as_slice() {
+            [] => (
+                200,
+                format!("ok: {} shards turning\n", shard.health.shards()),
+            ),
+            stalled => (
+                503,
+                format!("shards {stalled:?} have not turned for {STALL_LIMIT:?}\n"),
+            ),
+        };
+        handshake::write_response(&mut response, status, text, &body);
+    } else if request.path() == "/readyz" {
+        let (status, body) = match shard.lifecycle.draining() {
+            false => (200, "ready\n"),
+            true => (503, "draining: the server is shutting down\n"),
+        };
+        handshake::write_response(&mut response, status, text, body);
+    } else if config.metrics && request.path() == "/metrics" {
         let topics = shard.topics.hub().directory.len() as u64;
         let metrics = shard.topics.registry().snapshot(topics).render();
         let kind = "text/plain; version=0.0.4; charset=utf-8";
