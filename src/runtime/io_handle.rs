@@ -94,8 +94,9 @@ impl Io {
             return;
         }
         slot.queue.push(bytes, droppable);
-        let actions = slot.queued();
-        self.apply(conn.slot, actions);
+        if slot.mark_dirty() {
+            self.dirty.push(conn.slot);
+        }
     }
 
     /// Drops `conn`'s oldest droppable messages not yet being written, until its queue
@@ -339,7 +340,16 @@ impl Io {
     }
 
     /// Carries out what a transition of slot `index` asked for.
+    #[inline]
     pub(super) fn apply(&mut self, index: u32, actions: Actions) {
+        if !actions.is_empty() {
+            self.carry_out(index, actions);
+        }
+    }
+
+    /// Out of line: most transitions ask for nothing, and the callers stay small.
+    #[inline(never)]
+    fn carry_out(&mut self, index: u32, actions: Actions) {
         let generation = self.slots[index as usize].generation;
         let conn = ConnId {
             slot: index,

@@ -91,14 +91,18 @@ impl Actions {
             self.push(action);
         }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl IntoIterator for Actions {
     type Item = Action;
-    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Action>, 6>>;
+    type IntoIter = std::iter::Flatten<std::iter::Take<std::array::IntoIter<Option<Action>, 6>>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.list.into_iter().flatten()
+        self.list.into_iter().take(self.len).flatten()
     }
 }
 
@@ -172,12 +176,18 @@ impl Slot {
         self.arm_recv()
     }
 
-    /// Bytes were queued: list the connection for this turn's flush.
-    pub fn queued(&mut self) -> Actions {
-        if std::mem::replace(&mut self.dirty, true) {
-            Actions::none()
-        } else {
+    /// Bytes were queued; whether the connection must be listed for this turn's flush (it
+    /// was not yet).
+    pub fn mark_dirty(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
+    }
+
+    /// Bytes are left to write: list the connection for this turn's flush.
+    fn queued(&mut self) -> Actions {
+        if self.mark_dirty() {
             Actions::one(Action::Flush)
+        } else {
+            Actions::none()
         }
     }
 
@@ -275,7 +285,7 @@ impl Slot {
             actions.push(Action::CancelSend);
         }
         let close = self.close_if_idle();
-        if close.len == 0 {
+        if close.is_empty() {
             actions.push(Action::StartTimer(timer::Kind::Cancel));
         }
         actions.extend(close);
