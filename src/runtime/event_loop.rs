@@ -188,9 +188,7 @@ impl<H: Handler> Shard<H> {
                 let data = self.buffers.filled(id, len);
                 match state {
                     (Phase::Open, false) => self.handler.on_data(&mut self.io, conn, data),
-                    (Phase::Open, true) => {
-                        self.io.slots[index as usize].stash.extend_from_slice(data);
-                    }
+                    (Phase::Open, true) => self.io.slots[index as usize].stash(data),
                     // Closing: whatever comes now is discarded.
                     _ => {}
                 }
@@ -213,8 +211,9 @@ impl<H: Handler> Shard<H> {
         if slot.paused {
             return;
         }
-        let mut stash = std::mem::take(&mut slot.stash);
-        if !stash.is_empty() && slot.phase == Phase::Open {
+        if let Some(mut stash) = slot.take_stash()
+            && slot.phase == Phase::Open
+        {
             self.handler.on_data(&mut self.io, conn, &mut stash);
         }
         if let Some(slot) = self.io.slot_for(conn.slot, conn.generation) {

@@ -34,9 +34,11 @@ pub struct Io {
     pub(super) drained: Vec<ConnId>,
     /// A descriptor closed this turn: parked accepts may go ahead.
     pub(super) slots_freed: bool,
-    /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS. Boxed: the kernel
-    /// reads a header by address while its send is in flight, so it must not move.
-    #[allow(clippy::vec_box)]
+    /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS.
+    #[allow(
+        clippy::vec_box,
+        reason = "the kernel reads a header by address while its send is in flight"
+    )]
     send_pool: Vec<Box<SendBuf>>,
     pub(super) live: usize,
     shard: usize,

@@ -59,10 +59,11 @@ pub struct Dropped {
 #[derive(Default)]
 pub(crate) struct SendQueue {
     chunks: VecDeque<Chunk>,
-    /// Bytes copied behind a sendmsg in flight, after every chunk: they grow here, where the
-    /// kernel never reads, and join `chunks` (sealed) when they must be sent or something is
-    /// queued behind them.
-    tail: Vec<u8>,
+    /// Bytes copied behind a sendmsg in flight, after every chunk, never empty: they grow
+    /// here, where the kernel never reads, and join `chunks` (sealed) when they must be sent
+    /// or something is queued behind them. Boxed: rare, and every idle slot has the field.
+    #[allow(clippy::box_collection, reason = "8 bytes in every slot instead of 24")]
+    tail: Option<Box<Vec<u8>>>,
     /// Bytes of the front chunk already written.
     head_offset: usize,
     /// What the queue costs, kept as bytes come and go.
@@ -82,7 +83,7 @@ impl SendQueue {
             return;
         }
         if droppable || self.sending.is_none() {
-            if !self.tail.is_empty() {
+            if self.tail.is_some() {
                 self.seal_tail();
             }
             self.cost += CHUNK_OVERHEAD + bytes.len();
@@ -95,21 +96,30 @@ impl SendQueue {
     /// Behind a sendmsg in flight: copies `bytes` to the tail, which starts anew once it
     /// holds OWNED_CHUNK_LIMIT.
     fn copy_to_tail(&mut self, bytes: &[u8]) {
-        if !self.tail.is_empty() && self.tail.len() + bytes.len() > OWNED_CHUNK_LIMIT {
+        if let Some(tail) = &self.tail
+            && tail.len() + bytes.len() > OWNED_CHUNK_LIMIT
+        {
             self.seal_tail();
         }
-        if self.tail.is_empty() {
-            self.cost += CHUNK_OVERHEAD;
-        }
-        let before = self.tail.capacity();
-        self.tail.extend_from_slice(bytes);
-        self.cost += self.tail.capacity() - before;
+        let tail = match &mut self.tail {
+            Some(tail) => tail,
+            None => {
+                self.cost += CHUNK_OVERHEAD;
+                self.tail.insert(Box::default())
+            }
+        };
+        let before = tail.capacity();
+        tail.extend_from_slice(bytes);
+        self.cost += tail.capacity() - before;
     }
 
     /// Moves the tail into `chunks`, trimmed to its length (then it costs what a chunk
     /// does).
     fn seal_tail(&mut self) {
-        let mut tail = std::mem::take(&mut self.tail);
+        let Some(tail) = self.tail.take() else {
+            return;
+        };
+        let mut tail = *tail;
         self.cost -= tail.capacity();
         tail.shrink_to_fit();
         self.cost += tail.len();
@@ -131,7 +141,7 @@ impl SendQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty() && self.tail.is_empty()
+        self.chunks.is_empty() && self.tail.is_none()
     }
 
     pub fn is_sending(&self) -> bool {
@@ -152,9 +162,7 @@ impl SendQueue {
     /// move when the deque does.
     pub fn start_send(&mut self, mut buf: Box<SendBuf>) -> *const libc::msghdr {
         debug_assert!(self.sending.is_none(), "one sendmsg at a time");
-        if !self.tail.is_empty() {
-            self.seal_tail();
-        }
+        self.seal_tail();
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
             let skip = if i == 0 { self.head_offset } else { 0 };
@@ -238,7 +246,7 @@ impl SendQueue {
     /// Drops everything no sendmsg is reading: the connection is closing and will send
     /// nothing more.
     pub fn discard_unsent(&mut self) {
-        self.tail = Vec::new();
+        self.tail = None;
         if self.sending.is_none() {
             self.chunks.clear();
             self.head_offset = 0;
@@ -278,8 +286,9 @@ mod tests {
     /// Every chunk's bytes, then the tail's.
     fn contents(queue: &SendQueue) -> Vec<&[u8]> {
         let chunks = queue.chunks.iter().map(|c| &c.bytes[..]);
-        let tail = Some(&queue.tail[..]).filter(|t| !t.is_empty());
-        chunks.chain(tail).collect()
+        chunks
+            .chain(queue.tail.as_deref().map(|t| &t[..]))
+            .collect()
     }
 
     #[test]
@@ -328,8 +337,9 @@ mod tests {
         }
         drop(block);
         assert_eq!(queue.chunks.len(), 1, "copies wait in the tail");
-        assert_eq!(queue.tail.len(), 20_000);
-        let expected = 5 + 2 * CHUNK_OVERHEAD + queue.tail.capacity();
+        let tail = queue.tail.as_ref().expect("a tail");
+        assert_eq!(tail.len(), 20_000);
+        let expected = 5 + 2 * CHUNK_OVERHEAD + tail.capacity();
         assert_eq!(queue.cost(), expected);
         assert!(queue.cost() < 2 * 20_000 + 3 * CHUNK_OVERHEAD);
         // Sent: one entry for ten thousand frames, trimmed to its length.

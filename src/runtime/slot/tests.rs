@@ -47,7 +47,7 @@ fn finish(slot: &mut Slot) -> CloseCause {
 fn a_slot_stays_small() {
     let size = std::mem::size_of::<Slot>();
     println!("runtime slot {size} B");
-    assert!(size <= 160, "{size}");
+    assert!(size <= 120, "{size}");
 }
 
 #[test]
