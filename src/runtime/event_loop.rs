@@ -105,7 +105,7 @@ impl<H: Handler> Shard<H> {
                 if self
                     .io
                     .slot_for(conn.slot, conn.generation)
-                    .map(|s| s.phase)
+                    .map(|s| s.phase())
                     == Some(Phase::Open)
                 {
                     self.handler.on_drained(&mut self.io, conn);
@@ -175,14 +175,11 @@ impl<H: Handler> Shard<H> {
 
     fn on_recv(&mut self, index: u32, generation: u32, result: i32, flags: u32) {
         let buffer = cqueue::buffer_select(flags);
-        let conn = ConnId {
-            slot: index,
-            generation,
-        };
+        let conn = ConnId::new(index, generation);
         let state = self
             .io
             .slot_for(index, generation)
-            .map(|s| (s.phase, s.paused));
+            .map(|s| (s.phase(), s.is_paused()));
         if let Some(id) = buffer {
             if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
                 let data = self.buffers.filled(id, len);
@@ -208,11 +205,11 @@ impl<H: Handler> Shard<H> {
         let Some(slot) = self.io.slot_for(conn.slot, conn.generation) else {
             return;
         };
-        if slot.paused {
+        if slot.is_paused() {
             return;
         }
         if let Some(mut stash) = slot.take_stash()
-            && slot.phase == Phase::Open
+            && slot.phase() == Phase::Open
         {
             self.handler.on_data(&mut self.io, conn, &mut stash);
         }
@@ -226,17 +223,14 @@ impl<H: Handler> Shard<H> {
         let mut fired = std::mem::take(&mut self.fired);
         self.io.timers.advance(self.io.now, &mut fired);
         for entry in fired.drain(..) {
-            let conn = ConnId {
-                slot: entry.index,
-                generation: entry.generation,
-            };
+            let conn = ConnId::new(entry.index, entry.generation);
             match entry.kind {
                 timer::Kind::AcceptRetry => self.acceptor.arm(entry.index, &mut self.io),
                 timer::Kind::Handler => {
                     let Some(slot) = self.io.slot_for(conn.slot, conn.generation) else {
                         continue;
                     };
-                    if slot.deadline == entry.due && slot.phase == Phase::Open {
+                    if slot.deadline == entry.due && slot.phase() == Phase::Open {
                         slot.deadline = 0;
                         self.handler.on_deadline(&mut self.io, conn);
                     }

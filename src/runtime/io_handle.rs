@@ -52,7 +52,7 @@ pub struct Io {
 fn slot_of(slots: &mut [Slot], conn: ConnId) -> Option<&mut Slot> {
     slots
         .get_mut(conn.slot as usize)
-        .filter(|slot| slot.generation == conn.generation && slot.is_live())
+        .filter(|slot| slot.generation() == conn.generation && slot.is_live())
 }
 
 impl Io {
@@ -116,7 +116,7 @@ impl Io {
     pub fn queued_bytes(&self, conn: ConnId) -> usize {
         self.slots
             .get(conn.slot as usize)
-            .filter(|slot| slot.generation == conn.generation)
+            .filter(|slot| slot.generation() == conn.generation)
             .map_or(0, |slot| slot.queue.cost())
     }
 
@@ -125,7 +125,7 @@ impl Io {
     pub fn written_bytes(&self, conn: ConnId) -> u64 {
         self.slots
             .get(conn.slot as usize)
-            .filter(|slot| slot.generation == conn.generation)
+            .filter(|slot| slot.generation() == conn.generation)
             .map_or(0, |slot| slot.queue.written())
     }
 
@@ -227,10 +227,7 @@ impl Io {
             return None;
         }
         let actions = slot.open();
-        let conn = ConnId {
-            slot: index,
-            generation: slot.generation,
-        };
+        let conn = ConnId::new(index, slot.generation());
         self.live += 1;
         self.apply(index, actions);
         Some(conn)
@@ -238,21 +235,14 @@ impl Io {
 
     /// The slot a completion of generation `generation` belongs to, if still there.
     pub(super) fn slot_for(&mut self, index: u32, generation: u32) -> Option<&mut Slot> {
-        slot_of(
-            &mut self.slots,
-            ConnId {
-                slot: index,
-                generation,
-            },
-        )
+        slot_of(&mut self.slots, ConnId::new(index, generation))
     }
 
     pub(super) fn on_send(&mut self, index: u32, generation: u32, result: i32) {
         let Some(slot) = self.slot_for(index, generation) else {
             return;
         };
-        let buf = slot.queue.complete(result);
-        let actions = slot.on_sent(result);
+        let (actions, buf) = slot.on_sent(result);
         // A burst (thousands of handshake answers at once) must not leave a spare buffer
         // behind for every connection that took part.
         if let Some(buf) = buf
@@ -275,10 +265,14 @@ impl Io {
     pub(super) fn on_closing_timer(&mut self, index: u32, generation: u32, kind: timer::Kind) {
         let reset = self.reset;
         if let Some(slot) = self.slot_for(index, generation) {
-            if kind == timer::Kind::Cancel {
-                tracing::warn!(slot = index, "cancelled requests outlived their bound");
-            }
             let actions = slot.on_timer(kind, reset);
+            if kind == timer::Kind::Cancel && !actions.is_empty() {
+                tracing::warn!(
+                    shard = self.shard,
+                    slot = index,
+                    "cancelled requests outlived their bound: shutting the socket down"
+                );
+            }
             self.apply(index, actions);
         }
     }
@@ -301,13 +295,7 @@ impl Io {
         );
         self.live -= 1;
         self.slots_freed = true;
-        Some((
-            ConnId {
-                slot: index,
-                generation,
-            },
-            cause,
-        ))
+        Some((ConnId::new(index, generation), cause))
     }
 
     /// Closes every connection still here, as the shutdown grace ran out.
@@ -331,7 +319,7 @@ impl Io {
             let send = opcode::SendMsg::new(Fixed(index), header)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
-                .user_data(pack(Op::Send, index, slot.generation));
+                .user_data(pack(Op::Send, index, slot.generation()));
             // SAFETY: `header` is the boxed SendBuf the slot's queue now holds as its send in
             // flight; it and the chunks its iovecs point into stay put and unchanged until
             // the completion hands the box back (`SendQueue::start_send`). The slot is not
@@ -352,11 +340,8 @@ impl Io {
     /// Out of line: most transitions ask for nothing, and the callers stay small.
     #[inline(never)]
     fn carry_out(&mut self, index: u32, actions: Actions) {
-        let generation = self.slots[index as usize].generation;
-        let conn = ConnId {
-            slot: index,
-            generation,
-        };
+        let generation = self.slots[index as usize].generation();
+        let conn = ConnId::new(index, generation);
         let fd = Fixed(index);
         let of = |op: Op| pack(op, index, generation);
         for action in actions {

@@ -46,6 +46,10 @@ pub struct ConnId {
 }
 
 impl ConnId {
+    fn new(slot: u32, generation: u32) -> Self {
+        Self { slot, generation }
+    }
+
     /// The direct-descriptor slot: dense, so it can index a table.
     pub fn slot(self) -> u32 {
         self.slot

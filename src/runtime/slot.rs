@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use super::CloseCause;
-use super::send_queue::SendQueue;
+use super::send_queue::{SendBuf, SendQueue};
 use super::timer;
 use super::user_data::next_generation;
 
@@ -113,13 +113,13 @@ impl std::fmt::Debug for Actions {
 }
 
 pub(crate) struct Slot {
-    pub generation: u32,
-    pub phase: Phase,
-    pub cause: CloseCause,
-    pub recv_armed: bool,
+    generation: u32,
+    phase: Phase,
+    cause: CloseCause,
+    recv_armed: bool,
     /// The handler paused reading (only an open connection's bytes are held back).
-    pub paused: bool,
-    pub peer_closed: bool,
+    paused: bool,
+    peer_closed: bool,
     close_submitted: bool,
     /// Requests other than recv and send that name the descriptor (shutdown, setsockopt).
     /// The close waits for them: io_uring may run unlinked requests out of order, and one
@@ -157,6 +157,18 @@ impl Default for Slot {
 }
 
 impl Slot {
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// Holds a connection, in any phase but `Free`.
     pub fn is_live(&self) -> bool {
         self.phase != Phase::Free
@@ -317,9 +329,13 @@ impl Slot {
         Actions::one(Action::Close)
     }
 
-    /// The sendmsg in flight completed with `result` (its buffer is already back from
-    /// [`SendQueue::complete`]).
-    pub fn on_sent(&mut self, result: i32) -> Actions {
+    /// The sendmsg in flight completed with `result`; its buffer comes back for reuse.
+    pub fn on_sent(&mut self, result: i32) -> (Actions, Option<Box<SendBuf>>) {
+        let buf = self.queue.complete(result);
+        (self.after_send(result), buf)
+    }
+
+    fn after_send(&mut self, result: i32) -> Actions {
         if result < 0 {
             return match self.phase {
                 Phase::Closing => self.close_if_idle(),

@@ -31,8 +31,9 @@ fn sending(slot: &mut Slot, bytes: &'static [u8]) {
 
 /// The sendmsg in flight completes with `result`.
 fn sent(slot: &mut Slot, result: i32) -> Vec<Action> {
-    slot.queue.complete(result);
-    actions(slot.on_sent(result))
+    let (list, buf) = slot.on_sent(result);
+    assert!(buf.is_some(), "the send's buffer comes back");
+    actions(list)
 }
 
 /// Follows a slot from a closing phase to free: completes the shutdown (and any
