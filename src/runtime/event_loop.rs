@@ -102,12 +102,7 @@ impl<H: Handler> Shard<H> {
                 self.resume(conn);
             }
             for conn in std::mem::take(&mut self.io.drained) {
-                if self
-                    .io
-                    .slot_for(conn.slot, conn.generation)
-                    .map(|s| s.phase())
-                    == Some(Phase::Open)
-                {
+                if self.io.is_open(conn) {
                     self.handler.on_drained(&mut self.io, conn);
                 }
             }

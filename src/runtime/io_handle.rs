@@ -10,7 +10,7 @@ use io_uring::types::Fixed;
 use super::buf_ring::BUFFER_GROUP;
 use super::ring::{self, Ring};
 use super::send_queue::{Dropped, SendBuf};
-use super::slot::{Action, Actions, CANCEL_BOUND, Slot};
+use super::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
 use super::timer::{self, TimerWheel};
 use super::user_data::{Op, pack};
 use super::{CloseCause, ConnId};
@@ -231,6 +231,13 @@ impl Io {
         self.live += 1;
         self.apply(index, actions);
         Some(conn)
+    }
+
+    /// Whether `conn` is still there and open (not closing).
+    pub(super) fn is_open(&self, conn: ConnId) -> bool {
+        self.slots
+            .get(conn.slot as usize)
+            .is_some_and(|slot| slot.generation() == conn.generation && slot.phase() == Phase::Open)
     }
 
     /// The slot a completion of generation `generation` belongs to, if still there.
