@@ -21,8 +21,8 @@ pub const CHUNK_OVERHEAD: usize = 64;
 /// Chunks one sendmsg takes at most; more wait for the next.
 pub(crate) const MAX_IOV: usize = 64;
 
-/// An owned buffer takes appended bytes until it holds this many; then a new one starts, so
-/// growing never copies much at once.
+/// The tail takes copied bytes until it holds this many; then it joins the queue and a new
+/// one starts, so growing never copies much at once.
 const OWNED_CHUNK_LIMIT: usize = 64 << 10;
 
 /// The memory of a sendmsg in flight, which must stay put until its completion.
@@ -39,34 +39,12 @@ impl SendBuf {
     }
 }
 
-/// Bytes queued for a connection.
-enum Chunk {
-    /// The caller's bytes, written without a copy.
-    Shared(Bytes),
+/// Bytes queued for a connection, written from the caller's `Bytes` without a copy.
+struct Chunk {
+    bytes: Bytes,
     /// A whole message the sender can afford to lose (pub/sub) when the reader is too slow;
     /// shared by many connections, so never copied.
-    Droppable(Bytes),
-    /// Bytes copied while a sendmsg was in flight, coalesced. Only the queue's last chunk
-    /// grows, and only while no sendmsg covers it.
-    Owned(Vec<u8>),
-}
-
-impl Chunk {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Shared(bytes) | Self::Droppable(bytes) => bytes,
-            Self::Owned(vec) => vec,
-        }
-    }
-
-    /// What the chunk costs while `written` of its bytes are already sent.
-    fn cost(&self, written: usize) -> usize {
-        CHUNK_OVERHEAD
-            + match self {
-                Self::Shared(bytes) | Self::Droppable(bytes) => bytes.len() - written,
-                Self::Owned(vec) => vec.capacity(),
-            }
-    }
+    droppable: bool,
 }
 
 /// What [`Io::drop_oldest`](super::Io::drop_oldest) removed.
@@ -81,9 +59,14 @@ pub struct Dropped {
 #[derive(Default)]
 pub(crate) struct SendQueue {
     chunks: VecDeque<Chunk>,
+    /// Bytes copied behind a sendmsg in flight, after every chunk, never empty: they grow
+    /// here, where the kernel never reads, and join `chunks` (sealed) when they must be sent
+    /// or something is queued behind them. Boxed: rare, and every idle slot has the field.
+    #[allow(clippy::box_collection, reason = "8 bytes in every slot instead of 24")]
+    tail: Option<Box<Vec<u8>>>,
     /// Bytes of the front chunk already written.
     head_offset: usize,
-    /// Every chunk's cost, kept as chunks come and go.
+    /// What the queue costs, kept as bytes come and go.
     cost: usize,
     /// Front chunks the sendmsg in flight covers: they must stay, unchanged, until it
     /// completes.
@@ -99,30 +82,51 @@ impl SendQueue {
         if bytes.is_empty() {
             return;
         }
-        if droppable {
-            return self.push_chunk(Chunk::Droppable(bytes));
-        }
-        if self.sending.is_none() {
-            return self.push_chunk(Chunk::Shared(bytes));
-        }
-        // Behind a sendmsg in flight: copy, appending to the last owned buffer when the
-        // kernel is not reading it.
-        let tail_in_flight = self.chunks.len() <= usize::from(self.in_flight);
-        if !tail_in_flight
-            && let Some(Chunk::Owned(vec)) = self.chunks.back_mut()
-            && vec.len() + bytes.len() <= OWNED_CHUNK_LIMIT
-        {
-            let before = vec.capacity();
-            vec.extend_from_slice(&bytes);
-            self.cost += vec.capacity() - before;
+        if droppable || self.sending.is_none() {
+            if self.tail.is_some() {
+                self.seal_tail();
+            }
+            self.cost += CHUNK_OVERHEAD + bytes.len();
+            self.chunks.push_back(Chunk { bytes, droppable });
             return;
         }
-        self.push_chunk(Chunk::Owned(bytes.to_vec()));
+        self.copy_to_tail(&bytes);
     }
 
-    fn push_chunk(&mut self, chunk: Chunk) {
-        self.cost += chunk.cost(0);
-        self.chunks.push_back(chunk);
+    /// Behind a sendmsg in flight: copies `bytes` to the tail, which starts anew once it
+    /// holds OWNED_CHUNK_LIMIT.
+    fn copy_to_tail(&mut self, bytes: &[u8]) {
+        if let Some(tail) = &self.tail
+            && tail.len() + bytes.len() > OWNED_CHUNK_LIMIT
+        {
+            self.seal_tail();
+        }
+        let tail = match &mut self.tail {
+            Some(tail) => tail,
+            None => {
+                self.cost += CHUNK_OVERHEAD;
+                self.tail.insert(Box::default())
+            }
+        };
+        let before = tail.capacity();
+        tail.extend_from_slice(bytes);
+        self.cost += tail.capacity() - before;
+    }
+
+    /// Moves the tail into `chunks`, trimmed to its length (then it costs what a chunk
+    /// does).
+    fn seal_tail(&mut self) {
+        let Some(tail) = self.tail.take() else {
+            return;
+        };
+        let mut tail = *tail;
+        self.cost -= tail.capacity();
+        tail.shrink_to_fit();
+        self.cost += tail.len();
+        self.chunks.push_back(Chunk {
+            bytes: Bytes::from(tail),
+            droppable: false,
+        });
     }
 
     /// What the queue costs: payload not yet written, [`CHUNK_OVERHEAD`] per chunk, and the
@@ -137,7 +141,7 @@ impl SendQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.tail.is_none()
     }
 
     pub fn is_sending(&self) -> bool {
@@ -146,7 +150,7 @@ impl SendQueue {
 
     /// Nothing queued and nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.chunks.is_empty() && self.sending.is_none()
+        self.is_empty() && self.sending.is_none()
     }
 
     /// Points `buf` at the front chunks and keeps it as the sendmsg in flight; returns the
@@ -154,14 +158,15 @@ impl SendQueue {
     ///
     /// The header, its iovecs and the bytes they point to stay valid and unchanged until
     /// [`SendQueue::complete`]: `buf` is boxed and held here, covered chunks are neither
-    /// dropped, consumed nor appended to, and the heap memory of `Bytes` and `Vec` does not
+    /// dropped nor consumed before, `Bytes` never change, and their heap memory does not
     /// move when the deque does.
     pub fn start_send(&mut self, mut buf: Box<SendBuf>) -> *const libc::msghdr {
         debug_assert!(self.sending.is_none(), "one sendmsg at a time");
+        self.seal_tail();
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
             let skip = if i == 0 { self.head_offset } else { 0 };
-            let bytes = &chunk.bytes()[skip..];
+            let bytes = &chunk.bytes[skip..];
             buf.iov[i] = libc::iovec {
                 iov_base: bytes.as_ptr().cast_mut().cast(),
                 iov_len: bytes.len(),
@@ -193,18 +198,16 @@ impl SendQueue {
             let Some(front) = self.chunks.front() else {
                 break;
             };
-            let left = front.bytes().len() - self.head_offset;
-            let taken = written.min(left);
-            let cost_before = front.cost(self.head_offset);
-            written -= taken;
-            if taken == left {
-                self.cost -= cost_before;
-                self.head_offset = 0;
-                self.chunks.pop_front();
-            } else {
-                self.head_offset += taken;
-                self.cost -= cost_before - front.cost(self.head_offset);
+            let left = front.bytes.len() - self.head_offset;
+            if written < left {
+                self.cost -= written;
+                self.head_offset += written;
+                return;
             }
+            written -= left;
+            self.cost -= left + CHUNK_OVERHEAD;
+            self.head_offset = 0;
+            self.chunks.pop_front();
         }
     }
 
@@ -226,12 +229,12 @@ impl SendQueue {
         let mut dropped = Dropped::default();
         let mut at = self.protected();
         while self.cost > low_water && at < self.chunks.len() {
-            if !matches!(self.chunks[at], Chunk::Droppable(_)) {
+            if !self.chunks[at].droppable {
                 at += 1;
                 continue;
             }
             if let Some(chunk) = self.chunks.remove(at) {
-                let cost = chunk.cost(0);
+                let cost = chunk.bytes.len() + CHUNK_OVERHEAD;
                 self.cost -= cost;
                 dropped.chunks += 1;
                 dropped.bytes += cost;
@@ -243,16 +246,21 @@ impl SendQueue {
     /// Drops everything no sendmsg is reading: the connection is closing and will send
     /// nothing more.
     pub fn discard_unsent(&mut self) {
+        self.tail = None;
         if self.sending.is_none() {
             self.chunks.clear();
             self.head_offset = 0;
             self.cost = 0;
             return;
         }
-        // The front chunk is in flight, so none of these is partly written.
-        for chunk in self.chunks.drain(usize::from(self.in_flight)..) {
-            self.cost -= chunk.cost(0);
-        }
+        self.chunks.truncate(usize::from(self.in_flight));
+        // What is left is in flight, partly written perhaps.
+        self.cost = self
+            .chunks
+            .iter()
+            .map(|c| c.bytes.len() + CHUNK_OVERHEAD)
+            .sum::<usize>()
+            - self.head_offset;
     }
 }
 
@@ -275,8 +283,12 @@ mod tests {
         unsafe { std::slice::from_raw_parts(buf.iov[i].iov_base as *const u8, buf.iov[i].iov_len) }
     }
 
+    /// Every chunk's bytes, then the tail's.
     fn contents(queue: &SendQueue) -> Vec<&[u8]> {
-        queue.chunks.iter().map(Chunk::bytes).collect()
+        let chunks = queue.chunks.iter().map(|c| &c.bytes[..]);
+        chunks
+            .chain(queue.tail.as_deref().map(|t| &t[..]))
+            .collect()
     }
 
     #[test]
@@ -324,23 +336,27 @@ mod tests {
             queue.push(block.slice(0..2), false);
         }
         drop(block);
-        assert_eq!(queue.chunks.len(), 2, "one entry for ten thousand frames");
-        let Chunk::Owned(owned) = &queue.chunks[1] else {
-            panic!("behind a send in flight, bytes are owned");
-        };
-        assert_eq!(owned.len(), 20_000);
-        let expected = 5 + 2 * CHUNK_OVERHEAD + owned.capacity();
+        assert_eq!(queue.chunks.len(), 1, "copies wait in the tail");
+        let tail = queue.tail.as_ref().expect("a tail");
+        assert_eq!(tail.len(), 20_000);
+        let expected = 5 + 2 * CHUNK_OVERHEAD + tail.capacity();
         assert_eq!(queue.cost(), expected);
         assert!(queue.cost() < 2 * 20_000 + 3 * CHUNK_OVERHEAD);
+        // Sent: one entry for ten thousand frames, trimmed to its length.
+        queue.complete(5);
+        queue.start_send(SendBuf::new());
+        assert_eq!(queue.chunks.len(), 1);
+        assert_eq!(iov(&queue, 0).len(), 20_000);
+        assert_eq!(queue.cost(), 20_000 + CHUNK_OVERHEAD);
     }
 
     #[test]
-    fn owned_bytes_the_kernel_reads_are_never_appended_to() {
+    fn copied_bytes_the_kernel_reads_are_never_appended_to() {
         let mut queue = queue_of(&[(b"a", false)]);
         queue.start_send(SendBuf::new());
         queue.push(Bytes::from_static(b"bb"), false);
         queue.complete(0);
-        // The owned "bb" is now in flight, with its address in the kernel's hands.
+        // The copied "bb" is now in flight, with its address in the kernel's hands.
         queue.start_send(SendBuf::new());
         let address = iov(&queue, 1).as_ptr();
         queue.push(Bytes::from_static(b"cc"), false);
@@ -350,7 +366,28 @@ mod tests {
     }
 
     #[test]
-    fn owned_buffers_stop_growing_at_their_limit() {
+    fn order_holds_across_copies_and_shared_bytes() {
+        let mut queue = queue_of(&[(b"1", false)]);
+        queue.start_send(SendBuf::new());
+        queue.push(Bytes::from_static(b"2"), false); // copied
+        queue.push(Bytes::from_static(b"3"), true); // shared, behind the copy
+        queue.push(Bytes::from_static(b"4"), false); // copied again
+        queue.complete(1);
+        queue.push(Bytes::from_static(b"5"), false); // nothing in flight: shared
+        assert_eq!(contents(&queue), [&b"2"[..], b"3", b"4", b"5"]);
+        let mut all = Vec::new();
+        queue.start_send(SendBuf::new());
+        for i in 0..4 {
+            all.extend_from_slice(iov(&queue, i));
+        }
+        assert_eq!(all, b"2345");
+        queue.complete(4);
+        assert!(queue.is_idle());
+        assert_eq!(queue.cost(), 0);
+    }
+
+    #[test]
+    fn copies_stop_growing_at_their_limit() {
         let mut queue = queue_of(&[(b"a", false)]);
         queue.start_send(SendBuf::new());
         let piece = Bytes::from(vec![1u8; 1000]);
@@ -358,8 +395,9 @@ mod tests {
             queue.push(piece.clone(), false);
         }
         let per_buffer = OWNED_CHUNK_LIMIT / 1000;
-        assert_eq!(queue.chunks.len(), 1 + 200usize.div_ceil(per_buffer));
-        let payload: usize = queue.chunks.iter().map(|c| c.bytes().len()).sum();
+        let buffers = contents(&queue).len() - 1;
+        assert_eq!(buffers, 200usize.div_ceil(per_buffer));
+        let payload: usize = contents(&queue).iter().map(|c| c.len()).sum();
         assert_eq!(payload, 200_001);
     }
 
@@ -369,7 +407,8 @@ mod tests {
         let mut queue = queue_of(&[(b"a", false)]);
         queue.start_send(SendBuf::new());
         queue.push(message.clone(), true);
-        assert!(matches!(&queue.chunks[1], Chunk::Droppable(b) if b.as_ptr() == message.as_ptr()));
+        let chunk = &queue.chunks[1];
+        assert!(chunk.droppable && chunk.bytes.as_ptr() == message.as_ptr());
     }
 
     #[test]
@@ -434,6 +473,15 @@ mod tests {
         queue.push(Bytes::from_static(b"cc"), false);
         queue.discard_unsent();
         assert_eq!(contents(&queue), [&b"aaaa"[..], b"bbbb"]);
+        assert_eq!(queue.cost(), 8 + 2 * CHUNK_OVERHEAD);
+        queue.complete(2);
+        queue.start_send(SendBuf::new());
+        queue.discard_unsent();
+        assert_eq!(
+            queue.cost(),
+            6 + 2 * CHUNK_OVERHEAD,
+            "partly written, all in flight"
+        );
         queue.complete(-libc::ECANCELED);
         queue.discard_unsent();
         assert!(queue.is_idle());
