@@ -96,6 +96,12 @@ impl<H: Handler> Shard<H> {
             self.io.now = Instant::now();
             self.health.beat(self.io.shard(), self.io.now);
             self.handle_completions();
+            if !self.io.sent_tags.is_empty() {
+                let tags = std::mem::take(&mut self.io.sent_tags);
+                self.handler.on_sent(&mut self.io, &tags);
+                self.io.sent_tags = tags;
+                self.io.sent_tags.clear();
+            }
             self.fire_deadlines();
             self.acceptor.arm_parked(&mut self.io);
             self.read_mail();

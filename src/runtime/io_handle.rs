@@ -9,7 +9,7 @@ use io_uring::types::Fixed;
 
 use super::buf_ring::BUFFER_GROUP;
 use super::ring::{self, Ring};
-use super::send_queue::{Dropped, SendBuf};
+use super::send_queue::{Dropped, SendBuf, Tag};
 use super::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
 use super::timer::{self, TimerWheel};
 use super::user_data::{Op, pack};
@@ -32,6 +32,8 @@ pub struct Io {
     pub(super) rearm: Vec<ConnId>,
     /// Connections that wrote out their whole queue this turn.
     pub(super) drained: Vec<ConnId>,
+    /// Tags of chunks the kernel finished taking this turn.
+    pub(super) sent_tags: Vec<Tag>,
     /// A descriptor closed this turn: parked accepts may go ahead.
     pub(super) slots_freed: bool,
     /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS.
@@ -66,6 +68,7 @@ impl Io {
             dirty: Vec::new(),
             rearm: Vec::new(),
             drained: Vec::new(),
+            sent_tags: Vec::new(),
             slots_freed: false,
             send_pool: Vec::new(),
             live: 0,
@@ -79,23 +82,30 @@ impl Io {
     /// Queues `bytes` for `conn`. They are written in order, with everything else queued for
     /// it, in one sendmsg at the end of the loop turn.
     pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
-        self.enqueue(conn, bytes, false);
+        self.enqueue(conn, bytes, false, None);
     }
 
     /// Like [`Io::send`], for a whole message that [`Io::drop_oldest`] may drop unsent. It
     /// is never copied: share it between connections freely.
     pub fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
-        self.enqueue(conn, bytes, true);
+        self.enqueue(conn, bytes, true, None);
     }
 
-    fn enqueue(&mut self, conn: ConnId, bytes: Bytes, droppable: bool) {
+    /// Like [`Io::send_droppable`], with a tag the handler hears back
+    /// ([`Handler::on_sent`](super::Handler::on_sent)) once the kernel has taken the whole
+    /// message; a dropped message's tag never comes back.
+    pub fn send_tagged(&mut self, conn: ConnId, bytes: Bytes, tag: Tag) {
+        self.enqueue(conn, bytes, true, Some(tag));
+    }
+
+    fn enqueue(&mut self, conn: ConnId, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
         let Some(slot) = slot_of(&mut self.slots, conn) else {
             return;
         };
         if bytes.is_empty() || !slot.accepts_bytes() {
             return;
         }
-        slot.queue.push(bytes, droppable);
+        slot.queue.push_tagged(bytes, droppable, tag);
         if slot.mark_dirty() {
             self.dirty.push(conn.slot);
         }
@@ -246,10 +256,10 @@ impl Io {
     }
 
     pub(super) fn on_send(&mut self, index: u32, generation: u32, result: i32) {
-        let Some(slot) = self.slot_for(index, generation) else {
+        let Some(slot) = slot_of(&mut self.slots, ConnId::new(index, generation)) else {
             return;
         };
-        let (actions, buf) = slot.on_sent(result);
+        let (actions, buf) = slot.on_sent(result, &mut self.sent_tags);
         // A burst (thousands of handshake answers at once) must not leave a spare buffer
         // behind for every connection that took part.
         if let Some(buf) = buf

@@ -45,7 +45,13 @@ struct Chunk {
     /// A whole message the sender can afford to lose (pub/sub) when the reader is too slow;
     /// shared by many connections, so never copied.
     droppable: bool,
+    /// The sender's tag, handed back once the kernel has taken the whole chunk.
+    tag: Option<Tag>,
 }
+
+/// An opaque number a sender attaches to a chunk, to hear when the kernel has taken all of
+/// it (the server stamps published messages with their publish time).
+pub type Tag = std::num::NonZeroU32;
 
 /// What [`Io::drop_oldest`](super::Io::drop_oldest) removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,7 +84,14 @@ pub(crate) struct SendQueue {
 
 impl SendQueue {
     /// Queues `bytes` behind everything else.
+    #[cfg(test)]
     pub fn push(&mut self, bytes: Bytes, droppable: bool) {
+        self.push_tagged(bytes, droppable, None);
+    }
+
+    /// Queues `bytes`; `tag`, if any, comes back from [`SendQueue::complete`] once they are
+    /// all written (a tagged chunk is never copied, so droppable ones only).
+    pub fn push_tagged(&mut self, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
         if bytes.is_empty() {
             return;
         }
@@ -87,7 +100,11 @@ impl SendQueue {
                 self.seal_tail();
             }
             self.cost += CHUNK_OVERHEAD + bytes.len();
-            self.chunks.push_back(Chunk { bytes, droppable });
+            self.chunks.push_back(Chunk {
+                bytes,
+                droppable,
+                tag: tag.filter(|_| droppable),
+            });
             return;
         }
         self.copy_to_tail(&bytes);
@@ -126,6 +143,7 @@ impl SendQueue {
         self.chunks.push_back(Chunk {
             bytes: Bytes::from(tail),
             droppable: false,
+            tag: None,
         });
     }
 
@@ -181,19 +199,19 @@ impl SendQueue {
         header
     }
 
-    /// The sendmsg in flight completed with `result`: drops what it wrote, and gives its
-    /// buffer back for reuse.
-    pub fn complete(&mut self, result: i32) -> Option<Box<SendBuf>> {
+    /// The sendmsg in flight completed with `result`: drops what it wrote (adding the tags
+    /// of the chunks it finished to `tags`), and gives its buffer back for reuse.
+    pub fn complete(&mut self, result: i32, tags: &mut Vec<Tag>) -> Option<Box<SendBuf>> {
         self.in_flight = 0;
         if let Ok(written) = usize::try_from(result) {
             self.written += written as u64;
-            self.consume(written);
+            self.consume(written, tags);
         }
         self.sending.take()
     }
 
     /// Drops `written` bytes from the front.
-    fn consume(&mut self, mut written: usize) {
+    fn consume(&mut self, mut written: usize, tags: &mut Vec<Tag>) {
         while written > 0 {
             let Some(front) = self.chunks.front() else {
                 break;
@@ -207,7 +225,9 @@ impl SendQueue {
             written -= left;
             self.cost -= left + CHUNK_OVERHEAD;
             self.head_offset = 0;
-            self.chunks.pop_front();
+            if let Some(tag) = self.chunks.pop_front().and_then(|chunk| chunk.tag) {
+                tags.push(tag);
+            }
         }
     }
 
@@ -296,10 +316,10 @@ mod tests {
         let mut queue = queue_of(&[(b"hello ", false), (b"world", true)]);
         assert_eq!(queue.cost(), 11 + 2 * CHUNK_OVERHEAD);
         queue.start_send(SendBuf::new());
-        queue.complete(8); // "hello wo"
+        queue.complete(8, &mut Vec::new()); // "hello wo"
         assert_eq!(queue.cost(), 3 + CHUNK_OVERHEAD);
         queue.start_send(SendBuf::new());
-        queue.complete(3);
+        queue.complete(3, &mut Vec::new());
         assert_eq!(queue.cost(), 0);
         assert!(queue.is_idle());
         assert_eq!(queue.written(), 11);
@@ -309,11 +329,11 @@ mod tests {
     fn short_writes_resume_where_they_stopped() {
         let mut queue = queue_of(&[(b"hello ", false), (b"big ", false), (b"world", false)]);
         queue.start_send(SendBuf::new());
-        queue.complete(8); // "hello bi"
+        queue.complete(8, &mut Vec::new()); // "hello bi"
         queue.start_send(SendBuf::new());
         assert_eq!(iov(&queue, 0), b"g ");
         assert_eq!(iov(&queue, 1), b"world");
-        queue.complete(7);
+        queue.complete(7, &mut Vec::new());
         assert!(queue.is_idle());
     }
 
@@ -343,7 +363,7 @@ mod tests {
         assert_eq!(queue.cost(), expected);
         assert!(queue.cost() < 2 * 20_000 + 3 * CHUNK_OVERHEAD);
         // Sent: one entry for ten thousand frames, trimmed to its length.
-        queue.complete(5);
+        queue.complete(5, &mut Vec::new());
         queue.start_send(SendBuf::new());
         assert_eq!(queue.chunks.len(), 1);
         assert_eq!(iov(&queue, 0).len(), 20_000);
@@ -355,7 +375,7 @@ mod tests {
         let mut queue = queue_of(&[(b"a", false)]);
         queue.start_send(SendBuf::new());
         queue.push(Bytes::from_static(b"bb"), false);
-        queue.complete(0);
+        queue.complete(0, &mut Vec::new());
         // The copied "bb" is now in flight, with its address in the kernel's hands.
         queue.start_send(SendBuf::new());
         let address = iov(&queue, 1).as_ptr();
@@ -372,7 +392,7 @@ mod tests {
         queue.push(Bytes::from_static(b"2"), false); // copied
         queue.push(Bytes::from_static(b"3"), true); // shared, behind the copy
         queue.push(Bytes::from_static(b"4"), false); // copied again
-        queue.complete(1);
+        queue.complete(1, &mut Vec::new());
         queue.push(Bytes::from_static(b"5"), false); // nothing in flight: shared
         assert_eq!(contents(&queue), [&b"2"[..], b"3", b"4", b"5"]);
         let mut all = Vec::new();
@@ -381,7 +401,7 @@ mod tests {
             all.extend_from_slice(iov(&queue, i));
         }
         assert_eq!(all, b"2345");
-        queue.complete(4);
+        queue.complete(4, &mut Vec::new());
         assert!(queue.is_idle());
         assert_eq!(queue.cost(), 0);
     }
@@ -422,7 +442,7 @@ mod tests {
         queue.start_send(SendBuf::new());
         // The sendmsg covering all four is in flight: nothing may go.
         assert_eq!(queue.drop_oldest(0), Dropped::default());
-        queue.complete(2); // "aa" written, "aa" left
+        queue.complete(2, &mut Vec::new()); // "aa" written, "aa" left
         let each = 4 + CHUNK_OVERHEAD;
         assert_eq!(queue.cost(), 2 + CHUNK_OVERHEAD + 3 * each);
         // Partly written "aa" and the non-droppable "bbbb" stay; "cccc" goes first.
@@ -474,7 +494,7 @@ mod tests {
         queue.discard_unsent();
         assert_eq!(contents(&queue), [&b"aaaa"[..], b"bbbb"]);
         assert_eq!(queue.cost(), 8 + 2 * CHUNK_OVERHEAD);
-        queue.complete(2);
+        queue.complete(2, &mut Vec::new());
         queue.start_send(SendBuf::new());
         queue.discard_unsent();
         assert_eq!(
@@ -482,9 +502,32 @@ mod tests {
             6 + 2 * CHUNK_OVERHEAD,
             "partly written, all in flight"
         );
-        queue.complete(-libc::ECANCELED);
+        queue.complete(-libc::ECANCELED, &mut Vec::new());
         queue.discard_unsent();
         assert!(queue.is_idle());
         assert_eq!(queue.cost(), 0);
+    }
+
+    #[test]
+    fn a_tag_comes_back_once_its_whole_chunk_is_written_and_never_if_dropped() {
+        let tag = |n| Tag::new(n).expect("non-zero");
+        let mut queue = SendQueue::default();
+        queue.push_tagged(Bytes::from_static(b"first"), true, Some(tag(1)));
+        queue.push_tagged(Bytes::from_static(b"second"), true, Some(tag(2)));
+        queue.push_tagged(Bytes::from_static(b"third"), true, Some(tag(3)));
+        let mut tags = Vec::new();
+        queue.start_send(SendBuf::new());
+        queue.complete(3, &mut tags);
+        assert!(tags.is_empty(), "\"first\" is only partly written");
+        queue.start_send(SendBuf::new());
+        queue.complete(2 + 6, &mut tags);
+        assert_eq!(tags, [tag(1), tag(2)]);
+        assert_eq!(
+            queue.drop_oldest(0).chunks,
+            1,
+            "\"third\" is dropped unsent"
+        );
+        assert!(queue.is_empty());
+        assert_eq!(tags, [tag(1), tag(2)]);
     }
 }

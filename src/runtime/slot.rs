@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use super::CloseCause;
-use super::send_queue::{SendBuf, SendQueue};
+use super::send_queue::{SendBuf, SendQueue, Tag};
 use super::timer;
 use super::user_data::next_generation;
 
@@ -330,8 +330,9 @@ impl Slot {
     }
 
     /// The sendmsg in flight completed with `result`; its buffer comes back for reuse.
-    pub fn on_sent(&mut self, result: i32) -> (Actions, Option<Box<SendBuf>>) {
-        let buf = self.queue.complete(result);
+    /// A sendmsg completed; the tags of the chunks it finished go to `tags`.
+    pub fn on_sent(&mut self, result: i32, tags: &mut Vec<Tag>) -> (Actions, Option<Box<SendBuf>>) {
+        let buf = self.queue.complete(result, tags);
         (self.after_send(result), buf)
     }
 

@@ -31,7 +31,7 @@ fn sending(slot: &mut Slot, bytes: &'static [u8]) {
 
 /// The sendmsg in flight completes with `result`.
 fn sent(slot: &mut Slot, result: i32) -> Vec<Action> {
-    let (list, buf) = slot.on_sent(result);
+    let (list, buf) = slot.on_sent(result, &mut Vec::new());
     assert!(buf.is_some(), "the send's buffer comes back");
     actions(list)
 }
