@@ -1,8 +1,9 @@
 //! `ringws-loadgen`: load generator for WebSocket servers.
 //!
 //! Every virtual client speaks RFC 6455 through `ringws::proto`; its protocol state and
-//! accounting live in [`client`], sans-io, driven by tokio-uring [`tasks`], thread-per-core,
-//! over a [`link`] (a plain socket or the simulated network).
+//! accounting live in [`client`], sans-io, driven thread-per-core by an io_uring [`engine`]
+//! (plain links: no task per connection, batched submissions) or by tokio-uring [`tasks`]
+//! over the simulated network of [`link`].
 //! Every message carries its sender, sequence number, timestamp and checksum, so the report
 //! counts loss, duplication, reordering and corruption, not only speed.
 
@@ -15,6 +16,7 @@ mod cpu;
 mod cycle;
 mod display;
 mod drive;
+mod engine;
 mod html;
 mod link;
 mod messages;

@@ -108,6 +108,18 @@ impl Plan {
         })
     }
 
+    /// Whether every connection runs unshaped, so the io_uring engine can run it rather
+    /// than the link model's tasks.
+    pub fn unshaped(&self) -> bool {
+        self.mix.profiles().all(Profile::is_ideal)
+    }
+
+    /// Whether connections open once and then do what their [`Behaviour`] says (`echo`,
+    /// `hold`, `fanout`), rather than reconnect.
+    pub fn behaviour_driven(&self) -> bool {
+        !matches!(self.workload, Workload::Handshake | Workload::Churn(_))
+    }
+
     /// Connection `id` will not publish after all (it could not connect): its count of
     /// zero is final.
     pub fn gave_up(&self, id: u32) {

@@ -138,6 +138,8 @@ impl Report<'_> {
                 "bytes_received": s.bytes_received,
                 "bytes_sent_per_message": (sent_per_message * 10.0).round() / 10.0,
                 "bytes_received_per_message": (received_per_message * 10.0).round() / 10.0,
+                "writes": s.writes,
+                "reads": s.reads,
             },
             "negotiated": {
                 "protocol": s.protocol,
@@ -184,8 +186,12 @@ impl Report<'_> {
         );
         if s.messages_sent > 0 {
             let (sent, received) = self.wire_per_message();
+            let per = |messages: u64, calls: u64| messages as f64 / calls.max(1) as f64;
             println!(
-                "wire            {sent:.1} B per message sent, {received:.1} B per message received"
+                "wire            {sent:.1} B per message sent, {received:.1} B per message \
+                 received; {:.1} messages per write, {:.1} per read",
+                per(s.messages_sent, s.writes),
+                per(s.messages_received, s.reads),
             );
         }
         println!(

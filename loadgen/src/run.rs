@@ -1,4 +1,5 @@
-//! The worker threads: each holds its share of the connections on tokio-uring tasks,
+//! The worker threads: each holds its share of the connections, on the io_uring engine
+//! (plain links) or as tokio-uring tasks (shaped links, and the scenarios that reconnect),
 //! steered through the phases by the main thread. Each returns what it measured.
 
 use std::cell::{Cell, RefCell};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
 use crate::cycle;
+use crate::engine;
 use crate::open::open_recorded;
 use crate::plan::{Phase, Plan, Workload};
 use crate::stats::Stats;
@@ -41,6 +43,13 @@ pub fn worker(
     progress: Arc<Progress>,
 ) -> Vec<Stats> {
     let ids = plan.ids_of_thread(index);
+    if plan.unshaped() && plan.behaviour_driven() {
+        match engine::run(&plan, &ids, phase.clone(), &progress) {
+            Ok(stats) => return stats,
+            // No usable io_uring for the engine: the same connections as tasks.
+            Err(error) => tracing_free_warning(&error),
+        }
+    }
     let entries = (ids.len() as u32 * 2)
         .clamp(256, 32 * 1024)
         .next_power_of_two();
@@ -126,6 +135,10 @@ async fn run_tasks(
     let stats: Vec<Stats> = buckets.iter().map(|b| b.borrow().clone()).collect();
     publish(stats.iter(), &progress, &published);
     stats
+}
+
+fn tracing_free_warning(error: &std::io::Error) {
+    eprintln!("ringws-loadgen: the io_uring engine is unavailable ({error}); using tasks");
 }
 
 /// This thread's share of the ramp: connections started per second.

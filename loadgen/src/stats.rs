@@ -30,6 +30,10 @@ pub struct Stats {
     /// wire, compressed when permessage-deflate is on.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Socket writes and reads that moved those bytes: messages per call show how well
+    /// the generator batches.
+    pub writes: u64,
+    pub reads: u64,
     /// `churn`: connections closed to be opened again.
     pub reconnects: u64,
     /// `churn`: the longest a client took to reconnect after the storm.
@@ -67,6 +71,8 @@ impl Default for Stats {
             messages_lost: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            writes: 0,
+            reads: 0,
             reconnects: 0,
             storm_recovery_us: 0,
             latency_us: histogram(),
@@ -129,6 +135,8 @@ impl Stats {
         self.messages_lost += other.messages_lost;
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
+        self.writes += other.writes;
+        self.reads += other.reads;
         self.reconnects += other.reconnects;
         self.storm_recovery_us = self.storm_recovery_us.max(other.storm_recovery_us);
         // Same bounds on both sides: adding cannot fail.
@@ -185,7 +193,7 @@ fn histogram_from_json(value: &Value, field: &'static str) -> Result<Histogram<u
 
 /// The counters a worker process hands to its parent, in the order of [`Stats::to_wire`]
 /// (the names document the order).
-const WIRE_COUNTERS: [&str; 14] = [
+const WIRE_COUNTERS: [&str; 16] = [
     "connections_established",
     "connect_errors",
     "connections_dropped",
@@ -198,12 +206,14 @@ const WIRE_COUNTERS: [&str; 14] = [
     "messages_lost",
     "bytes_sent",
     "bytes_received",
+    "writes",
+    "reads",
     "reconnects",
     "storm_recovery_us",
 ];
 
 impl Stats {
-    fn counters_mut(&mut self) -> [&mut u64; 14] {
+    fn counters_mut(&mut self) -> [&mut u64; 16] {
         [
             &mut self.connections_established,
             &mut self.connect_errors,
@@ -217,6 +227,8 @@ impl Stats {
             &mut self.messages_lost,
             &mut self.bytes_sent,
             &mut self.bytes_received,
+            &mut self.writes,
+            &mut self.reads,
             &mut self.reconnects,
             &mut self.storm_recovery_us,
         ]

@@ -1,6 +1,7 @@
 //! One client connection after the upgrade, sans-io: what its bytes mean and what it sends.
 //!
-//! A driver moves the bytes (see [`tasks`](crate::tasks)); a [`Conn`] decodes
+//! A driver moves the bytes (the io_uring [`engine`](crate::engine) for plain links, tasks
+//! over the link model for shaped ones, see [`tasks`](crate::tasks)); a [`Conn`] decodes
 //! the server's frames through `ringws::proto`, accounts for every message, queues the frames
 //! to write, and says when it next needs the clock. The close handshake, the drain at the
 //! end of a run and every count live here once, for every scenario and driver.
@@ -158,6 +159,7 @@ impl Conn {
             return;
         }
         ctx.stats.bytes_received += input.len() as u64;
+        ctx.stats.reads += 1;
         let mut at = 0;
         while at < input.len() {
             let (used, event) = match self.session.read(&mut input[at..], &mut self.outbox.bytes) {
@@ -203,6 +205,7 @@ impl Conn {
     /// `written` bytes of this connection's output reached the socket.
     pub fn on_written(&mut self, written: usize, ctx: &mut Ctx<'_>) {
         ctx.stats.bytes_sent += written as u64;
+        ctx.stats.writes += 1;
     }
 
     /// Does what the clock or a change of phase asks: sends what is due, begins the drain
@@ -269,7 +272,8 @@ impl Conn {
         self.behaviour.sent(due.count, ctx);
     }
 
-    fn next_deadline(&self, now_ns: u64) -> Option<u64> {
+    /// When the connection next needs [`Conn::on_time`], if ever.
+    pub fn next_deadline(&self, now_ns: u64) -> Option<u64> {
         match self.stage {
             Stage::Open => self.behaviour.next_due(),
             Stage::Draining { until } => Some(match self.behaviour.settles_elsewhere() {
