@@ -10,7 +10,8 @@
 //! usage: epoll-client --url ws://HOST:PORT/PATH [--connections 100] [--pipeline 16]
 //!                     [--size 20] [--duration 5] [--drain 5]
 //!
-//! Prints the counts and `throughput_msgs_per_sec N` (intact echoes in the measured time);
+//! Prints the counts, `throughput_msgs_per_sec N` (intact echoes in the measured time) and
+//! `cpu_seconds S` (its own CPU time in the measured time);
 //! exits 0 when every echo came back intact, 1 otherwise, 2 on a usage or connect error.
 
 mod conn;
@@ -122,6 +123,8 @@ fn run(options: &Options) -> std::io::Result<bool> {
     let mut ready = Vec::with_capacity(1024);
 
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
+    let mut cpu_measured = 0.0;
     for conn in &mut conns {
         conn.queue(options.pipeline);
     }
@@ -136,6 +139,7 @@ fn run(options: &Options) -> std::io::Result<bool> {
         if measured.is_none() && now >= deadline {
             let intact = conns.iter().map(|c| c.counts.intact).sum();
             measured = Some((intact, now - started));
+            cpu_measured = cpu_seconds() - cpu_started;
             deadline = now + options.drain;
         }
         if measured.is_some()
@@ -187,7 +191,20 @@ fn run(options: &Options) -> std::io::Result<bool> {
         "throughput_msgs_per_sec {:.0}",
         in_window as f64 / elapsed.as_secs_f64()
     );
+    println!("cpu_seconds {cpu_measured:.3}");
     Ok(ended == 0 && lost == 0 && total.corrupted == 0 && total.unexpected == 0)
+}
+
+/// User plus system CPU time this process has used.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Writes what `conn` has queued, and watches for writability while some is left.
