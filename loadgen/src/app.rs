@@ -210,13 +210,14 @@ fn worker(args: &Args, common: &Common) -> Result<Exit, Error> {
 /// parent does (reports, thresholds, searches, comparisons), with `url` and `rate` as this
 /// run has them.
 fn worker_args(url: &str, rate: Option<f64>) -> Vec<String> {
-    const PARENT_VALUES: [&str; 9] = [
+    const PARENT_VALUES: [&str; 10] = [
         "--json",
         "--html",
         "--processes",
         "--compare",
         "--rounds",
         "--p99",
+        "--steps",
         "--threshold",
         "--url",
         "--rate",

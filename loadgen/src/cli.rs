@@ -183,6 +183,9 @@ pub struct Args {
     /// The latency target of --find-max-rate (`50ms`, `2s`, `500us`).
     #[arg(long, value_parser = parse_duration, requires = "find_max_rate")]
     pub p99: Option<Duration>,
+    /// With --find-max-rate: the most runs the search may take.
+    #[arg(long, default_value_t = 16, requires = "find_max_rate")]
+    pub steps: usize,
     /// Runs the same scenario against this second server too, in interleaved rounds, and
     /// reports both and their throughput ratio.
     #[arg(long, value_name = "URL2", conflicts_with = "find_max_rate")]

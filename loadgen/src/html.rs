@@ -24,6 +24,8 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(0x94, 0x67, 0xbd),
     RGBColor(0x8c, 0x56, 0x4b),
 ];
+/// Tick labels, axis names and legends (plotters draws text at 1/1.24 of the size asked).
+const LABELS: (&str, u32) = ("sans-serif", 15);
 /// The percentiles marked on the latency plot's x axis, at log10(1 / (1 - q)).
 const PERCENTILES: [(f64, &str); 7] = [
     (0.0, "0%"),
@@ -161,6 +163,8 @@ fn latency_plot(svg: &mut String, curves: &[Curve<'_>]) -> Drawn {
         .configure_mesh()
         .x_labels(0)
         .disable_x_mesh()
+        .label_style(LABELS)
+        .axis_desc_style(LABELS)
         .y_label_formatter(&|y| round_label(*y))
         .y_labels(6)
         .x_desc("percentile")
@@ -177,7 +181,7 @@ fn latency_plot(svg: &mut String, curves: &[Curve<'_>]) -> Drawn {
         plot.draw(&Text::new(
             label,
             (px - 3 * label.len() as i32, py + 8),
-            ("sans-serif", 12).into_font().color(&BLACK),
+            LABELS.into_font().color(&BLACK),
         ))?;
     }
     let mut legend = Vec::new();
@@ -215,11 +219,12 @@ fn throughput_plot(svg: &mut String, lines: &[Line]) -> Drawn {
     let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let (plot, side) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
+    // The last sample lands a hair after a whole second: do not start another for it.
     let t_max = lines
         .iter()
         .filter_map(|l| l.points.last().map(|p| p.0))
-        .fold(1.0, f64::max)
-        .ceil();
+        .fold(1.0, f64::max);
+    let t_max = (t_max - 0.05).ceil().max(1.0);
     let y_max = nice_ceiling(
         lines
             .iter()
@@ -237,6 +242,8 @@ fn throughput_plot(svg: &mut String, lines: &[Line]) -> Drawn {
         .x_labels((t_max as usize + 1).min(12))
         .y_labels(6)
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style(LABELS)
+        .axis_desc_style(LABELS)
         .y_label_formatter(&|y| round_label(*y))
         .x_desc("seconds")
         .y_desc("messages per second")
@@ -268,7 +275,7 @@ fn draw_legend<DB: DrawingBackend>(
     entries: &[(String, RGBColor, bool)],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     for (i, (name, colour, dashed)) in entries.iter().enumerate() {
-        let y = 24 + 22 * i as i32;
+        let y = 24 + 24 * i as i32;
         if *dashed {
             for x in [4, 14] {
                 area.draw(&PathElement::new(
@@ -282,7 +289,7 @@ fn draw_legend<DB: DrawingBackend>(
         area.draw(&Text::new(
             name.clone(),
             (30, y - 7),
-            ("sans-serif", 12).into_font().color(&BLACK),
+            LABELS.into_font().color(&BLACK),
         ))?;
     }
     Ok(())

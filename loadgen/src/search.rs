@@ -3,7 +3,8 @@
 //!
 //! Each step is a whole run of `--duration` at one rate: the rate doubles from `--rate`
 //! (1,000 a second by default) until a step fails, then the gap between the best pass and
-//! the lowest failure is halved until they are within 5% of each other. A step passes when
+//! the lowest failure is halved until they are within 5% of each other, or `--steps` runs
+//! have been made. A step passes when
 //! its p99 is under the target and nothing was lost, corrupted, refused or dropped. Every
 //! step is printed as it ends, and the JSON lists them all.
 
@@ -15,8 +16,6 @@ use crate::display::Display;
 use crate::html;
 use crate::threshold::{Latency, Metric};
 
-/// Steps at most, whatever the gap.
-const MAX_STEPS: usize = 16;
 /// The search ends when the failing rate is within this fraction of the passing one.
 const PRECISION: f64 = 0.05;
 
@@ -36,7 +35,7 @@ pub fn run(args: &Args, common: &Common) -> Result<Exit, Error> {
     let mut best: Option<Measured> = None;
     let (mut passed, mut failed): (Option<f64>, Option<f64>) = (None, None);
     let mut rate = args.rate.unwrap_or(1000.0);
-    for number in 1..=MAX_STEPS {
+    for number in 1..=args.steps.max(1) {
         let measured = measure(args, common, &args.url, Some(rate), &display)?;
         display.finish();
         let report = measured.report(args, &common.mix);
