@@ -2,8 +2,8 @@
 //! and corruption: the sender, a sequence number, a timestamp and a checksum.
 //!
 //! Layout (little-endian): sender u32 · sequence u32 · sent_at_ns u64 · checksum u32 ·
-//! filler. 20 bytes is the smallest message. The checksum covers the first 16 bytes; the
-//! filler is a byte ramp that starts where the sequence number says, checked byte for byte
+//! filler. 20 bytes is the smallest message. The checksum covers the first 16 bytes, a word
+//! at a time; the filler is a byte ramp that starts where the sequence number says, checked
 //! against the ramp it should be, so any flipped bit anywhere is caught while writing and
 //! checking a message costs a copy and a compare, not a hash over every byte.
 
@@ -150,11 +150,24 @@ fn ramp_start(sequence: u32) -> usize {
     (sequence as usize).wrapping_mul(31) % 256
 }
 
-/// FNV-1a: cheap, and any flipped bit changes it.
+/// FNV-1a over little-endian 32-bit words (a short tail is zero-padded). Each step, an XOR
+/// then a multiplication by an odd number, is a bijection of the running hash, so a change
+/// confined to one word (any single flipped bit) always changes the result; four
+/// multiplications for a stamp instead of sixteen.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |hash, &b| {
-        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    let mut words = bytes.chunks_exact(4);
+    let mut hash = 0x811c_9dc5u32;
+    for word in &mut words {
+        let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        hash = (hash ^ word).wrapping_mul(0x0100_0193);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut word = [0u8; 4];
+        word[..tail.len()].copy_from_slice(tail);
+        hash = (hash ^ u32::from_le_bytes(word)).wrapping_mul(0x0100_0193);
+    }
+    hash
 }
 
 #[cfg(test)]

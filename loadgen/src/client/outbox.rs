@@ -1,5 +1,6 @@
 //! The frames a connection queues for its socket.
 
+use ringws::proto::OpCode;
 use ringws::proto::deflate::Compressor;
 use ringws::proto::frame::{FrameHeader, MAX_HEADER_LEN, encode_header};
 use ringws::proto::mask::{MaskKeys, apply_mask};
@@ -32,6 +33,16 @@ impl Outbox {
     /// Appends one data message carrying `stamp`, framed and masked, compressed when
     /// permessage-deflate was agreed.
     pub fn message(&mut self, writer: &mut Writer, payloads: &Payloads, stamp: &Stamp) {
+        if let (None, Payloads::Stamped { size }) = (&self.compressor, payloads) {
+            // The hot path: the length is known, so the payload is written straight after
+            // its header and masked where it lies.
+            let len = (*size).max(crate::payload::MIN_SIZE);
+            let key = self.frame_header(OpCode::Binary, len);
+            let start = self.bytes.len();
+            stamp.write(len, &mut self.bytes);
+            apply_mask(&mut self.bytes[start..], key, 0);
+            return;
+        }
         self.payload.clear();
         let opcode = payloads.write(stamp, &mut self.payload);
         if let Some(compressor) = &mut self.compressor {
@@ -39,20 +50,25 @@ impl Outbox {
             let _ = writer.send_compressed(opcode, &self.payload, compressor, &mut self.bytes);
             return;
         }
-        // Framed in place: the header, then the payload masked where it lies.
+        let key = self.frame_header(opcode, self.payload.len());
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&self.payload);
+        apply_mask(&mut self.bytes[start..], key, 0);
+    }
+
+    /// Appends the header of a masked, final frame of `len` bytes; returns its key.
+    fn frame_header(&mut self, opcode: OpCode, len: usize) -> [u8; 4] {
         let key = self.keys.next_key();
         let header = FrameHeader {
             fin: true,
             rsv1: false,
             opcode,
             mask: Some(key),
-            payload_len: self.payload.len() as u64,
+            payload_len: len as u64,
         };
         let mut head = [0u8; MAX_HEADER_LEN];
         let head_len = encode_header(&mut head, &header);
         self.bytes.extend_from_slice(&head[..head_len]);
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(&self.payload);
-        apply_mask(&mut self.bytes[start..], key, 0);
+        key
     }
 }
