@@ -48,6 +48,8 @@ impl Counts {
 pub struct Conn {
     pub stream: TcpStream,
     id: u32,
+    /// Whose messages arrive here: this connection's own (echo) or the publisher's.
+    sender: u32,
     size: usize,
     next_sequence: u32,
     expected: u32,
@@ -63,12 +65,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, upgrades, and leaves the socket nonblocking.
+    /// Connects, upgrades, and leaves the socket nonblocking. Messages from `sender` are
+    /// expected back.
     pub fn open(
         addr: SocketAddr,
         host: &str,
         path: &str,
-        id: u32,
+        (id, sender): (u32, u32),
         size: usize,
     ) -> io::Result<Conn> {
         let mut stream = TcpStream::connect(addr)?;
@@ -99,6 +102,7 @@ impl Conn {
         Ok(Conn {
             stream,
             id,
+            sender,
             size: size.max(MIN_SIZE),
             next_sequence: 0,
             expected: 0,
@@ -112,7 +116,12 @@ impl Conn {
     }
 
     pub fn in_flight(&self) -> u64 {
-        self.counts.sent - self.counts.arrived()
+        self.counts.sent.saturating_sub(self.counts.arrived())
+    }
+
+    /// Messages from the sender received so far, intact or not, in sequence.
+    pub fn expected(&self) -> u32 {
+        self.expected
     }
 
     /// Appends `count` new messages to the outbox.
@@ -216,7 +225,7 @@ impl Conn {
             self.counts.corrupted += 1;
             return;
         };
-        if id != self.id {
+        if id != self.sender {
             self.counts.corrupted += 1;
             return;
         }

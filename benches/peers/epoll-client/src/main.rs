@@ -9,6 +9,11 @@
 //!
 //! usage: epoll-client --url ws://HOST:PORT/PATH [--connections 100] [--pipeline 16]
 //!                     [--size 20] [--duration 5] [--drain 5]
+//!        epoll-client --url ws://HOST:PORT/pubsub/TOPIC --subscribers N --rate R [...]
+//!
+//! The second form is a fan-out: one more connection publishes R messages a second to the
+//! topic, on a schedule, and N subscribers check that every message arrives, in order,
+//! intact; throughput counts deliveries.
 //!
 //! Prints the counts, `throughput_msgs_per_sec N` (intact echoes in the measured time) and
 //! `cpu_seconds S` (its own CPU time in the measured time);
@@ -29,6 +34,9 @@ struct Options {
     url: String,
     connections: u32,
     pipeline: u32,
+    /// Fan-out: subscribers, and the publisher's messages per second.
+    subscribers: u32,
+    rate: f64,
     size: usize,
     duration: Duration,
     drain: Duration,
@@ -42,7 +50,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&options) {
+    let result = if options.subscribers > 0 {
+        fanout(&options)
+    } else {
+        run(&options)
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -58,6 +71,8 @@ impl Options {
             url: String::new(),
             connections: 100,
             pipeline: 16,
+            subscribers: 0,
+            rate: 1000.0,
             size: 20,
             duration: Duration::from_secs(5),
             drain: Duration::from_secs(5),
@@ -78,6 +93,8 @@ impl Options {
                 "--url" => options.url = value.clone(),
                 "--connections" => options.connections = number()? as u32,
                 "--pipeline" => options.pipeline = number()? as u32,
+                "--subscribers" => options.subscribers = number()? as u32,
+                "--rate" => options.rate = number()?,
                 "--size" => options.size = number()? as usize,
                 "--duration" => options.duration = seconds()?,
                 "--drain" => options.drain = seconds()?,
@@ -111,7 +128,7 @@ fn parse_url(url: &str) -> std::io::Result<(SocketAddr, String, String)> {
 fn run(options: &Options) -> std::io::Result<bool> {
     let (addr, host, path) = parse_url(&options.url)?;
     let mut conns = (0..options.connections)
-        .map(|id| Conn::open(addr, &host, &path, id, options.size))
+        .map(|id| Conn::open(addr, &host, &path, (id, id), options.size))
         .collect::<std::io::Result<Vec<_>>>()?;
     let epoll = Epoll::new()?;
     // Whether each connection waits to become writable.
@@ -186,6 +203,98 @@ fn run(options: &Options) -> std::io::Result<bool> {
         "messages per read {:.1}, per write {:.1}",
         total.arrived() as f64 / total.reads.max(1) as f64,
         total.sent as f64 / total.writes.max(1) as f64
+    );
+    println!(
+        "throughput_msgs_per_sec {:.0}",
+        in_window as f64 / elapsed.as_secs_f64()
+    );
+    println!("cpu_seconds {cpu_measured:.3}");
+    Ok(ended == 0 && lost == 0 && total.corrupted == 0 && total.unexpected == 0)
+}
+
+/// The fan-out: connection 0 publishes on a schedule, the others only receive.
+fn fanout(options: &Options) -> std::io::Result<bool> {
+    let (addr, host, path) = parse_url(&options.url)?;
+    // Subscribers first, so none misses the first message.
+    let mut conns = (1..=options.subscribers)
+        .map(|id| Conn::open(addr, &host, &path, (id, 0), options.size))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    conns.push(Conn::open(addr, &host, &path, (0, 0), options.size)?);
+    let publisher = conns.len() - 1;
+    let epoll = Epoll::new()?;
+    let mut blocked = vec![false; conns.len()];
+    for (token, conn) in conns.iter().enumerate() {
+        epoll.add(conn.stream.as_raw_fd(), token as u64, READ)?;
+    }
+    let mut scratch = vec![0u8; 256 << 10];
+    let mut ready = Vec::with_capacity(1024);
+    let started = Instant::now();
+    let cpu_started = cpu_seconds();
+    let mut cpu_measured = 0.0;
+    let mut deadline = started + options.duration;
+    let mut published: u64 = 0;
+    let mut measured: Option<(u64, Duration)> = None;
+    let delivered =
+        |conns: &[Conn]| -> u64 { conns[..publisher].iter().map(|c| c.counts.intact).sum() };
+    loop {
+        let now = Instant::now();
+        if measured.is_none() && now >= deadline {
+            measured = Some((delivered(&conns), now - started));
+            cpu_measured = cpu_seconds() - cpu_started;
+            deadline = now + options.drain;
+        }
+        if measured.is_none() {
+            // Every message due by now, however many: the schedule does not wait.
+            let due = (now.duration_since(started).as_secs_f64() * options.rate) as u64 + 1;
+            if due > published {
+                conns[publisher].queue((due - published) as u32);
+                published = due;
+                flush(
+                    &epoll,
+                    &mut conns[publisher],
+                    publisher,
+                    &mut blocked[publisher],
+                )?;
+            }
+        } else if now >= deadline
+            || conns[..publisher]
+                .iter()
+                .all(|c| c.ended || u64::from(c.expected()) >= published)
+        {
+            break;
+        }
+        for event in epoll.wait(&mut ready, 1)? {
+            let (token, flags) = (event.u64 as usize, event.events);
+            let conn = &mut conns[token];
+            if flags & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                conn.read(&mut scratch);
+            }
+            if conn.ended {
+                epoll.delete(conn.stream.as_raw_fd())?;
+                continue;
+            }
+            flush(&epoll, conn, token, &mut blocked[token])?;
+        }
+    }
+    let mut total = Counts::default();
+    for conn in &conns[..publisher] {
+        total.add(&conn.counts);
+    }
+    let ended = conns.iter().filter(|c| c.ended).count();
+    let (in_window, elapsed) = measured.unwrap_or((0, started.elapsed()));
+    let expected = published * u64::from(options.subscribers);
+    let lost = expected.saturating_sub(total.arrived());
+    println!(
+        "epoll-client: fan-out of {} msg/s to {} subscribers, {}-byte messages, {:.2} s measured",
+        options.rate,
+        options.subscribers,
+        options.size.max(conn::MIN_SIZE),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "published {published} delivered {} corrupted {} unexpected {} lost {lost} \
+         connections_ended {ended}",
+        total.intact, total.corrupted, total.unexpected
     );
     println!(
         "throughput_msgs_per_sec {:.0}",
