@@ -120,9 +120,10 @@ pub fn run(
         rearm: Vec::new(),
         phase: *phase.borrow_and_update(),
         plan,
+        progress,
         clock: Clock,
     };
-    match engine.run(&mut phase, progress) {
+    match engine.run(&mut phase) {
         Ok(()) => Ok(engine.stats),
         Err(failed) => Ok(engine.abandon(&failed)),
     }
@@ -145,15 +146,13 @@ struct Engine<'p> {
     rearm: Vec<u32>,
     phase: Phase,
     plan: &'p Plan,
+    /// Where the main thread reads how the run goes.
+    progress: &'p Progress,
     clock: Clock,
 }
 
 impl Engine<'_> {
-    fn run(
-        &mut self,
-        phase: &mut watch::Receiver<Phase>,
-        progress: &Progress,
-    ) -> Result<(), RingFailed> {
+    fn run(&mut self, phase: &mut watch::Receiver<Phase>) -> Result<(), RingFailed> {
         self.schedule_starts();
         let published = Cell::new(Published::default());
         let mut next_progress = Instant::now() + PROGRESS_EVERY;
@@ -161,7 +160,7 @@ impl Engine<'_> {
         while self.unfinished > 0 {
             if phase.has_changed().unwrap_or(false) {
                 self.phase = *phase.borrow_and_update();
-                self.on_phase(progress)?;
+                self.on_phase()?;
             }
             let mut now = self.clock.now_ns();
             while let Some(&Reverse((at, slot))) = self.timers.peek() {
@@ -171,12 +170,12 @@ impl Engine<'_> {
                 self.timers.pop();
                 if self.slots[slot as usize].deadline == Some(at) {
                     self.slots[slot as usize].deadline = None;
-                    self.on_timer(slot, now, progress)?;
+                    self.on_timer(slot, now)?;
                 }
                 now = self.clock.now_ns();
             }
             if Instant::now() >= next_progress {
-                publish(self.stats.iter(), progress, &published);
+                publish(self.stats.iter(), self.progress, &published);
                 next_progress = Instant::now() + PROGRESS_EVERY;
             }
             let wait = self
@@ -192,8 +191,8 @@ impl Engine<'_> {
             for &(user_data, result, flags) in &completions {
                 let slot = (user_data >> 2) as u32;
                 match user_data & 3 {
-                    RECV => self.on_recv(slot, result, flags, now, progress)?,
-                    _ => self.on_send(slot, result, now, progress)?,
+                    RECV => self.on_recv(slot, result, flags, now)?,
+                    _ => self.on_send(slot, result, now)?,
                 }
             }
             self.buffers.publish();
@@ -201,7 +200,7 @@ impl Engine<'_> {
                 self.arm_recv(slot)?;
             }
         }
-        publish(self.stats.iter(), progress, &published);
+        publish(self.stats.iter(), self.progress, &published);
         Ok(())
     }
 
@@ -244,6 +243,7 @@ impl Engine<'_> {
             Ok(fd) => fd,
             Err(error) => {
                 record_failed(&mut self.stats[bucket], &OpenError::Connect(error));
+                self.progress.settled.fetch_add(1, Ordering::Relaxed);
                 plan.gave_up(id);
                 self.finish(slot);
                 return;
@@ -302,7 +302,6 @@ impl Engine<'_> {
         result: i32,
         flags: u32,
         now_ns: u64,
-        progress: &Progress,
     ) -> Result<(), RingFailed> {
         let index = slot as usize;
         if !cqueue::more(flags) {
@@ -335,8 +334,8 @@ impl Engine<'_> {
                         let behaviour = self.plan.behaviour(s.id).unwrap_or(Behaviour::Hold);
                         let stats = &mut self.stats[s.bucket];
                         record_opened(stats, s.started, &agreed);
-                        progress.settled.fetch_add(1, Ordering::Relaxed);
-                        progress.established.fetch_add(1, Ordering::Relaxed);
+                        self.progress.settled.fetch_add(1, Ordering::Relaxed);
+                        self.progress.established.fetch_add(1, Ordering::Relaxed);
                         let mut conn = Conn::new(s.id, &agreed, behaviour, self.plan.drain);
                         let ctx = &mut Ctx {
                             stats,
@@ -351,7 +350,7 @@ impl Engine<'_> {
                         self.upgrading -= 1;
                         self.start_ready();
                     }
-                    Some(Err(error)) => self.open_failed(slot, error, progress),
+                    Some(Err(error)) => self.open_failed(slot, error),
                     None => {}
                 }
                 self.buffers.recycle(id);
@@ -366,7 +365,7 @@ impl Engine<'_> {
                     (OpenError::ReadResponse(error), Some(ConnError::Read(copy)))
                 };
                 if matches!(self.slots[index].stage, Stage::Upgrading(_)) {
-                    self.open_failed(slot, opening, progress);
+                    self.open_failed(slot, opening);
                 } else if let Slot {
                     stage: Stage::Open(conn),
                     bucket,
@@ -394,13 +393,7 @@ impl Engine<'_> {
         self.after(slot, now_ns)
     }
 
-    fn on_send(
-        &mut self,
-        slot: u32,
-        result: i32,
-        now_ns: u64,
-        progress: &Progress,
-    ) -> Result<(), RingFailed> {
+    fn on_send(&mut self, slot: u32, result: i32, now_ns: u64) -> Result<(), RingFailed> {
         let s = &mut self.slots[slot as usize];
         s.send_in_flight = false;
         if result < 0 {
@@ -414,7 +407,7 @@ impl Engine<'_> {
                     }
                     _ => OpenError::SendRequest(error),
                 };
-                self.open_failed(slot, error, progress);
+                self.open_failed(slot, error);
             } else if let Stage::Open(conn) = &mut s.stage {
                 conn.on_io_error(
                     ConnError::Write(error),
@@ -448,12 +441,12 @@ impl Engine<'_> {
 
     /// The change of phase reaches every connection; connections that have not started by
     /// the end of the run never will.
-    fn on_phase(&mut self, progress: &Progress) -> Result<(), RingFailed> {
+    fn on_phase(&mut self) -> Result<(), RingFailed> {
         let now_ns = self.clock.now_ns();
         for slot in 0..self.slots.len() as u32 {
             let s = &self.slots[slot as usize];
             if matches!(s.stage, Stage::Open(_)) {
-                self.on_timer(slot, now_ns, progress)?;
+                self.on_timer(slot, now_ns)?;
             } else if matches!(s.stage, Stage::Waiting) && self.phase == Phase::Draining {
                 self.plan.gave_up(s.id);
                 self.finish(slot);
@@ -462,7 +455,7 @@ impl Engine<'_> {
         Ok(())
     }
 
-    fn on_timer(&mut self, slot: u32, now_ns: u64, _: &Progress) -> Result<(), RingFailed> {
+    fn on_timer(&mut self, slot: u32, now_ns: u64) -> Result<(), RingFailed> {
         let s = &mut self.slots[slot as usize];
         match &mut s.stage {
             Stage::Waiting => {
@@ -513,10 +506,10 @@ impl Engine<'_> {
         }
     }
 
-    fn open_failed(&mut self, slot: u32, error: OpenError, progress: &Progress) {
+    fn open_failed(&mut self, slot: u32, error: OpenError) {
         let s = &self.slots[slot as usize];
         record_failed(&mut self.stats[s.bucket], &error);
-        progress.settled.fetch_add(1, Ordering::Relaxed);
+        self.progress.settled.fetch_add(1, Ordering::Relaxed);
         self.plan.gave_up(s.id);
         self.upgrading -= 1;
         self.end(slot);
