@@ -47,7 +47,7 @@ pub fn worker(
         match engine::run(&plan, &ids, phase.clone(), &progress) {
             Ok(stats) => return stats,
             // No usable io_uring for the engine: the same connections as tasks.
-            Err(error) => tracing_free_warning(&error),
+            Err(error) => engine_unavailable(&error),
         }
     }
     let entries = (ids.len() as u32 * 2)
@@ -137,7 +137,8 @@ async fn run_tasks(
     stats
 }
 
-fn tracing_free_warning(error: &std::io::Error) {
+/// Says once per thread why its connections run as tasks after all.
+fn engine_unavailable(error: &std::io::Error) {
     eprintln!("ringws-loadgen: the io_uring engine is unavailable ({error}); using tasks");
 }
 
