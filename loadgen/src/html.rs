@@ -187,6 +187,13 @@ fn latency_plot(svg: &mut String, curves: &[Curve<'_>]) -> Drawn {
     let mut legend = Vec::new();
     for (i, curve) in curves.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
+        if !curve.latency.is_empty() {
+            let points = PERCENTILES
+                .iter()
+                .map(|&(q, _)| (x_of(q), curve.latency.value_at_quantile(q) as f64 / 1000.0));
+            chart.draw_series(LineSeries::new(points, colour.stroke_width(2)))?;
+            legend.push((curve.name.clone(), colour, false));
+        }
         if let Some(rtt) = curve.rtt {
             let ms = rtt.as_secs_f64() * 1000.0;
             chart.draw_series(DashedLineSeries::new(
@@ -201,14 +208,6 @@ fn latency_plot(svg: &mut String, curves: &[Curve<'_>]) -> Drawn {
                 true,
             ));
         }
-        if curve.latency.is_empty() {
-            continue;
-        }
-        let points = PERCENTILES
-            .iter()
-            .map(|&(q, _)| (x_of(q), curve.latency.value_at_quantile(q) as f64 / 1000.0));
-        chart.draw_series(LineSeries::new(points, colour.stroke_width(2)))?;
-        legend.push((curve.name.clone(), colour, false));
     }
     draw_legend(&side, &legend)?;
     root.present()?;

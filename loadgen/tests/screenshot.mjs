@@ -1,6 +1,7 @@
 // Renders a report page in headless Chromium (Debian's, driven by playwright-core), takes a
-// screenshot, and prints what was drawn as JSON: each plot's size, its lines' boxes and its
-// text labels' boxes, and any error the page raised.
+// screenshot of its plots (the page down to the last one), and prints what was drawn as
+// JSON: each plot's size, its lines' boxes and its text labels' boxes, and any error the
+// page raised.
 //
 // usage: node screenshot.mjs PLAYWRIGHT_CORE_DIR PAGE.html OUT.png
 import { pathToFileURL } from 'node:url';
@@ -31,7 +32,8 @@ try {
     const texts = [...svg.querySelectorAll('text')].map((text) => ({ text: text.textContent, ...box(text) }));
     return { ...box(svg), lines, texts };
   }));
-  await tab.screenshot({ path: out, fullPage: true });
+  const bottom = Math.max(0, ...plots.map((plot) => plot.bottom));
+  await tab.screenshot({ path: out, clip: { x: 0, y: 0, width: 900, height: Math.ceil(bottom) + 16 } });
   console.log(JSON.stringify({ plots, errors }));
 } finally {
   await browser.close();
