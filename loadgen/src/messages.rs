@@ -31,6 +31,14 @@ impl Payloads {
         }
     }
 
+    /// About how long a message is, to reckon how many fit in a queue.
+    pub fn typical_len(&self) -> usize {
+        match self {
+            Payloads::Stamped { size } => (*size).max(crate::payload::MIN_SIZE),
+            Payloads::Templates(templates) => templates.typical_len(),
+        }
+    }
+
     /// Reads the stamp of a message that arrived, checking the whole message.
     pub fn read(&self, opcode: OpCode, message: &[u8]) -> Result<Stamp, Corrupt> {
         match (self, opcode) {

@@ -35,13 +35,15 @@ pub async fn run(
     let clock = Clock;
     let conn = Rc::new(RefCell::new(conn));
     let wake_writer = Rc::new(Notify::new());
+    // The writer tells the reader when a write made room for more (new deadlines).
+    let wake_reader = Rc::new(Notify::new());
     let reader_gone = Rc::new(Cell::new(false));
     let _ending = EndsWriter(wake_writer.clone(), reader_gone.clone());
     let mut writer = tokio_uring::spawn(write_loop(
         link.clone(),
         conn.clone(),
         stats.clone(),
-        (wake_writer.clone(), reader_gone),
+        (wake_writer.clone(), wake_reader.clone(), reader_gone),
         phase.clone(),
     ));
     let with =
@@ -91,6 +93,9 @@ pub async fn run(
             _ = sleep, if deadline.is_some() => {
                 deadline = with(&mut |conn, ctx| conn.on_time(ctx), *phase.borrow());
             }
+            _ = wake_reader.notified() => {
+                deadline = with(&mut |conn, ctx| conn.on_time(ctx), *phase.borrow());
+            }
             changed = phase.changed(), if phase_open => {
                 phase_open = changed.is_ok();
                 deadline = with(&mut |conn, ctx| conn.on_time(ctx), *phase.borrow());
@@ -129,7 +134,7 @@ async fn write_loop(
     link: Rc<Link>,
     conn: Rc<RefCell<Conn>>,
     stats: Rc<RefCell<Stats>>,
-    (wake, reader_gone): (Rc<Notify>, Rc<Cell<bool>>),
+    (wake, wake_reader, reader_gone): (Rc<Notify>, Rc<Notify>, Rc<Cell<bool>>),
     phase: watch::Receiver<Phase>,
 ) {
     let mut batch = Vec::with_capacity(4096);
@@ -153,7 +158,10 @@ async fn write_loop(
             now_ns: Clock.now_ns(),
         };
         match result {
-            Ok(()) => conn.borrow_mut().on_written(len, &mut ctx),
+            Ok(()) => {
+                conn.borrow_mut().on_written(len, &mut ctx);
+                wake_reader.notify_one();
+            }
             Err(error) => {
                 conn.borrow_mut()
                     .on_io_error(ConnError::Write(error), &mut ctx);

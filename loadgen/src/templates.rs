@@ -150,6 +150,12 @@ impl Templates {
         self.messages.len()
     }
 
+    /// The longest message with its stamp (about: the stamp's text varies).
+    pub fn typical_len(&self) -> usize {
+        let longest = self.messages.iter().map(|m| m.0.len()).max().unwrap_or(0);
+        longest + self.prefix.len() + 48
+    }
+
     /// The message that `sender` sends as its `sequence`-th.
     fn pick(&self, sender: u32, sequence: u32) -> usize {
         let n = self.messages.len() as u64;

@@ -82,11 +82,12 @@ impl Echo {
         }
     }
 
-    pub fn due(&mut self, now_ns: u64) -> Option<Due> {
+    /// Messages to send now, at most `max`.
+    pub fn due(&mut self, now_ns: u64, max: u64) -> Option<Due> {
         let (count, first_at_ns, period_ns) = match self.load.rate {
             None => {
                 let room = self.load.pipeline.saturating_sub(self.in_flight());
-                (u64::from(room), now_ns, 0)
+                (u64::from(room).min(max), now_ns, 0)
             }
             Some(rate) => {
                 // Connections start spread over one period, so they do not send in step.
@@ -96,7 +97,7 @@ impl Echo {
                     let offset = period_ns * f64::from(id % 997) / 997.0;
                     Schedule::new(rate, now_ns + offset as u64)
                 });
-                let (_, count, first_at_ns) = schedule.take_due(now_ns)?;
+                let (_, count, first_at_ns) = schedule.take_due(now_ns, max)?;
                 (count, first_at_ns, schedule.period_ns())
             }
         };

@@ -121,7 +121,8 @@ impl Publisher {
         &self.plan.payloads
     }
 
-    pub fn due(&mut self, now_ns: u64) -> Option<Due> {
+    /// Messages to publish now, at most `max`.
+    pub fn due(&mut self, now_ns: u64, max: u64) -> Option<Due> {
         if self.stopped || self.plan.rate <= 0.0 {
             return None;
         }
@@ -131,7 +132,7 @@ impl Publisher {
             let offset = 1e9 / plan.rate * f64::from(id) / f64::from(plan.publishers.max(1));
             Schedule::new(plan.rate, now_ns + offset as u64)
         });
-        let (_, count, first_at_ns) = schedule.take_due(now_ns)?;
+        let (_, count, first_at_ns) = schedule.take_due(now_ns, max)?;
         Some(Due {
             sender: self.id,
             first_sequence: self.sent,

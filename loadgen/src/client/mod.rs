@@ -32,6 +32,10 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// While draining, how often a connection that waits on other threads looks again.
 const DRAIN_POLL_NS: u64 = 10_000_000;
 
+/// Bytes of frames a connection queues before it waits for its socket to take them: a
+/// schedule that runs ahead of the socket keeps what it owes as a count, not as memory.
+const MAX_QUEUED: usize = 256 << 10;
+
 /// What the driver hands every call: where the counts go, where the run stands, and now.
 pub struct Ctx<'a> {
     pub stats: &'a mut Stats,
@@ -98,6 +102,9 @@ pub struct Conn {
     behaviour: Behaviour,
     stage: Stage,
     drain: Duration,
+    /// The queue had no room for all that was due: the next write resumes sending, not a
+    /// timer.
+    waiting_for_room: bool,
 }
 
 impl fmt::Debug for Conn {
@@ -131,6 +138,7 @@ impl Conn {
             behaviour,
             stage: Stage::Open,
             drain,
+            waiting_for_room: false,
         }
     }
 
@@ -202,10 +210,12 @@ impl Conn {
         self.fail(error, ctx);
     }
 
-    /// `written` bytes of this connection's output reached the socket.
+    /// `written` bytes of this connection's output reached the socket: room for what the
+    /// schedule still owes.
     pub fn on_written(&mut self, written: usize, ctx: &mut Ctx<'_>) {
         ctx.stats.bytes_sent += written as u64;
         ctx.stats.writes += 1;
+        self.advance(ctx);
     }
 
     /// Does what the clock or a change of phase asks: sends what is due, begins the drain
@@ -254,7 +264,14 @@ impl Conn {
     }
 
     fn send_due(&mut self, ctx: &mut Ctx<'_>) {
-        let Some(due) = self.behaviour.due(ctx.now_ns) else {
+        let Some(frame) = self.behaviour.payloads().map(|p| p.typical_len() + 14) else {
+            return;
+        };
+        let room = (MAX_QUEUED.saturating_sub(self.outbox.bytes.len()) / frame) as u64;
+        let due = self.behaviour.due(ctx.now_ns, room);
+        // Capped by the room left (or none at all): more is owed than fits.
+        self.waiting_for_room = due.map_or(room == 0, |due| u64::from(due.count) == room);
+        let Some(due) = due else {
             return;
         };
         let Some(payloads) = self.behaviour.payloads() else {
@@ -275,6 +292,8 @@ impl Conn {
     /// When the connection next needs [`Conn::on_time`], if ever.
     pub fn next_deadline(&self, now_ns: u64) -> Option<u64> {
         match self.stage {
+            // A full queue resumes when the socket takes it (`on_written`), not on a timer.
+            Stage::Open if self.waiting_for_room => None,
             Stage::Open => self.behaviour.next_due(),
             Stage::Draining { until } => Some(match self.behaviour.settles_elsewhere() {
                 true => until.min(now_ns + DRAIN_POLL_NS),
@@ -329,10 +348,10 @@ impl Behaviour {
         }
     }
 
-    fn due(&mut self, now_ns: u64) -> Option<Due> {
+    fn due(&mut self, now_ns: u64, max: u64) -> Option<Due> {
         match self {
-            Behaviour::Echo(echo) => echo.due(now_ns),
-            Behaviour::Publisher(publisher) => publisher.due(now_ns),
+            Behaviour::Echo(echo) => echo.due(now_ns, max),
+            Behaviour::Publisher(publisher) => publisher.due(now_ns, max),
             Behaviour::Hold | Behaviour::Subscriber(_) => None,
         }
     }

@@ -157,22 +157,27 @@ impl Engine<'_> {
         let published = Cell::new(Published::default());
         let mut next_progress = Instant::now() + PROGRESS_EVERY;
         let mut completions = Vec::with_capacity(1024);
+        let mut due = Vec::new();
         while self.unfinished > 0 {
             if phase.has_changed().unwrap_or(false) {
                 self.phase = *phase.borrow_and_update();
                 self.on_phase()?;
             }
-            let mut now = self.clock.now_ns();
+            // The timers due now; any a handler sets for now again wait for the next turn.
+            let now = self.clock.now_ns();
+            due.clear();
             while let Some(&Reverse((at, slot))) = self.timers.peek() {
                 if at > now {
                     break;
                 }
                 self.timers.pop();
+                due.push((at, slot));
+            }
+            for &(at, slot) in &due {
                 if self.slots[slot as usize].deadline == Some(at) {
                     self.slots[slot as usize].deadline = None;
                     self.on_timer(slot, now)?;
                 }
-                now = self.clock.now_ns();
             }
             if Instant::now() >= next_progress {
                 publish(self.stats.iter(), self.progress, &published);
