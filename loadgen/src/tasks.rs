@@ -103,7 +103,11 @@ pub async fn run(
         }
     }
     // The writer sends what is left (the answer to the server's close, say), then ends;
-    // a server that stopped reading gets the close timeout, then the socket's end.
+    // a server that stopped reading gets the close timeout, then the socket's end. A cut
+    // connection's socket goes at once, which ends a write waiting on it.
+    if conn.borrow().is_cut() {
+        link.shutdown();
+    }
     wake_writer.notify_one();
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
         .await

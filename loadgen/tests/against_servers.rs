@@ -211,3 +211,33 @@ fn hold_ramps_and_reports_the_server_memory_per_connection() {
     let per_connection = report["server_rss_bytes_per_connection"].as_f64();
     assert!(per_connection.is_some_and(|b| b >= 0.0), "{report}");
 }
+
+/// An open loop far faster than the server reads: the generator queues a bounded amount
+/// per connection and owes the rest (it used to queue everything due and grow without
+/// bound); the run still ends on time, everything it did send unanswered.
+#[test]
+fn an_open_loop_faster_than_the_server_owes_rather_than_queues() {
+    let server = support::python_peer("silent", &[]);
+    let started = std::time::Instant::now();
+    let (output, report) = loadgen(
+        &server.addr,
+        &[
+            "--connections",
+            "2",
+            "--rate",
+            "4000000",
+            "--duration",
+            "1",
+            "--drain",
+            "0",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "nothing comes back");
+    let sent = count(&report, "messages_sent");
+    // Four million were due; the sockets and a 256 KiB queue per connection hold far
+    // fewer 26-byte frames.
+    assert!(sent > 0 && sent < 1_000_000, "{sent} sent");
+    assert_eq!(count(&report, "messages_lost"), sent);
+    // One second, then at most the close timeout for a server that never answers.
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+}

@@ -105,6 +105,9 @@ pub struct Conn {
     /// The queue had no room for all that was due: the next write resumes sending, not a
     /// timer.
     waiting_for_room: bool,
+    /// It ended by giving up (a timeout, a failed socket): what is still queued will never
+    /// be taken, so the socket goes at once.
+    cut: bool,
 }
 
 impl fmt::Debug for Conn {
@@ -139,6 +142,7 @@ impl Conn {
             stage: Stage::Open,
             drain,
             waiting_for_room: false,
+            cut: false,
         }
     }
 
@@ -158,6 +162,12 @@ impl Conn {
     /// The connection is over: once its output is written, the socket can go.
     pub fn is_done(&self) -> bool {
         self.stage == Stage::Done
+    }
+
+    /// The connection is over and its output will never be taken (the server stopped
+    /// answering, or the socket failed): the socket goes now, unflushed.
+    pub fn is_cut(&self) -> bool {
+        self.stage == Stage::Done && self.cut
     }
 
     /// Takes the bytes of one read: decodes every frame in them, accounts for every message,
@@ -259,6 +269,7 @@ impl Conn {
             && ctx.now_ns >= deadline
         {
             ctx.stats.note_error(&ConnError::NoCloseAnswer);
+            self.cut = true;
             self.finish(ctx);
         }
     }
@@ -309,6 +320,7 @@ impl Conn {
         if self.stage == Stage::Done {
             return;
         }
+        self.cut = matches!(error, ConnError::Read(_) | ConnError::Write(_));
         if !matches!(self.stage, Stage::Closing { .. }) {
             ctx.stats.connections_dropped += 1;
             ctx.stats.note_error(&error);

@@ -489,6 +489,12 @@ impl Engine<'_> {
         };
         let deadline = conn.next_deadline(now_ns);
         let done = conn.is_done();
+        if conn.is_cut() {
+            // Whatever is queued or in flight will never be taken: the shutdown fails the
+            // send, and its completion finishes the slot.
+            self.end(slot);
+            return self.maybe_finished(slot);
+        }
         if !s.send_in_flight && conn.has_output() {
             conn.swap_output(&mut s.sending);
             s.sent = 0;
