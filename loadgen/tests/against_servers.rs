@@ -26,6 +26,21 @@ fn closed_loop_against_ringws_is_clean() {
     );
     assert!(output.status.success(), "exit {}", output.status);
     assert_clean(&report, 50);
+    // Bytes on the wire, exactly: a 100-byte message is a 6-byte masked header and its
+    // payload; each connection ends with a masked close carrying 1000 (8 bytes); the
+    // upgrade request is not a frame. The server's frames are unmasked: 2 + 100.
+    let wire = &report["wire"];
+    let sent = count(&report, "messages_sent");
+    assert_eq!(
+        wire["bytes_sent"].as_u64(),
+        Some(sent * 106 + 50 * 8),
+        "{wire}"
+    );
+    assert_eq!(
+        wire["bytes_received"].as_u64(),
+        Some(sent * 102 + 50 * 4),
+        "{wire}"
+    );
 }
 
 #[test]

@@ -64,6 +64,8 @@ struct Slot {
     sending: Vec<u8>,
     sent: usize,
     send_in_flight: bool,
+    /// The send in flight is the upgrade request, not frames.
+    sending_request: bool,
     /// A multishot receive is armed.
     receiving: bool,
     /// The deadline the timer heap holds for this slot (others there are stale).
@@ -103,6 +105,7 @@ pub fn run(
             sending: Vec::with_capacity(4096),
             sent: 0,
             send_in_flight: false,
+            sending_request: false,
             receiving: false,
             deadline: None,
             started: Instant::now(),
@@ -258,6 +261,7 @@ impl Engine<'_> {
         s.started = Instant::now();
         s.sending.clear();
         let pending = plan.upgrade.request(&plan.target, &mut s.sending);
+        s.sending_request = true;
         s.stage = Stage::Upgrading(Box::new(pending));
         s.fd = Some(fd);
         self.upgrading += 1;
@@ -405,6 +409,7 @@ impl Engine<'_> {
             let error = io::Error::from_raw_os_error(-result);
             s.sending.clear();
             s.sent = 0;
+            s.sending_request = false;
             if matches!(s.stage, Stage::Upgrading(_)) {
                 let error = match error.raw_os_error() {
                     Some(libc::ECONNREFUSED | libc::ETIMEDOUT | libc::EHOSTUNREACH) => {
@@ -429,7 +434,8 @@ impl Engine<'_> {
         if s.sent < s.sending.len() {
             return self.send(slot);
         }
-        if let Stage::Open(conn) = &mut s.stage {
+        let request = std::mem::take(&mut s.sending_request);
+        if let (Stage::Open(conn), false) = (&mut s.stage, request) {
             conn.on_written(
                 s.sending.len(),
                 &mut Ctx {
