@@ -35,8 +35,9 @@ use crate::upgrade::Pending;
 use buffers::Buffers;
 use ring::Ring;
 
-/// The longest the loop sleeps: a change of phase is seen within this.
-const MAX_WAIT: Duration = Duration::from_millis(10);
+/// The longest the loop sleeps: a change of phase is seen within this, so the measured
+/// window's edges are as sharp as the tasks' (which hear it at once) to within 2 ms.
+const MAX_WAIT: Duration = Duration::from_millis(2);
 /// Bytes per receive buffer.
 const BUFFER_SIZE: usize = 16 << 10;
 
