@@ -7,15 +7,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringws::proto::{Event, Role, Session, SessionConfig};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::echo::no_close_answer;
-use crate::link::{Link, Rng};
-use crate::run::{Phase, Plan};
+use crate::client::{Behaviour, Conn};
+use crate::link::Rng;
+use crate::open::{Opened, open_recorded};
+use crate::plan::{Phase, Plan};
 use crate::stats::Stats;
-use crate::wire::MaskSource;
+use crate::tasks;
 
 /// How a `churn` client lives.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +32,13 @@ pub struct Churn {
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// An opened connection, sending nothing, until `phase` says the run is over; then the
+/// close handshake. Dropping the future cuts the connection without one.
+async fn hold(opened: Opened, id: u32, stats: Rc<RefCell<Stats>>, phase: watch::Receiver<Phase>) {
+    let conn = Conn::new(id, &opened.agreed, Behaviour::Hold, Duration::ZERO);
+    tasks::run(opened, conn, stats, phase).await;
+}
+
 /// `handshake`: one loop per connection until the run ends. Throughput counts completed
 /// handshakes; latency is connect to 101.
 pub async fn handshakes(
@@ -41,34 +48,23 @@ pub async fn handshakes(
     stats: Rc<RefCell<Stats>>,
 ) {
     let _ = phase.wait_for(|p| *p != Phase::Connecting).await;
-    let mut mask = MaskSource::new(id);
+    // A connection that closes as soon as it opens.
+    let (_closing, closed) = watch::channel(Phase::Draining);
     while *phase.borrow() == Phase::Running {
         let started = std::time::Instant::now();
-        match plan.open(id).await {
-            Ok((link, _)) => {
-                let micros = started.elapsed().as_micros() as u64;
-                {
-                    let mut stats = stats.borrow_mut();
-                    stats.connections_established += 1;
-                    stats.record_handshake(micros);
-                    stats.record_latency(micros);
-                    stats.messages_received += 1;
-                    if *phase.borrow() == Phase::Running {
-                        stats.messages_in_window += 1;
-                    }
-                }
-                if let Err(error) = close(&link, &mut mask).await {
-                    let mut stats = stats.borrow_mut();
-                    stats.connections_dropped += 1;
-                    stats.note_error(error);
-                }
-            }
-            Err(error) => {
-                let mut stats = stats.borrow_mut();
-                stats.connect_errors += 1;
-                stats.note_error(error);
+        let Some(opened) = open_recorded(&plan, id, &stats).await else {
+            continue;
+        };
+        {
+            let micros = started.elapsed().as_micros() as u64;
+            let mut stats = stats.borrow_mut();
+            stats.record_latency(micros);
+            stats.messages_received += 1;
+            if *phase.borrow() == Phase::Running {
+                stats.messages_in_window += 1;
             }
         }
+        hold(opened, id, stats.clone(), closed.clone()).await;
     }
 }
 
@@ -83,7 +79,6 @@ pub async fn churn(
     mut on_first: Option<Box<dyn FnOnce(bool)>>,
 ) {
     let rng = Rng::new(u64::from(id) + 1);
-    let mut mask = MaskSource::new(id);
     let mut storm_at: Option<Instant> = None;
     let mut dropped_at: Option<Instant> = None;
     let mut backoff = FIRST_BACKOFF;
@@ -91,38 +86,25 @@ pub async fn churn(
         if *phase.borrow() == Phase::Draining {
             return;
         }
-        let started = std::time::Instant::now();
-        let link = match plan.open(id).await {
-            Ok((link, _)) => {
-                backoff = FIRST_BACKOFF;
-                let mut stats = stats.borrow_mut();
-                stats.connections_established += 1;
-                stats.record_handshake(started.elapsed().as_micros() as u64);
-                if let Some(at) = dropped_at.take() {
-                    stats.storm_recovery_us =
-                        stats.storm_recovery_us.max(at.elapsed().as_micros() as u64);
-                }
-                link
+        let Some(opened) = open_recorded(&plan, id, &stats).await else {
+            if let Some(first) = on_first.take() {
+                first(false);
             }
-            Err(error) => {
-                {
-                    let mut stats = stats.borrow_mut();
-                    stats.connect_errors += 1;
-                    stats.note_error(error);
-                }
-                if let Some(first) = on_first.take() {
-                    first(false);
-                }
-                sleep(backoff.mul_f64(0.5 + rng.unit())).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
+            sleep(backoff.mul_f64(0.5 + rng.unit())).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
         };
+        backoff = FIRST_BACKOFF;
+        if let Some(at) = dropped_at.take() {
+            let mut stats = stats.borrow_mut();
+            stats.storm_recovery_us = stats.storm_recovery_us.max(at.elapsed().as_micros() as u64);
+        }
         if let Some(first) = on_first.take() {
             first(true);
         }
-        // A reader keeps the connection serviced (pings, the server's close) while it lives.
-        let reader = tokio_uring::spawn(discard(link.clone()));
+        // The connection is serviced (pings, the server's close) while it lives.
+        let (closing, closed) = watch::channel(Phase::Running);
+        let mut connection = Box::pin(hold(opened, id, stats.clone(), closed));
         if *phase.borrow() == Phase::Connecting {
             let _ = phase.wait_for(|p| *p != Phase::Connecting).await;
         }
@@ -132,22 +114,25 @@ pub async fn churn(
         let lifetime = churn.mean_lifetime.mul_f64(rng.exponential());
         let storm = storm_at.filter(|at| *at > Instant::now());
         tokio::select! {
+            _ = &mut connection => {
+                // The server ended it (counted as dropped): reconnect.
+            }
             _ = sleep(lifetime) => {
-                reader.abort();
-                let _ = close(&link, &mut mask).await;
+                let _ = closing.send(Phase::Draining);
+                connection.await;
                 stats.borrow_mut().reconnects += 1;
             }
             _ = sleep_until(storm.unwrap_or_else(far_future)), if storm.is_some() => {
-                // Everyone at once, without a close handshake, as when a load balancer dies.
-                reader.abort();
-                drop(link);
+                // Everyone at once, without a close handshake, as when a load balancer dies:
+                // dropping the connection's future cuts it.
+                drop(connection);
                 dropped_at = Some(Instant::now());
                 sleep(churn.storm_jitter.mul_f64(rng.unit())).await;
                 stats.borrow_mut().reconnects += 1;
             }
             _ = phase.wait_for(|p| *p == Phase::Draining) => {
-                reader.abort();
-                let _ = close(&link, &mut mask).await;
+                let _ = closing.send(Phase::Draining);
+                connection.await;
                 return;
             }
         }
@@ -156,50 +141,4 @@ pub async fn churn(
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
-}
-
-/// Reads and drops what the server sends until it closes.
-async fn discard(link: Rc<Link>) {
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        let (result, back) = link.read(buf).await;
-        buf = back;
-        if !matches!(result, Ok(n) if n > 0) {
-            return;
-        }
-    }
-}
-
-/// The client's close handshake: a 1000 close, then read until the server's close or EOF.
-async fn close(link: &Link, mask: &mut MaskSource) -> Result<(), String> {
-    let mut frame = Vec::with_capacity(8);
-    mask.close(&mut frame);
-    let (result, _) = link.write_all(frame).await;
-    result.map_err(|e| format!("send close: {e}"))?;
-    let mut session = Session::new(Role::Client, SessionConfig::default());
-    let mut replies = Vec::new();
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        let Some((result, back)) = link.read_or_give_up(buf, true).await else {
-            return Err(no_close_answer());
-        };
-        buf = back;
-        match result {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read the close: {e}")),
-        }
-        let mut at = 0;
-        while at < buf.len() {
-            let (used, event) = session
-                .read(&mut buf[at..], &mut replies)
-                .map_err(|e| format!("protocol error while closing: {}", e.reason))?;
-            at += used;
-            if let Some(Event::Close(_)) = event {
-                return Ok(());
-            }
-        }
-    }
 }

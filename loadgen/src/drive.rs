@@ -18,8 +18,24 @@ use tokio::sync::watch;
 
 use crate::cpu;
 use crate::display::Status;
-use crate::run::{self, Phase, Plan, Progress, Workload};
-use crate::stats::Stats;
+use crate::plan::{Phase, Plan, Workload};
+use crate::run::{self, Progress};
+use crate::stats::{Stats, WireError};
+
+/// Why a run could not be driven to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a worker thread panicked")]
+    Panicked,
+    #[error("the parent process went away")]
+    ParentGone,
+    #[error("bad count line `{0}`")]
+    Counts(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
 
 /// What one process measured.
 pub struct Outcome {
@@ -43,18 +59,18 @@ impl Outcome {
         })
     }
 
-    pub fn from_wire(value: &Value) -> Result<Outcome, String> {
+    pub fn from_wire(value: &Value) -> Result<Outcome, WireError> {
         let buckets = value["buckets"]
             .as_array()
-            .ok_or("no buckets")?
+            .ok_or(WireError::Missing("buckets"))?
             .iter()
             .map(Stats::from_wire)
             .collect::<Result<_, _>>()?;
-        let secs = |field: &str| {
+        let secs = |field: &'static str| {
             value[field]
                 .as_f64()
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or_else(|| format!("no {field}"))
+                .ok_or(WireError::Missing(field))
         };
         Ok(Outcome {
             buckets,
@@ -67,13 +83,13 @@ impl Outcome {
 }
 
 /// Who decides when the phases change.
-pub enum Control {
+pub enum Control<'a> {
     /// This process: connect (at most `connect_timeout`), measure for `duration`.
     Local {
         duration: Duration,
         connect_timeout: Duration,
         /// Called a few times a second, for the live display.
-        status: Box<dyn FnMut(Status)>,
+        status: Box<dyn FnMut(Status) + 'a>,
         /// The server whose memory to read once every connection is open.
         server_pid: Option<u32>,
     },
@@ -82,7 +98,7 @@ pub enum Control {
 }
 
 /// Starts the worker threads, steers them through the phases, and collects their stats.
-pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
+pub fn drive(plan: Arc<Plan>, control: Control<'_>) -> Result<Outcome, DriveError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let progress = Arc::new(Progress::default());
     let workers: Vec<_> = (0..plan.threads)
@@ -91,7 +107,7 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
             std::thread::Builder::new()
                 .name(format!("loadgen-{index}"))
                 .spawn(move || run::worker(plan, index, phase, progress))
-                .map_err(|e| format!("cannot start a worker thread: {e}"))
+                .map_err(DriveError::Thread)
         })
         .collect::<Result<_, _>>()?;
 
@@ -117,9 +133,7 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
 
     let mut buckets = vec![Stats::default(); plan.mix.len() + 1];
     for worker in workers {
-        let parts = worker
-            .join()
-            .map_err(|_| "a worker thread panicked".to_owned())?;
+        let parts = worker.join().map_err(|_| DriveError::Panicked)?;
         for (bucket, part) in buckets.iter_mut().zip(&parts) {
             bucket.merge(part);
         }
@@ -133,26 +147,18 @@ pub fn drive(plan: Arc<Plan>, control: Control) -> Result<Outcome, String> {
     })
 }
 
-/// Connections this process opens.
-fn local_connections(plan: &Plan) -> u64 {
-    let share = plan.process;
-    (0..plan.connections)
-        .filter(|id| id % share.count == share.index)
-        .count() as u64
-}
-
 fn run_locally(
     plan: &Plan,
     progress: &Progress,
     phase: &watch::Sender<Phase>,
     (duration, connect_timeout): (Duration, Duration),
-    mut status: Box<dyn FnMut(Status)>,
+    mut status: Box<dyn FnMut(Status) + '_>,
     timeline: &mut Vec<(f64, f64)>,
     on_connected: impl FnOnce(),
 ) -> (Duration, Duration) {
     // Connect everything first, so the measurement sees only the steady state.
     let connect_start = Instant::now();
-    let total = local_connections(plan);
+    let total = plan.local_connections();
     while progress.settled.load(Ordering::Relaxed) < total
         && connect_start.elapsed() < connect_timeout
     {
@@ -190,7 +196,7 @@ fn run_for_parent(
     plan: &Plan,
     progress: &Progress,
     phase: &watch::Sender<Phase>,
-) -> Result<(Duration, Duration), String> {
+) -> Result<(Duration, Duration), DriveError> {
     let (tx, commands) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {
@@ -214,15 +220,13 @@ fn run_for_parent(
             progress.p99_us.load(Ordering::Relaxed)
         ))
     };
-    let wait_for = |word: &str| -> Result<String, String> {
+    let wait_for = |word: &str| -> Result<String, DriveError> {
         loop {
             match commands.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) if line.split_whitespace().next() == Some(word) => return Ok(line),
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => report(),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("the parent process went away".to_owned());
-                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(DriveError::ParentGone),
             }
         }
     };
@@ -259,14 +263,15 @@ pub fn encode_counts(counts: &[(u32, u32)]) -> String {
 }
 
 /// Reads the pairs after the line's first word.
-pub fn decode_counts(line: &str) -> Result<Vec<(u32, u32)>, String> {
+pub fn decode_counts(line: &str) -> Result<Vec<(u32, u32)>, DriveError> {
+    let bad = || DriveError::Counts(line.to_owned());
     let numbers: Vec<u32> = line
         .split_whitespace()
         .skip(1)
-        .map(|n| n.parse().map_err(|_| format!("bad count line `{line}`")))
+        .map(|n| n.parse().map_err(|_| bad()))
         .collect::<Result<_, _>>()?;
     if !numbers.len().is_multiple_of(2) {
-        return Err(format!("bad count line `{line}`"));
+        return Err(bad());
     }
     Ok(numbers.chunks(2).map(|pair| (pair[0], pair[1])).collect())
 }

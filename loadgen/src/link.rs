@@ -33,9 +33,6 @@ use crate::profile::Profile;
 /// it the pump stops reading, which is what backpressure is.
 const DOWNLINK_QUEUE: usize = 64;
 
-/// How long a client waits for the server's answer to its close.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A piece of the downlink with the instant it reaches the client, or the socket's error.
 type Arriving = io::Result<(Instant, Vec<u8>)>;
 
@@ -134,21 +131,6 @@ impl Link {
     /// Ends the connection both ways: a read waiting on it returns the end.
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-    }
-
-    /// Reads as [`Link::read`] does, but once `closing`, gives up after [`CLOSE_TIMEOUT`]
-    /// (returning `None`): a server that never answers our close must not hold up the run.
-    pub async fn read_or_give_up(
-        &self,
-        buf: Vec<u8>,
-        closing: bool,
-    ) -> Option<(io::Result<usize>, Vec<u8>)> {
-        if !closing {
-            return Some(self.read(buf).await);
-        }
-        tokio::time::timeout(CLOSE_TIMEOUT, self.read(buf))
-            .await
-            .ok()
     }
 
     /// Writes everything, as `TcpStream::write_all` does, after the uplink's latency and at

@@ -8,7 +8,36 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::display::Status;
-use crate::drive::{Outcome, decode_counts, encode_counts};
+use crate::drive::{DriveError, Outcome, decode_counts, encode_counts};
+use crate::stats::WireError;
+
+/// Why the worker processes could not carry a run through.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot find this program to start workers: {0}")]
+    Exe(std::io::Error),
+    #[error("cannot start worker process {index}: {source}")]
+    Spawn { index: u32, source: std::io::Error },
+    #[error("worker process {0} has no stdin or stdout to steer it through")]
+    Pipes(u32),
+    #[error("every worker process exited")]
+    AllExited,
+    #[error("worker process {0} exited without a result")]
+    ExitedEarly(usize),
+    #[error("worker process {index} said `{line}`")]
+    Unexpected { index: usize, line: String },
+    #[error("worker process {index}'s result is not JSON: {source}")]
+    Json {
+        index: usize,
+        source: serde_json::Error,
+    },
+    #[error("worker process {index}: {source}")]
+    Wire { index: usize, source: WireError },
+    #[error(transparent)]
+    Counts(#[from] DriveError),
+    #[error("no worker process reported")]
+    NoResult,
+}
 
 /// File descriptors a worker keeps for itself (runtime, pipes, stdio) beyond its sockets.
 const RESERVED_FDS: u64 = 512;
@@ -64,8 +93,8 @@ pub fn run(
     args: &[String],
     schedule: &Schedule,
     mut status: impl FnMut(Status),
-) -> Result<Outcome, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+) -> Result<Outcome, ProcessError> {
+    let exe = std::env::current_exe().map_err(ProcessError::Exe)?;
     let (tx, events) = mpsc::channel();
     let mut workers = Vec::new();
     for index in 0..count {
@@ -81,9 +110,11 @@ pub fn run(
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start worker process {index}: {e}"))?;
-        let stdin = child.stdin.take().ok_or("worker stdin")?;
-        let stdout = child.stdout.take().ok_or("worker stdout")?;
+            .map_err(|source| ProcessError::Spawn { index, source })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err(ProcessError::Pipes(index));
+        };
         let tx = tx.clone();
         let slot = index as usize;
         std::thread::spawn(move || {
@@ -116,7 +147,7 @@ fn steer(
     events: &mpsc::Receiver<Event>,
     schedule: &Schedule,
     status: &mut impl FnMut(Status),
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ProcessError> {
     let Schedule {
         total,
         publishers,
@@ -193,7 +224,7 @@ fn steer(
             }
         }
     }
-    let mut merged = merged.ok_or_else(|| "no worker process reported".to_owned())?;
+    let mut merged = merged.ok_or(ProcessError::NoResult)?;
     merged.timeline = timeline;
     merged.server_rss_connected = server_rss_connected;
     Ok(merged)
@@ -205,7 +236,7 @@ fn pump(
     events: &mpsc::Receiver<Event>,
     published: &mut [Option<Vec<(u32, u32)>>],
     results: &mut [Option<Outcome>],
-) -> Result<(), String> {
+) -> Result<(), ProcessError> {
     let deadline = Instant::now() + Duration::from_millis(200);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         let event = match events.recv_timeout(left) {
@@ -214,13 +245,11 @@ fn pump(
             Err(mpsc::RecvTimeoutError::Disconnected) if results.iter().all(Option::is_some) => {
                 return Ok(());
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err("every worker process exited".to_owned());
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(ProcessError::AllExited),
         };
         match event {
             Event::Exited(index) if results[index].is_none() => {
-                return Err(format!("worker process {index} exited without a result"));
+                return Err(ProcessError::ExitedEarly(index));
             }
             Event::Exited(_) => {}
             Event::Line(index, line) => {
@@ -238,10 +267,12 @@ fn pump(
                     "published" => published[index] = Some(decode_counts(&line)?),
                     "result" => {
                         let value = serde_json::from_str(rest)
-                            .map_err(|e| format!("worker {index} result: {e}"))?;
-                        results[index] = Some(Outcome::from_wire(&value)?);
+                            .map_err(|source| ProcessError::Json { index, source })?;
+                        let outcome = Outcome::from_wire(&value)
+                            .map_err(|source| ProcessError::Wire { index, source })?;
+                        results[index] = Some(outcome);
                     }
-                    _ => return Err(format!("worker {index} said `{line}`")),
+                    _ => return Err(ProcessError::Unexpected { index, line }),
                 }
             }
         }

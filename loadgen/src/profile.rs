@@ -6,6 +6,31 @@
 
 use std::time::Duration;
 
+/// Why a `--profile` or `--profile-mix` cannot be used.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile `{0}`; known: {known}", known = names())]
+    Unknown(String),
+    #[error("`{part}` in `{spec}` is not key=value")]
+    NotKeyValue { part: String, spec: String },
+    #[error("unknown profile setting `{key}` in `{spec}`")]
+    UnknownSetting { key: String, spec: String },
+    #[error("stall-every must be above zero")]
+    StallEveryZero,
+    #[error("`{0}` in --profile-mix is not WEIGHT:PROFILE")]
+    NotMixEntry(String),
+    #[error("`{0}` is not a whole-number weight")]
+    NotWeight(String),
+    #[error("--profile-mix gives no profile a weight")]
+    NoWeight,
+    #[error("`{0}` is not a duration: use a number with ms or s")]
+    NotDuration(String),
+    #[error("`{0}` is not a bandwidth: use a number with kbit, mbit or gbit")]
+    NotBandwidth(String),
+    #[error("`{0}` is not a size: use a number with B, KiB or MiB")]
+    NotSize(String),
+}
+
 /// How one simulated link behaves. Zero bandwidth means unlimited.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
@@ -144,7 +169,7 @@ impl Profile {
 
     /// `NAME` or `NAME,key=value,...`: a preset, with any of `rtt`, `jitter`, `down`, `up`,
     /// `rcvbuf`, `stall-every`, `stall-for` changed. `custom` starts from no shaping.
-    pub fn parse(spec: &str) -> Result<Profile, String> {
+    pub fn parse(spec: &str) -> Result<Profile, ProfileError> {
         let mut parts = spec.split(',');
         let name = parts.next().unwrap_or_default().trim();
         let mut profile = match name {
@@ -154,11 +179,14 @@ impl Profile {
             }),
             _ => Profile::named(name),
         }
-        .ok_or_else(|| format!("unknown profile `{name}`; known: {}", names()))?;
+        .ok_or_else(|| ProfileError::Unknown(name.to_owned()))?;
         for part in parts {
             let (key, value) = part
                 .split_once('=')
-                .ok_or_else(|| format!("`{part}` in `{spec}` is not key=value"))?;
+                .ok_or_else(|| ProfileError::NotKeyValue {
+                    part: part.to_owned(),
+                    spec: spec.to_owned(),
+                })?;
             let (key, value) = (key.trim(), value.trim());
             match key {
                 "rtt" => profile.one_way_latency = duration(value)? / 2,
@@ -168,11 +196,16 @@ impl Profile {
                 "rcvbuf" => profile.receive_buffer = Some(bytes(value)?),
                 "stall-every" => profile.stall_every = Some(duration(value)?),
                 "stall-for" => profile.stall_for = duration(value)?,
-                _ => return Err(format!("unknown profile setting `{key}` in `{spec}`")),
+                _ => {
+                    return Err(ProfileError::UnknownSetting {
+                        key: key.to_owned(),
+                        spec: spec.to_owned(),
+                    });
+                }
             }
         }
         if profile.stall_every.is_some_and(|d| d.is_zero()) {
-            return Err("stall-every must be above zero".to_owned());
+            return Err(ProfileError::StallEveryZero);
         }
         Ok(profile)
     }
@@ -219,25 +252,25 @@ impl Mix {
     }
 
     /// `90:wifi,10:slow-3g`.
-    pub fn parse(spec: &str) -> Result<Mix, String> {
+    pub fn parse(spec: &str) -> Result<Mix, ProfileError> {
         let mut entries = Vec::new();
         for part in spec.split(',') {
             let (weight, name) = part
                 .split_once(':')
-                .ok_or_else(|| format!("`{part}` in --profile-mix is not WEIGHT:PROFILE"))?;
+                .ok_or_else(|| ProfileError::NotMixEntry(part.to_owned()))?;
             let weight: u32 = weight
                 .trim()
                 .parse()
-                .map_err(|_| format!("`{weight}` is not a whole-number weight"))?;
+                .map_err(|_| ProfileError::NotWeight(weight.to_owned()))?;
             let profile = Profile::named(name.trim())
-                .ok_or_else(|| format!("unknown profile `{}`; known: {}", name.trim(), names()))?;
+                .ok_or_else(|| ProfileError::Unknown(name.trim().to_owned()))?;
             if weight > 0 {
                 entries.push((weight, profile));
             }
         }
         let common = entries.iter().fold(0, |g, e| gcd(g, e.0));
         if common == 0 {
-            return Err("--profile-mix gives no profile a weight".to_owned());
+            return Err(ProfileError::NoWeight);
         }
         for entry in &mut entries {
             entry.0 /= common;
@@ -284,45 +317,43 @@ fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-fn duration(value: &str) -> Result<Duration, String> {
+/// `100ms`, `1.5s`, `250us`; a bare number is seconds.
+pub fn duration(value: &str) -> Result<Duration, ProfileError> {
+    let bad = || ProfileError::NotDuration(value.to_owned());
     let (number, unit) = split_unit(value);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("`{value}` is not a duration"))?;
+    let n: f64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
-        "us" => n / 1e6,
-        _ => return Err(format!("`{value}`: use ms or s")),
+        "us" | "µs" => n / 1e6,
+        _ => return Err(bad()),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{value}` is not a duration"))
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
-fn bits(value: &str) -> Result<u64, String> {
+fn bits(value: &str) -> Result<u64, ProfileError> {
+    let bad = || ProfileError::NotBandwidth(value.to_owned());
     let (number, unit) = split_unit(value);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("`{value}` is not a bandwidth"))?;
+    let n: f64 = number.parse().map_err(|_| bad())?;
     let scale = match unit.to_ascii_lowercase().as_str() {
         "bit" | "" => 1.0,
         "kbit" => 1e3,
         "mbit" => 1e6,
         "gbit" => 1e9,
-        _ => return Err(format!("`{value}`: use kbit, mbit or gbit")),
+        _ => return Err(bad()),
     };
     Ok((n * scale) as u64)
 }
 
-fn bytes(value: &str) -> Result<usize, String> {
+fn bytes(value: &str) -> Result<usize, ProfileError> {
+    let bad = || ProfileError::NotSize(value.to_owned());
     let (number, unit) = split_unit(value);
-    let n: usize = number
-        .parse()
-        .map_err(|_| format!("`{value}` is not a size"))?;
+    let n: usize = number.parse().map_err(|_| bad())?;
     let scale = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
-        _ => return Err(format!("`{value}`: use B, KiB or MiB")),
+        _ => return Err(bad()),
     };
     Ok(n * scale)
 }
@@ -348,8 +379,15 @@ mod tests {
         assert_eq!(custom.down_bits_per_sec, 2_000_000);
         assert_eq!(custom.receive_buffer, Some(16 << 10));
         assert!(Profile::parse("custom").expect("custom").is_ideal());
-        assert!(Profile::parse("dial-up").is_err());
+        assert_eq!(
+            Profile::parse("dial-up"),
+            Err(ProfileError::Unknown("dial-up".to_owned()))
+        );
         assert!(Profile::parse("wifi,rtt").is_err());
+        assert_eq!(
+            Profile::parse("custom,rtt=fast"),
+            Err(ProfileError::NotDuration("fast".to_owned()))
+        );
     }
 
     #[test]

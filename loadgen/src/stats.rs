@@ -24,14 +24,26 @@ pub struct Stats {
     pub messages_corrupted: u64,
     pub messages_duplicated: u64,
     pub messages_reordered: u64,
-    /// Messages sent and never answered by the end of the drain.
+    /// Messages sent that never arrived, intact or corrupted, by the end of the drain.
     pub messages_lost: u64,
+    /// Bytes written to and read from the sockets once upgraded: frames as they cross the
+    /// wire, compressed when permessage-deflate is on.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Socket writes and reads that moved those bytes: messages per call show how well
+    /// the generator batches.
+    pub writes: u64,
+    pub reads: u64,
     /// `churn`: connections closed to be opened again.
     pub reconnects: u64,
     /// `churn`: the longest a client took to reconnect after the storm.
     pub storm_recovery_us: u64,
     pub latency_us: Histogram<u64>,
     pub handshake_us: Histogram<u64>,
+    /// What the server agreed to in its upgrade (the first one seen): subprotocol and
+    /// Sec-WebSocket-Extensions.
+    pub protocol: Option<String>,
+    pub extensions: Option<String>,
     /// How often each kind of error happened (at most [`MAX_ERROR_KINDS`] kinds; the rest
     /// count under one "other" entry).
     pub errors: BTreeMap<String, u64>,
@@ -57,10 +69,16 @@ impl Default for Stats {
             messages_duplicated: 0,
             messages_reordered: 0,
             messages_lost: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            writes: 0,
+            reads: 0,
             reconnects: 0,
             storm_recovery_us: 0,
             latency_us: histogram(),
             handshake_us: histogram(),
+            protocol: None,
+            extensions: None,
             errors: BTreeMap::new(),
         }
     }
@@ -90,8 +108,9 @@ impl Stats {
         self.handshake_us.saturating_record(micros.max(1));
     }
 
-    pub fn note_error(&mut self, error: String) {
-        self.note_errors(error, 1);
+    /// Counts one error under its message.
+    pub fn note_error(&mut self, error: &dyn std::fmt::Display) {
+        self.note_errors(error.to_string(), 1);
     }
 
     fn note_errors(&mut self, error: String, count: u64) {
@@ -114,6 +133,10 @@ impl Stats {
         self.messages_duplicated += other.messages_duplicated;
         self.messages_reordered += other.messages_reordered;
         self.messages_lost += other.messages_lost;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.writes += other.writes;
+        self.reads += other.reads;
         self.reconnects += other.reconnects;
         self.storm_recovery_us = self.storm_recovery_us.max(other.storm_recovery_us);
         // Same bounds on both sides: adding cannot fail.
@@ -121,6 +144,12 @@ impl Stats {
         let _ = self.handshake_us.add(&other.handshake_us);
         for (error, count) in &other.errors {
             self.note_errors(error.clone(), *count);
+        }
+        if self.protocol.is_none() {
+            self.protocol.clone_from(&other.protocol);
+        }
+        if self.extensions.is_none() {
+            self.extensions.clone_from(&other.extensions);
         }
     }
 }
@@ -133,21 +162,38 @@ fn histogram_to_json(histogram: &Histogram<u64>) -> Value {
         .collect()
 }
 
-fn histogram_from_json(value: &Value) -> Result<Histogram<u64>, String> {
+/// Why a worker process's statistics could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("a worker's statistics have no `{0}`")]
+    Missing(&'static str),
+    #[error("a worker's statistics have {found} counters, not {expected}")]
+    Counters { found: usize, expected: usize },
+    #[error("a worker's histogram entry `{0}` is not a (value, count) pair")]
+    HistogramEntry(Value),
+    #[error("a worker's histogram value {value} is out of range: {source}")]
+    HistogramValue {
+        value: u64,
+        source: hdrhistogram::RecordError,
+    },
+}
+
+fn histogram_from_json(value: &Value, field: &'static str) -> Result<Histogram<u64>, WireError> {
     let mut histogram = histogram();
-    for pair in value.as_array().ok_or("a histogram is not a list")? {
+    for pair in value.as_array().ok_or(WireError::Missing(field))? {
         let (Some(value), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) else {
-            return Err(format!("bad histogram entry {pair}"));
+            return Err(WireError::HistogramEntry(pair.clone()));
         };
         histogram
             .record_n(value, count)
-            .map_err(|e| format!("histogram entry {value}: {e}"))?;
+            .map_err(|source| WireError::HistogramValue { value, source })?;
     }
     Ok(histogram)
 }
 
-/// The counters a worker process hands to its parent, in the order of [`Stats::to_wire`].
-const WIRE_COUNTERS: [&str; 12] = [
+/// The counters a worker process hands to its parent, in the order of [`Stats::to_wire`]
+/// (the names document the order).
+const WIRE_COUNTERS: [&str; 16] = [
     "connections_established",
     "connect_errors",
     "connections_dropped",
@@ -158,12 +204,16 @@ const WIRE_COUNTERS: [&str; 12] = [
     "messages_duplicated",
     "messages_reordered",
     "messages_lost",
+    "bytes_sent",
+    "bytes_received",
+    "writes",
+    "reads",
     "reconnects",
     "storm_recovery_us",
 ];
 
 impl Stats {
-    fn counters_mut(&mut self) -> [&mut u64; 12] {
+    fn counters_mut(&mut self) -> [&mut u64; 16] {
         [
             &mut self.connections_established,
             &mut self.connect_errors,
@@ -175,6 +225,10 @@ impl Stats {
             &mut self.messages_duplicated,
             &mut self.messages_reordered,
             &mut self.messages_lost,
+            &mut self.bytes_sent,
+            &mut self.bytes_received,
+            &mut self.writes,
+            &mut self.reads,
             &mut self.reconnects,
             &mut self.storm_recovery_us,
         ]
@@ -189,193 +243,32 @@ impl Stats {
             "latency_us": histogram_to_json(&self.latency_us),
             "handshake_us": histogram_to_json(&self.handshake_us),
             "errors": self.errors,
+            "protocol": self.protocol,
+            "extensions": self.extensions,
         })
     }
 
-    pub fn from_wire(value: &Value) -> Result<Stats, String> {
+    pub fn from_wire(value: &Value) -> Result<Stats, WireError> {
         let mut stats = Stats::default();
-        let counters = value["counters"].as_array().ok_or("no counters")?;
+        let counters = value["counters"]
+            .as_array()
+            .ok_or(WireError::Missing("counters"))?;
         if counters.len() != WIRE_COUNTERS.len() {
-            return Err(format!("expected {} counters", WIRE_COUNTERS.len()));
+            return Err(WireError::Counters {
+                found: counters.len(),
+                expected: WIRE_COUNTERS.len(),
+            });
         }
         for (slot, counter) in stats.counters_mut().into_iter().zip(counters) {
-            *slot = counter.as_u64().ok_or("a counter is not a number")?;
+            *slot = counter.as_u64().ok_or(WireError::Missing("counters"))?;
         }
-        stats.latency_us = histogram_from_json(&value["latency_us"])?;
-        stats.handshake_us = histogram_from_json(&value["handshake_us"])?;
+        stats.latency_us = histogram_from_json(&value["latency_us"], "latency_us")?;
+        stats.handshake_us = histogram_from_json(&value["handshake_us"], "handshake_us")?;
         for (error, count) in value["errors"].as_object().into_iter().flatten() {
             stats.note_errors(error.clone(), count.as_u64().unwrap_or(1));
         }
+        stats.protocol = value["protocol"].as_str().map(str::to_owned);
+        stats.extensions = value["extensions"].as_str().map(str::to_owned);
         Ok(stats)
-    }
-}
-
-/// One profile's share of a run with a link model.
-pub struct ProfileReport<'a> {
-    pub name: &'a str,
-    pub stats: &'a Stats,
-}
-
-/// What a run measured, with what it took to measure it.
-pub struct Report<'a> {
-    pub scenario: &'a str,
-    pub url: &'a str,
-    pub connections: u64,
-    pub duration_secs: f64,
-    pub stats: &'a Stats,
-    /// Per link profile, when a link model was on.
-    pub profiles: &'a [ProfileReport<'a>],
-    /// The generator's own CPU time over the run, as a share of the cores it ran on.
-    pub cpu_percent: f64,
-    pub threads: usize,
-    /// The server's resident memory growth per connection, when its pid was given.
-    pub server_bytes_per_connection: Option<f64>,
-}
-
-fn percentiles(histogram: &Histogram<u64>) -> Value {
-    let at = |q: f64| {
-        if histogram.is_empty() {
-            0
-        } else {
-            histogram.value_at_quantile(q)
-        }
-    };
-    json!({
-        "p50": at(0.50),
-        "p90": at(0.90),
-        "p99": at(0.99),
-        "p999": at(0.999),
-        "max": histogram.max(),
-        "mean": (histogram.mean() * 10.0).round() / 10.0,
-        "count": histogram.len(),
-    })
-}
-
-impl Report<'_> {
-    pub fn throughput(&self) -> f64 {
-        if self.duration_secs > 0.0 {
-            self.stats.messages_in_window as f64 / self.duration_secs
-        } else {
-            0.0
-        }
-    }
-
-    /// The JSON fields other tooling reads; see the README of the crate.
-    pub fn to_json(&self) -> Value {
-        let s = self.stats;
-        json!({
-            "scenario": self.scenario,
-            "url": self.url,
-            "connections": self.connections,
-            "duration_secs": self.duration_secs,
-            "connections_established": s.connections_established,
-            "connect_errors": s.connect_errors,
-            "connections_dropped": s.connections_dropped,
-            "messages_sent": s.messages_sent,
-            "messages_received": s.messages_received,
-            "messages_lost": s.messages_lost,
-            "messages_corrupted": s.messages_corrupted,
-            "messages_duplicated": s.messages_duplicated,
-            "messages_reordered": s.messages_reordered,
-            "throughput_msgs_per_sec": self.throughput().round(),
-            "latency_us": percentiles(&s.latency_us),
-            "handshake_latency_us": percentiles(&s.handshake_us),
-            "loadgen_cpu_percent": (self.cpu_percent * 10.0).round() / 10.0,
-            "loadgen_threads": self.threads,
-            "errors": s.errors,
-            "reconnects": s.reconnects,
-            "server_rss_bytes_per_connection": self.server_bytes_per_connection.map(f64::round),
-            "storm_recovery_ms": s.storm_recovery_us as f64 / 1000.0,
-            "profiles": self.profiles.iter().map(|p| json!({
-                "name": p.name,
-                "connections_established": p.stats.connections_established,
-                "connections_dropped": p.stats.connections_dropped,
-                "messages_sent": p.stats.messages_sent,
-                "messages_received": p.stats.messages_received,
-                "messages_lost": p.stats.messages_lost,
-                "latency_us": percentiles(&p.stats.latency_us),
-            })).collect::<Vec<_>>(),
-        })
-    }
-
-    pub fn print_table(&self) {
-        let s = self.stats;
-        let latency = &s.latency_us;
-        let q = |q: f64| {
-            if latency.is_empty() {
-                0
-            } else {
-                latency.value_at_quantile(q)
-            }
-        };
-        println!("scenario        {} against {}", self.scenario, self.url);
-        println!(
-            "connections     {} established, {} failed, {} dropped (of {})",
-            s.connections_established, s.connect_errors, s.connections_dropped, self.connections
-        );
-        println!(
-            "messages        {} sent, {} received in {:.1} s: {:.0} msg/s",
-            s.messages_sent,
-            s.messages_received,
-            self.duration_secs,
-            self.throughput()
-        );
-        println!(
-            "integrity       {} lost, {} corrupted, {} duplicated, {} reordered",
-            s.messages_lost, s.messages_corrupted, s.messages_duplicated, s.messages_reordered
-        );
-        println!(
-            "latency (µs)    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            latency.max()
-        );
-        if !s.handshake_us.is_empty() {
-            println!(
-                "handshake (µs)  p50 {}  p99 {}  max {}",
-                s.handshake_us.value_at_quantile(0.5),
-                s.handshake_us.value_at_quantile(0.99),
-                s.handshake_us.max()
-            );
-        }
-        if let Some(bytes) = self.server_bytes_per_connection {
-            println!("server memory   {bytes:.0} B resident per open connection");
-        }
-        if s.reconnects > 0 {
-            println!(
-                "churn           {} reconnects; after the storm all were back in {:.1} ms",
-                s.reconnects,
-                s.storm_recovery_us as f64 / 1000.0
-            );
-        }
-        for p in self.profiles {
-            let l = &p.stats.latency_us;
-            let q = |q: f64| {
-                if l.is_empty() {
-                    0
-                } else {
-                    l.value_at_quantile(q)
-                }
-            };
-            println!(
-                "  {:<13} {} conns, {} received, {} lost; latency µs p50 {}  p99 {}  max {}",
-                p.name,
-                p.stats.connections_established,
-                p.stats.messages_received,
-                p.stats.messages_lost,
-                q(0.5),
-                q(0.99),
-                l.max()
-            );
-        }
-        println!(
-            "generator       {} threads, {:.0}% CPU",
-            self.threads, self.cpu_percent
-        );
-        for (error, count) in &s.errors {
-            println!("error           {count} × {error}");
-        }
     }
 }

@@ -1,16 +1,10 @@
-//! The server under test: a `ws://` URL, resolved once, and the opening handshake.
+//! The server under test: a `ws://` URL, resolved once; and sockets to it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use ringws::proto::handshake::{ClientHandshake, ClientRequest};
 use ringws::runtime::socket::{set_int_option, tcp_socket_for, to_sockaddr};
-use tokio_uring::net::TcpStream;
-
-use crate::link::Link;
-use crate::profile::Profile;
 
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -21,17 +15,30 @@ pub struct Target {
     pub path: String,
 }
 
+/// Why a URL names no server this generator can reach.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("`{0}`: only ws:// URLs are supported")]
+    Scheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("cannot resolve `{host}`: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("`{0}` resolves to no address")]
+    NoAddress(String),
+}
+
 impl Target {
-    pub fn parse(url: &str) -> Result<Target, String> {
+    pub fn parse(url: &str) -> Result<Target, UrlError> {
         let rest = url
             .strip_prefix("ws://")
-            .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+            .ok_or_else(|| UrlError::Scheme(url.to_owned()))?;
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, "/"),
         };
         if authority.is_empty() {
-            return Err(format!("`{url}` has no host"));
+            return Err(UrlError::NoHost(url.to_owned()));
         }
         let with_port = if authority
             .rsplit_once(':')
@@ -43,9 +50,12 @@ impl Target {
         };
         let addr = with_port
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve `{authority}`: {e}"))?
+            .map_err(|source| UrlError::Resolve {
+                host: authority.to_owned(),
+                source,
+            })?
             .next()
-            .ok_or_else(|| format!("`{authority}` resolves to no address"))?;
+            .ok_or_else(|| UrlError::NoAddress(authority.to_owned()))?;
         Ok(Target {
             addr,
             host: authority.to_owned(),
@@ -54,75 +64,34 @@ impl Target {
     }
 }
 
-/// Connects (from `source`, when given) and upgrades over `profile`'s link. Returns the link and any bytes that
-/// followed the 101 response.
-pub async fn open(
-    target: &Target,
-    source: Option<IpAddr>,
-    profile: Option<&Profile>,
-) -> Result<(Rc<Link>, Vec<u8>), String> {
-    let stream = match source {
-        None => TcpStream::connect(target.addr).await,
-        Some(source) => connect_from(source, target.addr),
-    }
-    .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-    let link = Link::new(stream, profile).map_err(|e| format!("link model: {e}"))?;
-    let mut request = Vec::with_capacity(256);
-    let mut handshake = ClientHandshake::new(
-        &ClientRequest {
-            host: &target.host,
-            path: &target.path,
-            ..ClientRequest::default()
-        },
-        &mut request,
-    );
-    let (result, _) = link.write_all(request).await;
-    result.map_err(|e| format!("send the upgrade request: {e}"))?;
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        buf.clear();
-        let (result, read) = link.read(buf).await;
-        buf = read;
-        match result {
-            Ok(0) => return Err("the server closed during the handshake".to_owned()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read the upgrade response: {e}")),
-        }
-        if let Some(accepted) = handshake
-            .feed(&buf)
-            .map_err(|e| format!("handshake: {e}"))?
-        {
-            return Ok((link, buf[accepted.consumed..].to_vec()));
-        }
-    }
-}
-
-/// Starts a connection from `source` (any free port) without waiting for it: the first write
-/// (the upgrade request) waits until the connection is up, or fails with its error.
+/// A TCP socket to `to`, bound to `source` first when given, its connect started but not
+/// waited for (EINPROGRESS), with TCP_NODELAY: messages leave when written.
 ///
-/// tokio-uring can only connect from an address the kernel picks; a client spread over many
-/// loopback addresses needs its own socket, bound first.
-fn connect_from(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+/// Binding picks the port at connect time from the whole four-tuple, so each source address
+/// offers the full ephemeral range to every destination.
+pub fn socket_to(to: SocketAddr, source: Option<IpAddr>, connect: bool) -> io::Result<OwnedFd> {
     let socket = tcp_socket_for(to)?;
-    // Pick the port at connect time, from the whole four-tuple: each source address then
-    // offers the full ephemeral range to every destination. Without it, binding still works.
-    let _ = set_int_option(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
-    let (local, local_len) = to_sockaddr(SocketAddr::new(source, 0));
-    // SAFETY: `local` holds a sockaddr of `local_len` bytes for the socket's family.
-    if unsafe { libc::bind(socket.as_raw_fd(), (&raw const local).cast(), local_len) } != 0 {
-        let err = io::Error::last_os_error();
-        return Err(io::Error::new(err.kind(), format!("bind {source}: {err}")));
-    }
-    let (remote, remote_len) = to_sockaddr(to);
-    // SAFETY: as for bind.
-    if unsafe { libc::connect(socket.as_raw_fd(), (&raw const remote).cast(), remote_len) } != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(err);
+    set_int_option(&socket, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    if let Some(source) = source {
+        // Without it, binding still works, with fewer ports.
+        let _ = set_int_option(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+        let (local, local_len) = to_sockaddr(SocketAddr::new(source, 0));
+        // SAFETY: `local` holds a sockaddr of `local_len` bytes for the socket's family.
+        if unsafe { libc::bind(socket.as_raw_fd(), (&raw const local).cast(), local_len) } != 0 {
+            let err = io::Error::last_os_error();
+            return Err(io::Error::new(err.kind(), format!("bind {source}: {err}")));
         }
     }
-    Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
+    if connect {
+        let (remote, remote_len) = to_sockaddr(to);
+        // SAFETY: as for bind.
+        if unsafe { libc::connect(socket.as_raw_fd(), (&raw const remote).cast(), remote_len) } != 0
+        {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(socket)
 }

@@ -1,10 +1,13 @@
-//! Payload masking (RFC 6455 §5.3): XOR with a 4-byte key.
+//! Payload masking (RFC 6455 §5.3): XOR with a 4-byte key, and the keys a client draws.
 //!
 //! Every byte a client sends passes through here, so the hot path uses the widest vector unit
 //! the CPU has, picked once at run time: AVX-512, AVX2 or SSE2 on x86-64, NEON on aarch64, and a
 //! 64-bit word loop elsewhere. Input may arrive split at any byte, so every kernel takes any
 //! length, any alignment and any key phase.
+//!
+//! [`MaskKeys`] makes the keys: one per frame a client sends.
 
+use std::num::NonZeroU64;
 use std::sync::OnceLock;
 
 /// Below this length the setup of a vector loop costs more than it saves.
@@ -21,6 +24,58 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], phase: usize) {
         xor_words(buf, key);
     } else {
         Kernel::best().xor(buf, key);
+    }
+}
+
+/// Masking keys for the frames a client sends: a small, fast generator (xorshift64*), one
+/// per connection.
+///
+/// Masking exists so that a hostile page in a browser cannot choose the bytes an
+/// intermediary sees on the wire (RFC 6455 §10.3): browsers must draw keys an attacker
+/// cannot predict. This generator is not built for that. Seeded from the operating system
+/// ([`MaskKeys::from_entropy`], what a client session uses unless told otherwise) its keys
+/// are unpredictable enough to anyone who cannot read the process's memory, and they cost a
+/// few instructions each instead of a system call. A load generator or a test that talks to
+/// a server under its own control needs keys that vary from frame to frame (so a server that
+/// ignored the mask would be caught) and runs it can repeat: [`MaskKeys::seeded`].
+#[derive(Clone, Debug)]
+pub struct MaskKeys {
+    /// Never zero, xorshift's one fixed point (which also keeps `Option<MaskKeys>` at 8 bytes).
+    state: NonZeroU64,
+}
+
+impl MaskKeys {
+    /// Keys that depend only on `seed`: the same seed gives the same keys.
+    pub fn seeded(seed: u64) -> Self {
+        // Spread consecutive seeds (connection numbers, say) over the whole state.
+        let state = (seed ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        Self {
+            state: NonZeroU64::new(state | 1).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+
+    /// Keys seeded from the operating system's random source (the clock, if it has none).
+    pub fn from_entropy() -> Self {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = (nanos ^ (&raw const bytes as u64)).to_ne_bytes();
+        }
+        Self::seeded(u64::from_ne_bytes(bytes))
+    }
+
+    /// The key for the next frame.
+    #[inline]
+    pub fn next_key(&mut self) -> [u8; 4] {
+        let mut x = self.state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        // A xorshift step maps every non-zero state to another non-zero state.
+        self.state = NonZeroU64::new(x).unwrap_or(NonZeroU64::MIN);
+        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32).to_ne_bytes()
     }
 }
 
@@ -310,6 +365,52 @@ mod tests {
         assert_ne!(buf, source);
         apply_mask(&mut buf, KEY, 3);
         assert_eq!(buf, source);
+    }
+
+    #[test]
+    fn seeded_keys_repeat_and_differ_by_seed() {
+        let take = |mut keys: MaskKeys| (0..64).map(|_| keys.next_key()).collect::<Vec<_>>();
+        assert_eq!(take(MaskKeys::seeded(7)), take(MaskKeys::seeded(7)));
+        assert_ne!(take(MaskKeys::seeded(7)), take(MaskKeys::seeded(8)));
+        // Seed 0 is as good as any other: the state is never zero.
+        let keys = take(MaskKeys::seeded(0));
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "keys repeat within 64 frames");
+    }
+
+    /// A client session draws its keys from the generator it was given, so a seeded session
+    /// writes the same bytes every time.
+    #[test]
+    fn a_seeded_client_session_masks_with_the_seeded_keys() {
+        use crate::proto::{Role, Session, SessionConfig};
+        let frame = |seed| {
+            let mut session = Session::new(Role::Client, SessionConfig::default())
+                .with_mask_keys(MaskKeys::seeded(seed));
+            let mut out = Vec::new();
+            session
+                .writer
+                .send_binary(b"hello", &mut out)
+                .expect("open");
+            out
+        };
+        let out = frame(42);
+        assert_eq!(out, frame(42));
+        assert_ne!(out, frame(43));
+        let key = MaskKeys::seeded(42).next_key();
+        assert_eq!(&out[2..6], &key, "the frame's key is the generator's first");
+        let mut payload = out[6..].to_vec();
+        apply_mask(&mut payload, key, 0);
+        assert_eq!(payload, b"hello");
+        assert_eq!(std::mem::size_of::<Option<MaskKeys>>(), 8);
+    }
+
+    #[test]
+    fn keys_from_entropy_differ_between_generators() {
+        let mut a = MaskKeys::from_entropy();
+        let mut b = MaskKeys::from_entropy();
+        let a: Vec<_> = (0..4).map(|_| a.next_key()).collect();
+        let b: Vec<_> = (0..4).map(|_| b.next_key()).collect();
+        assert_ne!(a, b);
     }
 
     #[test]

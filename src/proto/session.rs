@@ -15,7 +15,7 @@ use super::close::{CloseCode, CloseFrame, parse_close_payload};
 use super::deflate::{Compressor, Decompressor, DeflateParams, Direction};
 use super::frame::{Decoded, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use super::frame::{FrameHead, close_payload, decode_header, write_frame};
-use super::mask::apply_mask;
+use super::mask::{MaskKeys, apply_mask};
 use super::utf8::{self, Utf8Validator};
 use super::{ProtocolError, Role};
 
@@ -176,8 +176,8 @@ pub struct Writer {
     role: Role,
     state: State,
     deflate: Option<DeflateParams>,
-    /// Masking-key generator state (clients only).
-    rng: u64,
+    /// Where a client's masking keys come from; `None` for a server, which masks nothing.
+    mask_keys: Option<MaskKeys>,
 }
 
 impl Session {
@@ -186,6 +186,14 @@ impl Session {
             reader: Reader::new(role, config),
             writer: Writer::new(role, config.deflate),
         }
+    }
+
+    /// Draws this client's masking keys from `keys` instead of a generator seeded by the
+    /// operating system: a seeded [`MaskKeys`] makes the bytes on the wire repeatable. A
+    /// server masks nothing, so for one this changes nothing.
+    pub fn with_mask_keys(mut self, keys: MaskKeys) -> Self {
+        self.writer.set_mask_keys(keys);
+        self
     }
 
     /// Where the close handshake stands.
@@ -608,7 +616,15 @@ impl Writer {
             role,
             state: State::Open,
             deflate,
-            rng: if role == Role::Client { seed() } else { 0 },
+            mask_keys: (role == Role::Client).then(MaskKeys::from_entropy),
+        }
+    }
+
+    /// Draws this client's masking keys from `keys` from now on; see
+    /// [`Session::with_mask_keys`].
+    pub fn set_mask_keys(&mut self, keys: MaskKeys) {
+        if self.role == Role::Client {
+            self.mask_keys = Some(keys);
         }
     }
 
@@ -736,16 +752,7 @@ impl Writer {
 
     /// A fresh masking key for a client's frame; `None` for a server.
     fn next_mask(&mut self) -> Option<[u8; 4]> {
-        if self.role == Role::Server {
-            return None;
-        }
-        // xorshift64*: unpredictable enough for masking (which defends proxies against
-        // cache poisoning, not secrecy), seeded from the OS per session, no syscall per frame.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let bits = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        Some(((bits >> 32) as u32).to_ne_bytes())
+        self.mask_keys.as_mut().map(MaskKeys::next_key)
     }
 }
 
@@ -764,19 +771,6 @@ fn event(kind: Ready, payload: &[u8]) -> Event<'_> {
             Event::Close(Some(CloseFrame { code, reason }))
         }
     }
-}
-
-/// A non-zero seed for the masking-key generator.
-fn seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS entropy: fall back to the clock and the session's address.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        bytes = (nanos ^ (&bytes as *const _ as u64)).to_ne_bytes();
-    }
-    u64::from_ne_bytes(bytes) | 1
 }
 
 #[cfg(test)]

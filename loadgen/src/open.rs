@@ -1,0 +1,113 @@
+//! Opening a connection over its link (for the task-driven connections and the scenarios
+//! that reconnect): connect, upgrade, and the record of how it went.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio_uring::net::TcpStream;
+
+use crate::client::Agreed;
+use crate::link::Link;
+use crate::plan::Plan;
+use crate::stats::Stats;
+use crate::target::socket_to;
+use crate::upgrade::UpgradeError;
+
+/// An upgraded connection: its link, what the server sent after its 101, and what the
+/// upgrade agreed.
+pub struct Opened {
+    pub link: Rc<Link>,
+    pub leftover: Vec<u8>,
+    pub agreed: Agreed,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("link model: {0}")]
+    Link(io::Error),
+    #[error("send the upgrade request: {0}")]
+    SendRequest(io::Error),
+    #[error("read the upgrade response: {0}")]
+    ReadResponse(io::Error),
+    #[error("the server closed during the handshake")]
+    ClosedInHandshake,
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+}
+
+/// Connects connection `id` from its source address over its link profile and upgrades.
+pub async fn open(plan: &Plan, id: u32) -> Result<Opened, OpenError> {
+    // The connect is started here and completes under the upgrade request's write, which
+    // waits for it (tokio-uring connects only from an address the kernel picks).
+    let socket =
+        socket_to(plan.target.addr, plan.source_ip(id), true).map_err(OpenError::Connect)?;
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket));
+    let link = Link::new(stream, plan.profile_of(id).1).map_err(OpenError::Link)?;
+    let mut request = Vec::with_capacity(256);
+    let mut pending = plan.upgrade.request(&plan.target, &mut request);
+    let (result, _) = link.write_all(request).await;
+    result.map_err(|error| match error.raw_os_error() {
+        Some(libc::ECONNREFUSED | libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+            OpenError::Connect(error)
+        }
+        _ => OpenError::SendRequest(error),
+    })?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        let (result, read) = link.read(buf).await;
+        buf = read;
+        match result {
+            Ok(0) => return Err(OpenError::ClosedInHandshake),
+            Ok(_) => {}
+            Err(error) => return Err(OpenError::ReadResponse(error)),
+        }
+        if let Some((agreed, consumed)) = pending.feed(&buf)? {
+            return Ok(Opened {
+                link,
+                leftover: buf[consumed..].to_vec(),
+                agreed,
+            });
+        }
+    }
+}
+
+/// Opens connection `id` and records the outcome in `stats`: established, with its
+/// handshake latency, or failed, with why.
+pub async fn open_recorded(plan: &Plan, id: u32, stats: &RefCell<Stats>) -> Option<Opened> {
+    let started = Instant::now();
+    match open(plan, id).await {
+        Ok(opened) => {
+            record_opened(&mut stats.borrow_mut(), started, &opened.agreed);
+            Some(opened)
+        }
+        Err(error) => {
+            record_failed(&mut stats.borrow_mut(), &error);
+            None
+        }
+    }
+}
+
+/// A connection opened, `started` being when its connect began.
+pub fn record_opened(stats: &mut Stats, started: Instant, agreed: &Agreed) {
+    stats.connections_established += 1;
+    stats.record_handshake(started.elapsed().as_micros() as u64);
+    if stats.protocol.is_none() {
+        stats.protocol.clone_from(&agreed.protocol);
+    }
+    if stats.extensions.is_none() {
+        stats.extensions.clone_from(&agreed.extensions);
+    }
+}
+
+/// A connection failed to open.
+pub fn record_failed(stats: &mut Stats, error: &dyn fmt::Display) {
+    stats.connect_errors += 1;
+    stats.note_error(error);
+}
