@@ -129,6 +129,9 @@ pub(crate) struct Slot {
     pub deadline: u64,
     /// Bytes received while reading was paused.
     pub stash: Vec<u8>,
+    /// Which of the shard's listening sockets accepted the connection, in `Config::listen`
+    /// order.
+    pub listener: u16,
 }
 
 impl Default for Slot {
@@ -146,6 +149,7 @@ impl Default for Slot {
             queue: SendQueue::default(),
             deadline: 0,
             stash: Vec::new(),
+            listener: 0,
         }
     }
 }

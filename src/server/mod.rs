@@ -6,6 +6,7 @@
 //! an application callback can do, `frames` writes outgoing frames, `pubsub` routes
 //! publishes, `metrics` counts, `config` holds every setting and its default.
 
+pub mod admission;
 pub mod app;
 pub mod config;
 mod connection;
