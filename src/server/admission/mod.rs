@@ -22,8 +22,10 @@ use crate::proto::handshake::{Refusal, Request};
 
 use super::config::{ConfigError, ServerConfig};
 use super::connection::Time;
-use per_ip::{Bounds, Limited, PerIp};
+use per_ip::{Bounds, PerIp};
 use token::TokenVerifier;
+
+pub(crate) use per_ip::Limited;
 
 pub use config::{AdmissionConfig, JwtConfig, JwtKey, PublishMode, Secret};
 pub use forwarded::IpNet;
@@ -43,7 +45,6 @@ pub(crate) struct Admission {
     websockets: AtomicUsize,
     tokens: Option<TokenVerifier>,
     publish_key: Option<Box<[u8]>>,
-    publish: PublishMode,
 }
 
 /// Why an upgrade was turned away before its token was even read.
@@ -164,7 +165,6 @@ impl Admission {
             websockets: AtomicUsize::new(0),
             tokens,
             publish_key: publish_key.map(Into::into),
-            publish: settings.publish,
         })
     }
 
@@ -210,11 +210,6 @@ impl Admission {
         self.per_ip.release(ip);
     }
 
-    /// Who may publish from a WebSocket.
-    pub fn publish_mode(&self) -> PublishMode {
-        self.publish
-    }
-
     /// Checks the request's token, when tokens are on: `Ok(None)` when they are off, the
     /// token's grants when it is good, a 401 naming the problem otherwise.
     pub fn authenticate(&self, request: &Request) -> Result<Option<Grants>, Refusal> {
@@ -229,11 +224,6 @@ impl Admission {
             Ok(grants) => Ok(Some(grants)),
             Err(problem) => Err(unauthorized(problem.clone(), Some(problem))),
         }
-    }
-
-    /// Whether the publish API is on (a key is configured).
-    pub fn publish_api_on(&self) -> bool {
-        self.publish_key.is_some()
     }
 
     /// Checks the publish API's key: 401 without one, 403 with a wrong one.
@@ -282,6 +272,14 @@ pub(crate) fn insufficient_scope(message: String) -> Refusal {
         "WWW-Authenticate",
         format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\""),
     )
+}
+
+/// Whether a refusal is [`insufficient_scope`]'s: a good token, but not for this.
+pub(crate) fn is_insufficient_scope(refusal: &Refusal) -> bool {
+    refusal.status == 403
+        && refusal.headers.iter().any(|(name, value)| {
+            *name == "WWW-Authenticate" && value.contains("insufficient_scope")
+        })
 }
 
 /// Compares secrets in time that depends on their lengths only, not on where they differ.
