@@ -125,7 +125,7 @@ impl Admission {
         if let Some(addr) = settings
             .proxy_protocol_listen
             .iter()
-            .find(|addr| config.listen.contains(addr))
+            .find(|addr| addr.port() != 0 && config.listen.contains(addr))
         {
             return fail(
                 "listen-proxy",
