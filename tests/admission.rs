@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -577,10 +577,5 @@ fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
     assert_eq!(
         claimed.status, 429,
         "the header did not make 127.0.0.3 someone else"
-    );
-    let mut raw = [0u8; 1];
-    assert!(
-        first.stream.expect("open").read(&mut raw).is_err(),
-        "still open, nothing sent"
     );
 }
