@@ -80,15 +80,12 @@ fn answer_on(mut stream: TcpStream, request: impl AsRef<[u8]>) -> Answer {
 
 /// Upgrades `path` with `extra` header lines, from 127.0.0.1.
 fn upgrade(addr: SocketAddr, path: &str, extra: &[&str]) -> Answer {
-    answer_on(support::connect(addr), &upgrade_request(addr, path, extra))
+    answer_on(support::connect(addr), upgrade_request(addr, path, extra))
 }
 
 /// Upgrades from the source address `from` (any 127.0.0.x).
 fn upgrade_from(from: Ipv4Addr, addr: SocketAddr, path: &str, extra: &[&str]) -> Answer {
-    answer_on(
-        connect_from(from, addr),
-        &upgrade_request(addr, path, extra),
-    )
+    answer_on(connect_from(from, addr), upgrade_request(addr, path, extra))
 }
 
 /// A connection from `source`: std cannot bind before it connects, so libc does.
@@ -482,7 +479,7 @@ fn proxy_protocol_v1_and_v2_name_the_client_and_only_their_listener_takes_them()
 
     // The header names the client: the cap of one counts 198.51.100.1 and .2 apart, though
     // every connection comes from the balancer at 127.0.0.1.
-    let first = answer_on(support::connect(proxied), &v1("198.51.100.1"));
+    let first = answer_on(support::connect(proxied), v1("198.51.100.1"));
     assert_eq!(first.status, 101);
     // The header in its own segment, as a balancer sends it before the client's bytes.
     let mut split = support::connect(proxied);
@@ -513,7 +510,7 @@ fn proxy_protocol_v1_and_v2_name_the_client_and_only_their_listener_takes_them()
         "{}",
         bare.body
     );
-    let unexpected = answer_on(support::connect(plain), &v1("198.51.100.3"));
+    let unexpected = answer_on(support::connect(plain), v1("198.51.100.3"));
     assert_eq!(unexpected.status, 400);
     assert!(
         unexpected.body.contains("does not expect one"),

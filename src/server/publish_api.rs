@@ -320,7 +320,7 @@ struct BatchItem {
 }
 
 /// A batch message's payload, decoded.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Payload {
     Text(String),
     Binary(Vec<u8>),
@@ -379,4 +379,82 @@ fn parse_batch(body: &[u8], max_topic_len: usize) -> Result<Vec<(String, Payload
         }
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::handshake::{Limits, RequestParser};
+
+    use super::*;
+
+    fn request(head: &str) -> Request {
+        let mut parser = RequestParser::new(Limits::default());
+        let text = format!("{head}\r\n\r\n");
+        assert!(parser.feed(text.as_bytes()).expect("a request").is_some());
+        parser.request().expect("complete").clone()
+    }
+
+    #[test]
+    fn bodies_need_one_length_within_the_bound() {
+        let length = |head: &str| body_length(&request(head), 100).map_err(|r| r.status);
+        assert_eq!(
+            length("POST /publish/a HTTP/1.1\r\nContent-Length: 5"),
+            Ok(5)
+        );
+        assert_eq!(length("POST /publish/a HTTP/1.1"), Err(411));
+        assert_eq!(
+            length("POST /publish/a HTTP/1.1\r\nTransfer-Encoding: chunked"),
+            Err(411)
+        );
+        let both = "POST /publish/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5";
+        assert_eq!(length(both), Err(400));
+        assert_eq!(
+            length("POST /publish/a HTTP/1.1\r\nContent-Length: +5"),
+            Err(400)
+        );
+        let twice = "POST /publish/a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6";
+        assert_eq!(length(twice), Err(400));
+        let same = "POST /publish/a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5";
+        assert_eq!(length(same), Ok(5));
+        assert_eq!(
+            length("POST /publish/a HTTP/1.1\r\nContent-Length: 101"),
+            Err(413)
+        );
+    }
+
+    #[test]
+    fn batches_are_checked_whole_and_name_the_bad_message() {
+        let parse = |body: &str| parse_batch(body.as_bytes(), 8);
+        let batch = parse(r#"[{"topic":"a","text":"x"},{"topics":["b","c"],"binary":"AAE="},{"topic":"d","json":[1]}]"#)
+            .expect("a good batch");
+        let topics: Vec<&str> = batch.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(topics, ["a", "b", "c", "d"]);
+        assert!(matches!(&batch[1].1, Payload::Binary(b) if b == &[0, 1]));
+        assert!(matches!(&batch[3].1, Payload::Text(t) if t == "[1]"));
+        let problem = |body: &str| parse(body).expect_err("refused").message.into_owned();
+        assert!(problem(r#"{"topic":"a"}"#).contains("JSON list"));
+        assert!(problem(r#"[{"topic":"a","text":"x","binary":"AA=="}]"#).starts_with("message 0"));
+        assert!(problem(r#"[{"topic":"a","text":"x"},{"text":"x"}]"#).starts_with("message 1"));
+        assert!(problem(r#"[{"topics":[],"text":"x"}]"#).contains("empty"));
+        assert!(problem(r#"[{"topic":"ninechars","text":"x"}]"#).contains("longer"));
+        assert!(problem(r#"[{"topic":"a","binary":"***"}]"#).contains("base64"));
+        assert!(problem(r#"[{"topic":"a","text":"x","extra":1}]"#).contains("unknown field"));
+        let many = format!(
+            "[{}]",
+            vec![r#"{"topic":"a","text":""}"#; MAX_BATCH + 1].join(",")
+        );
+        assert_eq!(parse(&many).expect_err("refused").status, 413);
+    }
+
+    #[test]
+    fn api_paths_are_plain_requests_only() {
+        assert!(is_api_request(&request("POST /publish/a HTTP/1.1")));
+        assert!(is_api_request(&request("POST /publish?x=1 HTTP/1.1")));
+        assert!(!is_api_request(&request("POST /publisher HTTP/1.1")));
+        let upgrade = "GET /publish/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade";
+        assert!(
+            !is_api_request(&request(upgrade)),
+            "a WebSocket there still echoes"
+        );
+    }
 }

@@ -303,8 +303,10 @@ mod tests {
 
     #[test]
     fn the_server_ceiling_and_per_address_bounds_count_together() {
-        let mut config = ServerConfig::default();
-        config.max_connections = 2;
+        let mut config = ServerConfig {
+            max_connections: 2,
+            ..ServerConfig::default()
+        };
         config.admission.max_connections_per_ip = 1;
         let admission = Admission::new(&config).expect("valid");
         let (a, b, c) = (
