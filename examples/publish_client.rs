@@ -22,7 +22,11 @@ fn main() {
         "POST /publish/bench HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
         body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
+        if keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        }
     );
     let mut message = request.into_bytes();
     message.extend_from_slice(body);
@@ -40,7 +44,11 @@ fn main() {
         };
         conn.write_all(&message).expect("send");
         let n = read_response(conn, &mut buf);
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
         if !keep_alive {
             stream = None;
         }

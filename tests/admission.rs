@@ -2,7 +2,8 @@
 //! header, the query and a cookie; expired, wrongly signed, for a topic their claims do not
 //! allow), who may publish in each mode, per-address caps and handshake rates from several
 //! 127.0.0.x addresses, 503 when the server is full, PROXY protocol v1 and v2, and
-//! X-Forwarded-For believed only from trusted proxies.
+//! X-Forwarded-For believed only from trusted proxies; and Python's `websockets` and
+//! `http.client` as the real clients of a token-guarded fan-out tier.
 
 mod support;
 
@@ -574,5 +575,45 @@ fn x_forwarded_for_is_believed_from_trusted_proxies_only() {
     assert_eq!(
         claimed.status, 429,
         "the header did not make 127.0.0.3 someone else"
+    );
+}
+
+#[test]
+fn real_clients_send_tokens_and_a_backend_publishes_over_keep_alive() {
+    let python = std::env::var("RINGWS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "RINGWS_TEST_PYTHON is not set: run scripts/test.sh, which installs the Python \
+             websockets client, or point it at a Python that has `websockets`"
+        )
+    });
+    let key = "a publish key";
+    let server = Server::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--jwt-cookie",
+        "session",
+        "--publish",
+        "token",
+        "--publish-key",
+        key,
+    ]);
+    let token = hs256(
+        serde_json::json!({"exp": now() + 300, "subscribe": ["prices.*"], "publish": ["prices.*"]}),
+        SECRET,
+    );
+    let output = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/admission.py"
+        ))
+        .args([&server.url(""), &token, key])
+        .output()
+        .expect("run the Python clients");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("all scenarios passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
