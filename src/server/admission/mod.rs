@@ -226,6 +226,11 @@ impl Admission {
         }
     }
 
+    /// Whether the publish API is on (a key is configured).
+    pub fn publish_api_on(&self) -> bool {
+        self.publish_key.is_some()
+    }
+
     /// Checks the publish API's key: 401 without one, 403 with a wrong one.
     pub fn check_publish_key(&self, request: &Request) -> Result<(), Refusal> {
         let Some(expected) = &self.publish_key else {

@@ -258,7 +258,10 @@ impl<S> Connection<S> {
             cx.io.abort(cx.id);
             return Answered::Done;
         };
-        if publish_api::is_api_request(request) {
+        // With the API off, only a POST there is answered (naming the setting): other
+        // requests get what they always got.
+        let api_on = cx.shard.admission.publish_api_on();
+        if publish_api::is_api_request(request) && (api_on || request.method() == "POST") {
             return match publish_api::start(request, &cx.shard.admission, &cx.shard.config) {
                 Ok(body) => {
                     if body.expects_continue() && head_only {
