@@ -342,7 +342,8 @@ impl<S> Connection<S> {
             false => config.idle_timeout,
         };
         self.timers.set(Timer::Handshake, cx.now.after(idle));
-        self.watch_send_queue(cx);
+        // A backend that sends requests and never reads the answers stops being read.
+        self.after_sending(cx);
     }
 
     /// Decodes frames and hands whole messages to the application.
