@@ -88,6 +88,30 @@ fn metrics_count_handshakes_closes_messages_and_bytes() {
 }
 
 #[test]
+fn delivery_latency_is_measured_from_publish_to_the_kernel() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut subscribers: Vec<_> = (0..3).map(|_| open(server.addr, "/pubsub/ticks")).collect();
+    let mut publisher = open(server.addr, "/pubsub/ticks");
+    support::wait_for_metrics(server.addr, Duration::from_secs(5), |m| {
+        m["ringws_pubsub_subscriptions"] == 4
+    });
+    for i in 0..10u8 {
+        send(&mut publisher, OpCode::Binary, true, &[i; 32]);
+    }
+    for subscriber in &mut subscribers {
+        for _ in 0..10 {
+            read_frame(subscriber);
+        }
+    }
+    let m = support::wait_for_metrics(server.addr, Duration::from_secs(5), |m| {
+        m["ringws_delivery_latency_seconds_count"] == 30
+    });
+    assert_eq!(m["ringws_delivery_latency_seconds_bucket{le=\"+Inf\"}"], 30);
+    // Loopback, an idle machine or not: well under ten seconds each.
+    assert_eq!(m["ringws_delivery_latency_seconds_bucket{le=\"10\"}"], 30);
+}
+
+#[test]
 fn the_settings_file_sets_what_the_flags_do_not() {
     let path = std::env::temp_dir().join(format!("ringws-ops-{}.toml", std::process::id()));
     std::fs::write(

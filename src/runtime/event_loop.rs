@@ -96,6 +96,12 @@ impl<H: Handler> Shard<H> {
             self.io.now = Instant::now();
             self.health.beat(self.io.shard(), self.io.now);
             self.handle_completions();
+            if !self.io.sent_tags.is_empty() {
+                let tags = std::mem::take(&mut self.io.sent_tags);
+                self.handler.on_sent(&mut self.io, &tags);
+                self.io.sent_tags = tags;
+                self.io.sent_tags.clear();
+            }
             self.fire_deadlines();
             self.acceptor.arm_parked(&mut self.io);
             self.read_mail();
@@ -106,12 +112,7 @@ impl<H: Handler> Shard<H> {
                 self.resume(conn);
             }
             for conn in std::mem::take(&mut self.io.drained) {
-                if self
-                    .io
-                    .slot_for(conn.slot, conn.generation)
-                    .map(|s| s.phase)
-                    == Some(Phase::Open)
-                {
+                if self.io.is_open(conn) {
                     self.handler.on_drained(&mut self.io, conn);
                 }
             }
@@ -180,22 +181,17 @@ impl<H: Handler> Shard<H> {
 
     fn on_recv(&mut self, index: u32, generation: u32, result: i32, flags: u32) {
         let buffer = cqueue::buffer_select(flags);
-        let conn = ConnId {
-            slot: index,
-            generation,
-        };
+        let conn = ConnId::new(index, generation);
         let state = self
             .io
             .slot_for(index, generation)
-            .map(|s| (s.phase, s.paused));
+            .map(|s| (s.phase(), s.is_paused()));
         if let Some(id) = buffer {
             if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
                 let data = self.buffers.filled(id, len);
                 match state {
                     (Phase::Open, false) => self.handler.on_data(&mut self.io, conn, data),
-                    (Phase::Open, true) => {
-                        self.io.slots[index as usize].stash.extend_from_slice(data);
-                    }
+                    (Phase::Open, true) => self.io.slots[index as usize].stash(data),
                     // Closing: whatever comes now is discarded.
                     _ => {}
                 }
@@ -215,11 +211,12 @@ impl<H: Handler> Shard<H> {
         let Some(slot) = self.io.slot_for(conn.slot, conn.generation) else {
             return;
         };
-        if slot.paused {
+        if slot.is_paused() {
             return;
         }
-        let mut stash = std::mem::take(&mut slot.stash);
-        if !stash.is_empty() && slot.phase == Phase::Open {
+        if let Some(mut stash) = slot.take_stash()
+            && slot.phase() == Phase::Open
+        {
             self.handler.on_data(&mut self.io, conn, &mut stash);
         }
         if let Some(slot) = self.io.slot_for(conn.slot, conn.generation) {
@@ -232,17 +229,14 @@ impl<H: Handler> Shard<H> {
         let mut fired = std::mem::take(&mut self.fired);
         self.io.timers.advance(self.io.now, &mut fired);
         for entry in fired.drain(..) {
-            let conn = ConnId {
-                slot: entry.index,
-                generation: entry.generation,
-            };
+            let conn = ConnId::new(entry.index, entry.generation);
             match entry.kind {
                 timer::Kind::AcceptRetry => self.acceptor.arm(entry.index, &mut self.io),
                 timer::Kind::Handler => {
                     let Some(slot) = self.io.slot_for(conn.slot, conn.generation) else {
                         continue;
                     };
-                    if slot.deadline == entry.due && slot.phase == Phase::Open {
+                    if slot.deadline == entry.due && slot.phase() == Phase::Open {
                         slot.deadline = 0;
                         self.handler.on_deadline(&mut self.io, conn);
                     }

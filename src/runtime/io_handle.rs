@@ -9,8 +9,8 @@ use io_uring::types::Fixed;
 
 use super::buf_ring::BUFFER_GROUP;
 use super::ring::{self, Ring};
-use super::send_queue::{Dropped, SendBuf};
-use super::slot::{Action, Actions, CANCEL_BOUND, Slot};
+use super::send_queue::{Dropped, SendBuf, Tag};
+use super::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
 use super::timer::{self, TimerWheel};
 use super::user_data::{Op, pack};
 use super::{CloseCause, ConnId};
@@ -32,11 +32,15 @@ pub struct Io {
     pub(super) rearm: Vec<ConnId>,
     /// Connections that wrote out their whole queue this turn.
     pub(super) drained: Vec<ConnId>,
+    /// Tags of chunks the kernel finished taking this turn.
+    pub(super) sent_tags: Vec<Tag>,
     /// A descriptor closed this turn: parked accepts may go ahead.
     pub(super) slots_freed: bool,
-    /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS. Boxed: the kernel
-    /// reads a header by address while its send is in flight, so it must not move.
-    #[allow(clippy::vec_box)]
+    /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS.
+    #[allow(
+        clippy::vec_box,
+        reason = "the kernel reads a header by address while its send is in flight"
+    )]
     send_pool: Vec<Box<SendBuf>>,
     pub(super) live: usize,
     shard: usize,
@@ -50,7 +54,7 @@ pub struct Io {
 fn slot_of(slots: &mut [Slot], conn: ConnId) -> Option<&mut Slot> {
     slots
         .get_mut(conn.slot as usize)
-        .filter(|slot| slot.generation == conn.generation && slot.is_live())
+        .filter(|slot| slot.generation() == conn.generation && slot.is_live())
 }
 
 impl Io {
@@ -64,6 +68,7 @@ impl Io {
             dirty: Vec::new(),
             rearm: Vec::new(),
             drained: Vec::new(),
+            sent_tags: Vec::new(),
             slots_freed: false,
             send_pool: Vec::new(),
             live: 0,
@@ -77,25 +82,33 @@ impl Io {
     /// Queues `bytes` for `conn`. They are written in order, with everything else queued for
     /// it, in one sendmsg at the end of the loop turn.
     pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
-        self.enqueue(conn, bytes, false);
+        self.enqueue(conn, bytes, false, None);
     }
 
     /// Like [`Io::send`], for a whole message that [`Io::drop_oldest`] may drop unsent. It
     /// is never copied: share it between connections freely.
     pub fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
-        self.enqueue(conn, bytes, true);
+        self.enqueue(conn, bytes, true, None);
     }
 
-    fn enqueue(&mut self, conn: ConnId, bytes: Bytes, droppable: bool) {
+    /// Like [`Io::send_droppable`], with a tag the handler hears back
+    /// ([`Handler::on_sent`](super::Handler::on_sent)) once the kernel has taken the whole
+    /// message; a dropped message's tag never comes back.
+    pub fn send_tagged(&mut self, conn: ConnId, bytes: Bytes, tag: Tag) {
+        self.enqueue(conn, bytes, true, Some(tag));
+    }
+
+    fn enqueue(&mut self, conn: ConnId, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
         let Some(slot) = slot_of(&mut self.slots, conn) else {
             return;
         };
         if bytes.is_empty() || !slot.accepts_bytes() {
             return;
         }
-        slot.queue.push(bytes, droppable);
-        let actions = slot.queued();
-        self.apply(conn.slot, actions);
+        slot.queue.push_tagged(bytes, droppable, tag);
+        if slot.mark_dirty() {
+            self.dirty.push(conn.slot);
+        }
     }
 
     /// Drops `conn`'s oldest droppable messages not yet being written, until its queue
@@ -113,7 +126,7 @@ impl Io {
     pub fn queued_bytes(&self, conn: ConnId) -> usize {
         self.slots
             .get(conn.slot as usize)
-            .filter(|slot| slot.generation == conn.generation)
+            .filter(|slot| slot.generation() == conn.generation)
             .map_or(0, |slot| slot.queue.cost())
     }
 
@@ -122,7 +135,7 @@ impl Io {
     pub fn written_bytes(&self, conn: ConnId) -> u64 {
         self.slots
             .get(conn.slot as usize)
-            .filter(|slot| slot.generation == conn.generation)
+            .filter(|slot| slot.generation() == conn.generation)
             .map_or(0, |slot| slot.queue.written())
     }
 
@@ -207,7 +220,7 @@ impl Io {
     pub fn listener_of(&self, conn: ConnId) -> Option<usize> {
         self.slots
             .get(conn.slot as usize)
-            .filter(|slot| slot.generation == conn.generation && slot.is_live())
+            .filter(|slot| slot.generation() == conn.generation && slot.is_live())
             .map(|slot| usize::from(slot.listener))
     }
 
@@ -233,32 +246,29 @@ impl Io {
         }
         let actions = slot.open();
         slot.listener = listener;
-        let conn = ConnId {
-            slot: index,
-            generation: slot.generation,
-        };
+        let conn = ConnId::new(index, slot.generation());
         self.live += 1;
         self.apply(index, actions);
         Some(conn)
     }
 
+    /// Whether `conn` is still there and open (not closing).
+    pub(super) fn is_open(&self, conn: ConnId) -> bool {
+        self.slots
+            .get(conn.slot as usize)
+            .is_some_and(|slot| slot.generation() == conn.generation && slot.phase() == Phase::Open)
+    }
+
     /// The slot a completion of generation `generation` belongs to, if still there.
     pub(super) fn slot_for(&mut self, index: u32, generation: u32) -> Option<&mut Slot> {
-        slot_of(
-            &mut self.slots,
-            ConnId {
-                slot: index,
-                generation,
-            },
-        )
+        slot_of(&mut self.slots, ConnId::new(index, generation))
     }
 
     pub(super) fn on_send(&mut self, index: u32, generation: u32, result: i32) {
-        let Some(slot) = self.slot_for(index, generation) else {
+        let Some(slot) = slot_of(&mut self.slots, ConnId::new(index, generation)) else {
             return;
         };
-        let buf = slot.queue.complete(result);
-        let actions = slot.on_sent(result);
+        let (actions, buf) = slot.on_sent(result, &mut self.sent_tags);
         // A burst (thousands of handshake answers at once) must not leave a spare buffer
         // behind for every connection that took part.
         if let Some(buf) = buf
@@ -281,10 +291,14 @@ impl Io {
     pub(super) fn on_closing_timer(&mut self, index: u32, generation: u32, kind: timer::Kind) {
         let reset = self.reset;
         if let Some(slot) = self.slot_for(index, generation) {
-            if kind == timer::Kind::Cancel {
-                tracing::warn!(slot = index, "cancelled requests outlived their bound");
-            }
             let actions = slot.on_timer(kind, reset);
+            if kind == timer::Kind::Cancel && !actions.is_empty() {
+                tracing::warn!(
+                    shard = self.shard,
+                    slot = index,
+                    "cancelled requests outlived their bound: shutting the socket down"
+                );
+            }
             self.apply(index, actions);
         }
     }
@@ -307,13 +321,7 @@ impl Io {
         );
         self.live -= 1;
         self.slots_freed = true;
-        Some((
-            ConnId {
-                slot: index,
-                generation,
-            },
-            cause,
-        ))
+        Some((ConnId::new(index, generation), cause))
     }
 
     /// Closes every connection still here, as the shutdown grace ran out.
@@ -337,7 +345,7 @@ impl Io {
             let send = opcode::SendMsg::new(Fixed(index), header)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
-                .user_data(pack(Op::Send, index, slot.generation));
+                .user_data(pack(Op::Send, index, slot.generation()));
             // SAFETY: `header` is the boxed SendBuf the slot's queue now holds as its send in
             // flight; it and the chunks its iovecs point into stay put and unchanged until
             // the completion hands the box back (`SendQueue::start_send`). The slot is not
@@ -348,12 +356,18 @@ impl Io {
     }
 
     /// Carries out what a transition of slot `index` asked for.
+    #[inline]
     pub(super) fn apply(&mut self, index: u32, actions: Actions) {
-        let generation = self.slots[index as usize].generation;
-        let conn = ConnId {
-            slot: index,
-            generation,
-        };
+        if !actions.is_empty() {
+            self.carry_out(index, actions);
+        }
+    }
+
+    /// Out of line: most transitions ask for nothing, and the callers stay small.
+    #[inline(never)]
+    fn carry_out(&mut self, index: u32, actions: Actions) {
+        let generation = self.slots[index as usize].generation();
+        let conn = ConnId::new(index, generation);
         let fd = Fixed(index);
         let of = |op: Op| pack(op, index, generation);
         for action in actions {

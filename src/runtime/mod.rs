@@ -37,7 +37,7 @@ pub use health::Health;
 pub use io_handle::Io;
 pub use launch::{Runtime, ShardContext, start};
 pub use mailbox::Remote;
-pub use send_queue::{CHUNK_OVERHEAD, Dropped};
+pub use send_queue::{CHUNK_OVERHEAD, Dropped, Tag};
 
 /// A connection within its shard: its direct-descriptor slot and that slot's generation,
 /// so an id never names a later connection that reused the slot.
@@ -86,6 +86,9 @@ pub trait Handler: 'static {
     fn on_data(&mut self, io: &mut Io, conn: ConnId, data: &mut [u8]);
     /// Everything queued for the open connection has been written.
     fn on_drained(&mut self, _io: &mut Io, _conn: ConnId) {}
+    /// The kernel has taken the whole of these tagged chunks ([`Io::send_tagged`]), from
+    /// any connections; heard once a turn.
+    fn on_sent(&mut self, _io: &mut Io, _tags: &[Tag]) {}
     /// The connection's deadline passed.
     fn on_deadline(&mut self, io: &mut Io, conn: ConnId);
     /// The connection is gone; its id will not be used again.

@@ -21,8 +21,8 @@ pub const CHUNK_OVERHEAD: usize = 64;
 /// Chunks one sendmsg takes at most; more wait for the next.
 pub(crate) const MAX_IOV: usize = 64;
 
-/// An owned buffer takes appended bytes until it holds this many; then a new one starts, so
-/// growing never copies much at once.
+/// The tail takes copied bytes until it holds this many; then it joins the queue and a new
+/// one starts, so growing never copies much at once.
 const OWNED_CHUNK_LIMIT: usize = 64 << 10;
 
 /// The memory of a sendmsg in flight, which must stay put until its completion.
@@ -39,35 +39,19 @@ impl SendBuf {
     }
 }
 
-/// Bytes queued for a connection.
-enum Chunk {
-    /// The caller's bytes, written without a copy.
-    Shared(Bytes),
+/// Bytes queued for a connection, written from the caller's `Bytes` without a copy.
+struct Chunk {
+    bytes: Bytes,
     /// A whole message the sender can afford to lose (pub/sub) when the reader is too slow;
     /// shared by many connections, so never copied.
-    Droppable(Bytes),
-    /// Bytes copied while a sendmsg was in flight, coalesced. Only the queue's last chunk
-    /// grows, and only while no sendmsg covers it.
-    Owned(Vec<u8>),
+    droppable: bool,
+    /// The sender's tag, handed back once the kernel has taken the whole chunk.
+    tag: Option<Tag>,
 }
 
-impl Chunk {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Shared(bytes) | Self::Droppable(bytes) => bytes,
-            Self::Owned(vec) => vec,
-        }
-    }
-
-    /// What the chunk costs while `written` of its bytes are already sent.
-    fn cost(&self, written: usize) -> usize {
-        CHUNK_OVERHEAD
-            + match self {
-                Self::Shared(bytes) | Self::Droppable(bytes) => bytes.len() - written,
-                Self::Owned(vec) => vec.capacity(),
-            }
-    }
-}
+/// An opaque number a sender attaches to a chunk, to hear when the kernel has taken all of
+/// it (the server stamps published messages with their publish time).
+pub type Tag = std::num::NonZeroU32;
 
 /// What [`Io::drop_oldest`](super::Io::drop_oldest) removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,9 +65,14 @@ pub struct Dropped {
 #[derive(Default)]
 pub(crate) struct SendQueue {
     chunks: VecDeque<Chunk>,
+    /// Bytes copied behind a sendmsg in flight, after every chunk, never empty: they grow
+    /// here, where the kernel never reads, and join `chunks` (sealed) when they must be sent
+    /// or something is queued behind them. Boxed: rare, and every idle slot has the field.
+    #[allow(clippy::box_collection, reason = "8 bytes in every slot instead of 24")]
+    tail: Option<Box<Vec<u8>>>,
     /// Bytes of the front chunk already written.
     head_offset: usize,
-    /// Every chunk's cost, kept as chunks come and go.
+    /// What the queue costs, kept as bytes come and go.
     cost: usize,
     /// Front chunks the sendmsg in flight covers: they must stay, unchanged, until it
     /// completes.
@@ -95,34 +84,67 @@ pub(crate) struct SendQueue {
 
 impl SendQueue {
     /// Queues `bytes` behind everything else.
+    #[cfg(test)]
     pub fn push(&mut self, bytes: Bytes, droppable: bool) {
+        self.push_tagged(bytes, droppable, None);
+    }
+
+    /// Queues `bytes`; `tag`, if any, comes back from [`SendQueue::complete`] once they are
+    /// all written (a tagged chunk is never copied, so droppable ones only).
+    pub fn push_tagged(&mut self, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
         if bytes.is_empty() {
             return;
         }
-        if droppable {
-            return self.push_chunk(Chunk::Droppable(bytes));
-        }
-        if self.sending.is_none() {
-            return self.push_chunk(Chunk::Shared(bytes));
-        }
-        // Behind a sendmsg in flight: copy, appending to the last owned buffer when the
-        // kernel is not reading it.
-        let tail_in_flight = self.chunks.len() <= usize::from(self.in_flight);
-        if !tail_in_flight
-            && let Some(Chunk::Owned(vec)) = self.chunks.back_mut()
-            && vec.len() + bytes.len() <= OWNED_CHUNK_LIMIT
-        {
-            let before = vec.capacity();
-            vec.extend_from_slice(&bytes);
-            self.cost += vec.capacity() - before;
+        if droppable || self.sending.is_none() {
+            if self.tail.is_some() {
+                self.seal_tail();
+            }
+            self.cost += CHUNK_OVERHEAD + bytes.len();
+            self.chunks.push_back(Chunk {
+                bytes,
+                droppable,
+                tag: tag.filter(|_| droppable),
+            });
             return;
         }
-        self.push_chunk(Chunk::Owned(bytes.to_vec()));
+        self.copy_to_tail(&bytes);
     }
 
-    fn push_chunk(&mut self, chunk: Chunk) {
-        self.cost += chunk.cost(0);
-        self.chunks.push_back(chunk);
+    /// Behind a sendmsg in flight: copies `bytes` to the tail, which starts anew once it
+    /// holds OWNED_CHUNK_LIMIT.
+    fn copy_to_tail(&mut self, bytes: &[u8]) {
+        if let Some(tail) = &self.tail
+            && tail.len() + bytes.len() > OWNED_CHUNK_LIMIT
+        {
+            self.seal_tail();
+        }
+        let tail = match &mut self.tail {
+            Some(tail) => tail,
+            None => {
+                self.cost += CHUNK_OVERHEAD;
+                self.tail.insert(Box::default())
+            }
+        };
+        let before = tail.capacity();
+        tail.extend_from_slice(bytes);
+        self.cost += tail.capacity() - before;
+    }
+
+    /// Moves the tail into `chunks`, trimmed to its length (then it costs what a chunk
+    /// does).
+    fn seal_tail(&mut self) {
+        let Some(tail) = self.tail.take() else {
+            return;
+        };
+        let mut tail = *tail;
+        self.cost -= tail.capacity();
+        tail.shrink_to_fit();
+        self.cost += tail.len();
+        self.chunks.push_back(Chunk {
+            bytes: Bytes::from(tail),
+            droppable: false,
+            tag: None,
+        });
     }
 
     /// What the queue costs: payload not yet written, [`CHUNK_OVERHEAD`] per chunk, and the
@@ -137,7 +159,7 @@ impl SendQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.tail.is_none()
     }
 
     pub fn is_sending(&self) -> bool {
@@ -146,7 +168,7 @@ impl SendQueue {
 
     /// Nothing queued and nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.chunks.is_empty() && self.sending.is_none()
+        self.is_empty() && self.sending.is_none()
     }
 
     /// Points `buf` at the front chunks and keeps it as the sendmsg in flight; returns the
@@ -154,14 +176,15 @@ impl SendQueue {
     ///
     /// The header, its iovecs and the bytes they point to stay valid and unchanged until
     /// [`SendQueue::complete`]: `buf` is boxed and held here, covered chunks are neither
-    /// dropped, consumed nor appended to, and the heap memory of `Bytes` and `Vec` does not
+    /// dropped nor consumed before, `Bytes` never change, and their heap memory does not
     /// move when the deque does.
     pub fn start_send(&mut self, mut buf: Box<SendBuf>) -> *const libc::msghdr {
         debug_assert!(self.sending.is_none(), "one sendmsg at a time");
+        self.seal_tail();
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
             let skip = if i == 0 { self.head_offset } else { 0 };
-            let bytes = &chunk.bytes()[skip..];
+            let bytes = &chunk.bytes[skip..];
             buf.iov[i] = libc::iovec {
                 iov_base: bytes.as_ptr().cast_mut().cast(),
                 iov_len: bytes.len(),
@@ -176,34 +199,34 @@ impl SendQueue {
         header
     }
 
-    /// The sendmsg in flight completed with `result`: drops what it wrote, and gives its
-    /// buffer back for reuse.
-    pub fn complete(&mut self, result: i32) -> Option<Box<SendBuf>> {
+    /// The sendmsg in flight completed with `result`: drops what it wrote (adding the tags
+    /// of the chunks it finished to `tags`), and gives its buffer back for reuse.
+    pub fn complete(&mut self, result: i32, tags: &mut Vec<Tag>) -> Option<Box<SendBuf>> {
         self.in_flight = 0;
         if let Ok(written) = usize::try_from(result) {
             self.written += written as u64;
-            self.consume(written);
+            self.consume(written, tags);
         }
         self.sending.take()
     }
 
     /// Drops `written` bytes from the front.
-    fn consume(&mut self, mut written: usize) {
+    fn consume(&mut self, mut written: usize, tags: &mut Vec<Tag>) {
         while written > 0 {
             let Some(front) = self.chunks.front() else {
                 break;
             };
-            let left = front.bytes().len() - self.head_offset;
-            let taken = written.min(left);
-            let cost_before = front.cost(self.head_offset);
-            written -= taken;
-            if taken == left {
-                self.cost -= cost_before;
-                self.head_offset = 0;
-                self.chunks.pop_front();
-            } else {
-                self.head_offset += taken;
-                self.cost -= cost_before - front.cost(self.head_offset);
+            let left = front.bytes.len() - self.head_offset;
+            if written < left {
+                self.cost -= written;
+                self.head_offset += written;
+                return;
+            }
+            written -= left;
+            self.cost -= left + CHUNK_OVERHEAD;
+            self.head_offset = 0;
+            if let Some(tag) = self.chunks.pop_front().and_then(|chunk| chunk.tag) {
+                tags.push(tag);
             }
         }
     }
@@ -226,12 +249,12 @@ impl SendQueue {
         let mut dropped = Dropped::default();
         let mut at = self.protected();
         while self.cost > low_water && at < self.chunks.len() {
-            if !matches!(self.chunks[at], Chunk::Droppable(_)) {
+            if !self.chunks[at].droppable {
                 at += 1;
                 continue;
             }
             if let Some(chunk) = self.chunks.remove(at) {
-                let cost = chunk.cost(0);
+                let cost = chunk.bytes.len() + CHUNK_OVERHEAD;
                 self.cost -= cost;
                 dropped.chunks += 1;
                 dropped.bytes += cost;
@@ -243,16 +266,21 @@ impl SendQueue {
     /// Drops everything no sendmsg is reading: the connection is closing and will send
     /// nothing more.
     pub fn discard_unsent(&mut self) {
+        self.tail = None;
         if self.sending.is_none() {
             self.chunks.clear();
             self.head_offset = 0;
             self.cost = 0;
             return;
         }
-        // The front chunk is in flight, so none of these is partly written.
-        for chunk in self.chunks.drain(usize::from(self.in_flight)..) {
-            self.cost -= chunk.cost(0);
-        }
+        self.chunks.truncate(usize::from(self.in_flight));
+        // What is left is in flight, partly written perhaps.
+        self.cost = self
+            .chunks
+            .iter()
+            .map(|c| c.bytes.len() + CHUNK_OVERHEAD)
+            .sum::<usize>()
+            - self.head_offset;
     }
 }
 
@@ -275,8 +303,12 @@ mod tests {
         unsafe { std::slice::from_raw_parts(buf.iov[i].iov_base as *const u8, buf.iov[i].iov_len) }
     }
 
+    /// Every chunk's bytes, then the tail's.
     fn contents(queue: &SendQueue) -> Vec<&[u8]> {
-        queue.chunks.iter().map(Chunk::bytes).collect()
+        let chunks = queue.chunks.iter().map(|c| &c.bytes[..]);
+        chunks
+            .chain(queue.tail.as_deref().map(|t| &t[..]))
+            .collect()
     }
 
     #[test]
@@ -284,10 +316,10 @@ mod tests {
         let mut queue = queue_of(&[(b"hello ", false), (b"world", true)]);
         assert_eq!(queue.cost(), 11 + 2 * CHUNK_OVERHEAD);
         queue.start_send(SendBuf::new());
-        queue.complete(8); // "hello wo"
+        queue.complete(8, &mut Vec::new()); // "hello wo"
         assert_eq!(queue.cost(), 3 + CHUNK_OVERHEAD);
         queue.start_send(SendBuf::new());
-        queue.complete(3);
+        queue.complete(3, &mut Vec::new());
         assert_eq!(queue.cost(), 0);
         assert!(queue.is_idle());
         assert_eq!(queue.written(), 11);
@@ -297,11 +329,11 @@ mod tests {
     fn short_writes_resume_where_they_stopped() {
         let mut queue = queue_of(&[(b"hello ", false), (b"big ", false), (b"world", false)]);
         queue.start_send(SendBuf::new());
-        queue.complete(8); // "hello bi"
+        queue.complete(8, &mut Vec::new()); // "hello bi"
         queue.start_send(SendBuf::new());
         assert_eq!(iov(&queue, 0), b"g ");
         assert_eq!(iov(&queue, 1), b"world");
-        queue.complete(7);
+        queue.complete(7, &mut Vec::new());
         assert!(queue.is_idle());
     }
 
@@ -324,23 +356,27 @@ mod tests {
             queue.push(block.slice(0..2), false);
         }
         drop(block);
-        assert_eq!(queue.chunks.len(), 2, "one entry for ten thousand frames");
-        let Chunk::Owned(owned) = &queue.chunks[1] else {
-            panic!("behind a send in flight, bytes are owned");
-        };
-        assert_eq!(owned.len(), 20_000);
-        let expected = 5 + 2 * CHUNK_OVERHEAD + owned.capacity();
+        assert_eq!(queue.chunks.len(), 1, "copies wait in the tail");
+        let tail = queue.tail.as_ref().expect("a tail");
+        assert_eq!(tail.len(), 20_000);
+        let expected = 5 + 2 * CHUNK_OVERHEAD + tail.capacity();
         assert_eq!(queue.cost(), expected);
         assert!(queue.cost() < 2 * 20_000 + 3 * CHUNK_OVERHEAD);
+        // Sent: one entry for ten thousand frames, trimmed to its length.
+        queue.complete(5, &mut Vec::new());
+        queue.start_send(SendBuf::new());
+        assert_eq!(queue.chunks.len(), 1);
+        assert_eq!(iov(&queue, 0).len(), 20_000);
+        assert_eq!(queue.cost(), 20_000 + CHUNK_OVERHEAD);
     }
 
     #[test]
-    fn owned_bytes_the_kernel_reads_are_never_appended_to() {
+    fn copied_bytes_the_kernel_reads_are_never_appended_to() {
         let mut queue = queue_of(&[(b"a", false)]);
         queue.start_send(SendBuf::new());
         queue.push(Bytes::from_static(b"bb"), false);
-        queue.complete(0);
-        // The owned "bb" is now in flight, with its address in the kernel's hands.
+        queue.complete(0, &mut Vec::new());
+        // The copied "bb" is now in flight, with its address in the kernel's hands.
         queue.start_send(SendBuf::new());
         let address = iov(&queue, 1).as_ptr();
         queue.push(Bytes::from_static(b"cc"), false);
@@ -350,7 +386,28 @@ mod tests {
     }
 
     #[test]
-    fn owned_buffers_stop_growing_at_their_limit() {
+    fn order_holds_across_copies_and_shared_bytes() {
+        let mut queue = queue_of(&[(b"1", false)]);
+        queue.start_send(SendBuf::new());
+        queue.push(Bytes::from_static(b"2"), false); // copied
+        queue.push(Bytes::from_static(b"3"), true); // shared, behind the copy
+        queue.push(Bytes::from_static(b"4"), false); // copied again
+        queue.complete(1, &mut Vec::new());
+        queue.push(Bytes::from_static(b"5"), false); // nothing in flight: shared
+        assert_eq!(contents(&queue), [&b"2"[..], b"3", b"4", b"5"]);
+        let mut all = Vec::new();
+        queue.start_send(SendBuf::new());
+        for i in 0..4 {
+            all.extend_from_slice(iov(&queue, i));
+        }
+        assert_eq!(all, b"2345");
+        queue.complete(4, &mut Vec::new());
+        assert!(queue.is_idle());
+        assert_eq!(queue.cost(), 0);
+    }
+
+    #[test]
+    fn copies_stop_growing_at_their_limit() {
         let mut queue = queue_of(&[(b"a", false)]);
         queue.start_send(SendBuf::new());
         let piece = Bytes::from(vec![1u8; 1000]);
@@ -358,8 +415,9 @@ mod tests {
             queue.push(piece.clone(), false);
         }
         let per_buffer = OWNED_CHUNK_LIMIT / 1000;
-        assert_eq!(queue.chunks.len(), 1 + 200usize.div_ceil(per_buffer));
-        let payload: usize = queue.chunks.iter().map(|c| c.bytes().len()).sum();
+        let buffers = contents(&queue).len() - 1;
+        assert_eq!(buffers, 200usize.div_ceil(per_buffer));
+        let payload: usize = contents(&queue).iter().map(|c| c.len()).sum();
         assert_eq!(payload, 200_001);
     }
 
@@ -369,7 +427,8 @@ mod tests {
         let mut queue = queue_of(&[(b"a", false)]);
         queue.start_send(SendBuf::new());
         queue.push(message.clone(), true);
-        assert!(matches!(&queue.chunks[1], Chunk::Droppable(b) if b.as_ptr() == message.as_ptr()));
+        let chunk = &queue.chunks[1];
+        assert!(chunk.droppable && chunk.bytes.as_ptr() == message.as_ptr());
     }
 
     #[test]
@@ -383,7 +442,7 @@ mod tests {
         queue.start_send(SendBuf::new());
         // The sendmsg covering all four is in flight: nothing may go.
         assert_eq!(queue.drop_oldest(0), Dropped::default());
-        queue.complete(2); // "aa" written, "aa" left
+        queue.complete(2, &mut Vec::new()); // "aa" written, "aa" left
         let each = 4 + CHUNK_OVERHEAD;
         assert_eq!(queue.cost(), 2 + CHUNK_OVERHEAD + 3 * each);
         // Partly written "aa" and the non-droppable "bbbb" stay; "cccc" goes first.
@@ -434,9 +493,41 @@ mod tests {
         queue.push(Bytes::from_static(b"cc"), false);
         queue.discard_unsent();
         assert_eq!(contents(&queue), [&b"aaaa"[..], b"bbbb"]);
-        queue.complete(-libc::ECANCELED);
+        assert_eq!(queue.cost(), 8 + 2 * CHUNK_OVERHEAD);
+        queue.complete(2, &mut Vec::new());
+        queue.start_send(SendBuf::new());
+        queue.discard_unsent();
+        assert_eq!(
+            queue.cost(),
+            6 + 2 * CHUNK_OVERHEAD,
+            "partly written, all in flight"
+        );
+        queue.complete(-libc::ECANCELED, &mut Vec::new());
         queue.discard_unsent();
         assert!(queue.is_idle());
         assert_eq!(queue.cost(), 0);
+    }
+
+    #[test]
+    fn a_tag_comes_back_once_its_whole_chunk_is_written_and_never_if_dropped() {
+        let tag = |n| Tag::new(n).expect("non-zero");
+        let mut queue = SendQueue::default();
+        queue.push_tagged(Bytes::from_static(b"first"), true, Some(tag(1)));
+        queue.push_tagged(Bytes::from_static(b"second"), true, Some(tag(2)));
+        queue.push_tagged(Bytes::from_static(b"third"), true, Some(tag(3)));
+        let mut tags = Vec::new();
+        queue.start_send(SendBuf::new());
+        queue.complete(3, &mut tags);
+        assert!(tags.is_empty(), "\"first\" is only partly written");
+        queue.start_send(SendBuf::new());
+        queue.complete(2 + 6, &mut tags);
+        assert_eq!(tags, [tag(1), tag(2)]);
+        assert_eq!(
+            queue.drop_oldest(0).chunks,
+            1,
+            "\"third\" is dropped unsent"
+        );
+        assert!(queue.is_empty());
+        assert_eq!(tags, [tag(1), tag(2)]);
     }
 }

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use super::CloseCause;
-use super::send_queue::SendQueue;
+use super::send_queue::{SendBuf, SendQueue, Tag};
 use super::timer;
 use super::user_data::next_generation;
 
@@ -91,14 +91,18 @@ impl Actions {
             self.push(action);
         }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl IntoIterator for Actions {
     type Item = Action;
-    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Action>, 6>>;
+    type IntoIter = std::iter::Flatten<std::iter::Take<std::array::IntoIter<Option<Action>, 6>>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.list.into_iter().flatten()
+        self.list.into_iter().take(self.len).flatten()
     }
 }
 
@@ -109,13 +113,13 @@ impl std::fmt::Debug for Actions {
 }
 
 pub(crate) struct Slot {
-    pub generation: u32,
-    pub phase: Phase,
-    pub cause: CloseCause,
-    pub recv_armed: bool,
+    generation: u32,
+    phase: Phase,
+    cause: CloseCause,
+    recv_armed: bool,
     /// The handler paused reading (only an open connection's bytes are held back).
-    pub paused: bool,
-    pub peer_closed: bool,
+    paused: bool,
+    peer_closed: bool,
     close_submitted: bool,
     /// Requests other than recv and send that name the descriptor (shutdown, setsockopt).
     /// The close waits for them: io_uring may run unlinked requests out of order, and one
@@ -127,8 +131,10 @@ pub(crate) struct Slot {
     pub queue: SendQueue,
     /// The handler's deadline (a timer tick), 0 when none.
     pub deadline: u64,
-    /// Bytes received while reading was paused.
-    pub stash: Vec<u8>,
+    /// Bytes received while reading was paused. Boxed: rare, and every idle slot has the
+    /// field.
+    #[allow(clippy::box_collection, reason = "8 bytes in every slot instead of 24")]
+    stash: Option<Box<Vec<u8>>>,
     /// Which of the shard's listening sockets accepted the connection, in `Config::listen`
     /// order.
     pub listener: u16,
@@ -148,13 +154,25 @@ impl Default for Slot {
             dirty: false,
             queue: SendQueue::default(),
             deadline: 0,
-            stash: Vec::new(),
+            stash: None,
             listener: 0,
         }
     }
 }
 
 impl Slot {
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// Holds a connection, in any phase but `Free`.
     pub fn is_live(&self) -> bool {
         self.phase != Phase::Free
@@ -176,12 +194,18 @@ impl Slot {
         self.arm_recv()
     }
 
-    /// Bytes were queued: list the connection for this turn's flush.
-    pub fn queued(&mut self) -> Actions {
-        if std::mem::replace(&mut self.dirty, true) {
-            Actions::none()
-        } else {
+    /// Bytes were queued; whether the connection must be listed for this turn's flush (it
+    /// was not yet).
+    pub fn mark_dirty(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
+    }
+
+    /// Bytes are left to write: list the connection for this turn's flush.
+    fn queued(&mut self) -> Actions {
+        if self.mark_dirty() {
             Actions::one(Action::Flush)
+        } else {
+            Actions::none()
         }
     }
 
@@ -225,6 +249,16 @@ impl Slot {
         std::mem::replace(&mut self.paused, false)
     }
 
+    /// Keeps bytes that arrived while paused, for [`Slot::take_stash`].
+    pub fn stash(&mut self, data: &[u8]) {
+        self.stash.get_or_insert_default().extend_from_slice(data);
+    }
+
+    /// What arrived while paused.
+    pub fn take_stash(&mut self) -> Option<Vec<u8>> {
+        self.stash.take().map(|stash| *stash)
+    }
+
     /// The handler closes: write out the queue, then FIN and linger.
     pub fn close(&mut self) -> Actions {
         if self.phase != Phase::Open {
@@ -266,7 +300,7 @@ impl Slot {
         self.phase = Phase::Closing;
         self.cause = cause;
         self.queue.discard_unsent();
-        self.stash = Vec::new();
+        self.stash = None;
         let mut actions = Actions::none();
         if reset {
             self.fd_ops += 1;
@@ -279,7 +313,7 @@ impl Slot {
             actions.push(Action::CancelSend);
         }
         let close = self.close_if_idle();
-        if close.len == 0 {
+        if close.is_empty() {
             actions.push(Action::StartTimer(timer::Kind::Cancel));
         }
         actions.extend(close);
@@ -299,9 +333,14 @@ impl Slot {
         Actions::one(Action::Close)
     }
 
-    /// The sendmsg in flight completed with `result` (its buffer is already back from
-    /// [`SendQueue::complete`]).
-    pub fn on_sent(&mut self, result: i32) -> Actions {
+    /// The sendmsg in flight completed with `result`; its buffer comes back for reuse.
+    /// A sendmsg completed; the tags of the chunks it finished go to `tags`.
+    pub fn on_sent(&mut self, result: i32, tags: &mut Vec<Tag>) -> (Actions, Option<Box<SendBuf>>) {
+        let buf = self.queue.complete(result, tags);
+        (self.after_send(result), buf)
+    }
+
+    fn after_send(&mut self, result: i32) -> Actions {
         if result < 0 {
             return match self.phase {
                 Phase::Closing => self.close_if_idle(),

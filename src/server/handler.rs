@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::runtime::{self, CloseCause, ConnId, Dropped, Io};
+use crate::runtime::{self, CloseCause, ConnId, Dropped, Io, Tag};
 
 use super::app::App;
 use super::connection::{Clock, Connection, Cx, Time};
@@ -168,6 +168,15 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
         self.deliver_pending(io);
     }
 
+    /// Published messages the kernel has taken whole: how long since they were published.
+    fn on_sent(&mut self, io: &mut Io, tags: &[Tag]) {
+        let now = self.shard.clock.micros(io.now());
+        let histogram = &self.shard.counters().delivery_latency;
+        for tag in tags {
+            histogram.observe_micros(now.wrapping_sub(tag.get()));
+        }
+    }
+
     fn on_deadline(&mut self, io: &mut Io, id: ConnId) {
         if let Some(entry) = self.entry(id) {
             // The runtime's deadline fired and is spent.
@@ -221,8 +230,8 @@ impl Transport for Io {
         Io::send(self, conn, bytes);
     }
 
-    fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
-        Io::send_droppable(self, conn, bytes);
+    fn send_tagged(&mut self, conn: ConnId, bytes: Bytes, tag: Tag) {
+        Io::send_tagged(self, conn, bytes, tag);
     }
 
     fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped {

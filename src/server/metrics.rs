@@ -16,6 +16,8 @@ macro_rules! counters {
         #[derive(Default)]
         pub(crate) struct Counters {
             pub families: Families,
+            /// From publish to the kernel taking the frame, per delivery.
+            pub delivery_latency: Histogram,
             $($field: AtomicU64,)*
         }
 
@@ -34,6 +36,10 @@ macro_rules! counters {
             pub closes: Vec<(u16, u64)>,
             /// Publish API answers by HTTP status (0: any status not listed).
             pub publish_api: Vec<(u16, u64)>,
+            /// Pub/sub delivery latency: from publish to the kernel taking the frame from
+            /// the subscriber's queue (deliveries through a per-connection compressor are
+            /// not measured).
+            pub delivery_latency: LatencySnapshot,
             $($(#[doc = $doc])* pub $field: u64,)*
         }
 
@@ -60,12 +66,15 @@ macro_rules! counters {
                 let first = &self.shards[0].families;
                 let (mut handshakes, mut closes) = (first.handshakes.zeroes(), first.closes.zeroes());
                 let mut publish_api = first.publish_api.zeroes();
+                let mut delivery_latency = LatencySnapshot::default();
                 for counters in self.shards.iter() {
                     counters.families.handshakes.add_into(&mut handshakes);
                     counters.families.closes.add_into(&mut closes);
                     counters.families.publish_api.add_into(&mut publish_api);
+                    counters.delivery_latency.add_into(&mut delivery_latency);
                 }
                 Metrics {
+                    delivery_latency,
                     handshakes,
                     closes,
                     publish_api,
@@ -167,6 +176,74 @@ impl<const N: usize> Family<N> {
 
     fn zeroes(&self) -> Vec<(u16, u64)> {
         self.values.iter().map(|&v| (v, 0)).collect()
+    }
+}
+
+/// A latency histogram with Prometheus' cumulative buckets, in seconds.
+pub(crate) struct Histogram {
+    /// Counts per bucket (not cumulative), the last for anything above every bound.
+    counts: [AtomicU64; LATENCY_BOUNDS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// Upper bounds of the delivery-latency buckets, in microseconds: 100 µs to 10 s.
+const LATENCY_BOUNDS_MICROS: [u32; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: [const { AtomicU64::new(0) }; LATENCY_BOUNDS_MICROS.len() + 1],
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe_micros(&self, micros: u32) {
+        let at = LATENCY_BOUNDS_MICROS.partition_point(|&bound| bound < micros);
+        self.counts[at].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(u64::from(micros), Ordering::Relaxed);
+    }
+
+    fn add_into(&self, snapshot: &mut LatencySnapshot) {
+        for (sum, count) in snapshot.counts.iter_mut().zip(&self.counts) {
+            *sum += count.load(Ordering::Relaxed);
+        }
+        snapshot.sum_micros += self.sum_micros.load(Ordering::Relaxed);
+    }
+}
+
+/// A histogram's counts summed over shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// Count per bucket, not cumulative; the last is above every bound.
+    pub counts: [u64; LATENCY_BOUNDS_MICROS.len() + 1],
+    pub sum_micros: u64,
+}
+
+impl LatencySnapshot {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = write!(
+            out,
+            "# HELP ringws_{name} {help}.\n# TYPE ringws_{name} histogram\n"
+        );
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BOUNDS_MICROS.iter().zip(&self.counts) {
+            cumulative += count;
+            let seconds = f64::from(*bound) / 1e6;
+            let _ = writeln!(out, "ringws_{name}_bucket{{le=\"{seconds}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "ringws_{name}_bucket{{le=\"+Inf\"}} {}", self.count());
+        let _ = writeln!(out, "ringws_{name}_sum {}", self.sum_micros as f64 / 1e6);
+        let _ = writeln!(out, "ringws_{name}_count {}", self.count());
     }
 }
 
@@ -393,6 +470,11 @@ impl Metrics {
                 let _ = writeln!(out, "ringws_{name}{{{label}=\"{value}\"}} {count}");
             }
         }
+        self.delivery_latency.render(
+            &mut out,
+            "delivery_latency_seconds",
+            "Pub/sub delivery latency, from publish to the kernel taking the frame",
+        );
         for (name, help, value) in per_shard {
             let _ = write!(
                 out,
@@ -426,5 +508,25 @@ mod tests {
         assert!(text.contains("ringws_pubsub_topics 1\n"));
         assert!(text.contains("ringws_shard_subscriptions{shard=\"1\"} 1\n"));
         assert!(text.contains("# TYPE ringws_pubsub_published_total counter\n"));
+    }
+
+    #[test]
+    fn latencies_land_in_cumulative_buckets() {
+        let registry = Registry::new(2);
+        registry.shard(0).delivery_latency.observe_micros(80);
+        registry.shard(1).delivery_latency.observe_micros(3_000);
+        registry
+            .shard(1)
+            .delivery_latency
+            .observe_micros(20_000_000);
+        let metrics = registry.snapshot(0);
+        assert_eq!(metrics.delivery_latency.count(), 3);
+        let text = metrics.render();
+        assert!(text.contains("ringws_delivery_latency_seconds_bucket{le=\"0.0001\"} 1\n"));
+        assert!(text.contains("ringws_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("ringws_delivery_latency_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(text.contains("ringws_delivery_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("ringws_delivery_latency_seconds_count 3\n"));
+        assert!(text.contains("ringws_delivery_latency_seconds_sum 20.00308\n"));
     }
 }

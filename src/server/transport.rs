@@ -5,13 +5,14 @@
 
 use bytes::Bytes;
 
-use crate::runtime::{ConnId, Dropped};
+use crate::runtime::{ConnId, Dropped, Tag};
 
 pub(crate) trait Transport {
     /// Queues bytes; they leave in order, batched with others in one write per loop turn.
     fn send(&mut self, conn: ConnId, bytes: Bytes);
-    /// Queues a whole message that [`Transport::drop_oldest`] may drop unsent.
-    fn send_droppable(&mut self, conn: ConnId, bytes: Bytes);
+    /// Queues a whole message that [`Transport::drop_oldest`] may drop unsent, with a tag
+    /// the handler hears back once the kernel has taken all of it.
+    fn send_tagged(&mut self, conn: ConnId, bytes: Bytes, tag: Tag);
     /// Drops the oldest droppable messages not yet being written until the queue costs at
     /// most `low_water`.
     fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped;
@@ -84,7 +85,7 @@ impl Transport for Recording {
         }
     }
 
-    fn send_droppable(&mut self, _conn: ConnId, bytes: Bytes) {
+    fn send_tagged(&mut self, _conn: ConnId, bytes: Bytes, _tag: Tag) {
         if !self.aborted && !bytes.is_empty() {
             self.queue.push_back((bytes, true));
         }

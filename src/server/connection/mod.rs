@@ -25,7 +25,7 @@ use crate::proto::deflate::Compressor;
 use crate::proto::handshake::{self, Refusal, RequestParser};
 use crate::proto::session::{Reader, Writer};
 use crate::proto::{CloseCode, Event, ProtocolError};
-use crate::runtime::{CHUNK_OVERHEAD, ConnId};
+use crate::runtime::{CHUNK_OVERHEAD, ConnId, Tag};
 
 use super::admission::proxy::{self, ProxyReader};
 use super::app::{App, Closed, Message};
@@ -454,7 +454,10 @@ impl<S> Connection<S> {
                 let dropped = cx.io.drop_oldest(id, limit / 2);
                 shard.counters().dropped(dropped.chunks);
             }
-            cx.io.send_droppable(id, frame);
+            // Stamped with the publish time: the kernel taking it closes the measurement.
+            let stamp = shard.clock.micros(published.published_at());
+            cx.io
+                .send_tagged(id, frame, Tag::new(stamp).unwrap_or(Tag::MIN));
             cost
         };
         cx.shard.counters().delivered();

@@ -47,6 +47,12 @@ impl Clock {
         Time(u64::try_from(millis).unwrap_or(u64::MAX))
     }
 
+    /// Microseconds from the epoch to `at`, modulo 2^32 (71 minutes): enough to measure
+    /// short intervals with a wrapping subtraction.
+    pub fn micros(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.epoch).as_micros() as u32
+    }
+
     /// The instant of `time`, or `None` when it lies beyond what an [`Instant`] can hold.
     pub fn instant(&self, time: Time) -> Option<Instant> {
         self.epoch.checked_add(Duration::from_millis(time.0))

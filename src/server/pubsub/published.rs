@@ -1,6 +1,7 @@
 //! [`Published`]: a message framed once for every subscriber of its topic.
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -16,6 +17,8 @@ use super::super::metrics::Counters;
 /// A message on its way to a topic's subscribers.
 pub struct Published {
     topic: Box<str>,
+    /// When it was published, for the delivery-latency histogram.
+    at: Instant,
     /// Its place in the order of every publish to the server: a subscriber that joined
     /// after this was published does not receive it.
     sequence: u64,
@@ -44,6 +47,7 @@ impl Published {
         write_frame(&mut frame, FrameHead::whole(opcode), payload, None);
         Self {
             topic: topic.into(),
+            at: Instant::now(),
             sequence,
             opcode,
             header_len: frame.len() - payload.len(),
@@ -55,6 +59,11 @@ impl Published {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// When it was published.
+    pub(crate) fn published_at(&self) -> Instant {
+        self.at
     }
 
     pub(crate) fn sequence(&self) -> u64 {
