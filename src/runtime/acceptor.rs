@@ -99,14 +99,15 @@ impl Acceptor {
         unsafe { io.ring.push(&entry) };
     }
 
-    /// Accept `index` completed; on success, the direct-descriptor slot and the peer.
-    /// Re-arms or backs off on errors. A successful caller re-arms with [`Acceptor::arm`].
+    /// Accept `index` completed; on success, the direct-descriptor slot, the peer and the
+    /// listening socket's index. Re-arms or backs off on errors. A successful caller re-arms
+    /// with [`Acceptor::arm`].
     pub fn on_complete(
         &mut self,
         index: u32,
         result: i32,
         io: &mut Io,
-    ) -> Option<(u32, SocketAddr)> {
+    ) -> Option<(u32, SocketAddr, u16)> {
         self.in_flight -= 1;
         let Ok(slot) = u32::try_from(result) else {
             match -result {
@@ -130,9 +131,11 @@ impl Acceptor {
             }
             return None;
         };
-        let peer = socket::from_sockaddr(&self.bufs[index as usize].address)
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        Some((slot, peer))
+        let buf = &self.bufs[index as usize];
+        let peer =
+            socket::from_sockaddr(&buf.address).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let listener = u16::try_from(buf.listener).unwrap_or(u16::MAX);
+        Some((slot, peer, listener))
     }
 
     /// Arms the parked accepts once descriptors were freed: as many as now fit.

@@ -167,10 +167,11 @@ impl<H: Handler> Shard<H> {
     }
 
     fn on_accept(&mut self, index: u32, result: i32) {
-        let Some((slot, peer)) = self.acceptor.on_complete(index, result, &mut self.io) else {
+        let Some((slot, peer, listener)) = self.acceptor.on_complete(index, result, &mut self.io)
+        else {
             return;
         };
-        let conn = self.io.open(slot);
+        let conn = self.io.open(slot, listener);
         self.acceptor.arm(index, &mut self.io);
         if let Some(conn) = conn {
             tracing::debug!(shard = self.io.shard(), slot, %peer, "accepted");

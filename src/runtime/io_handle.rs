@@ -216,9 +216,17 @@ impl Io {
         self.live
     }
 
-    /// A connection accepted into `index`; `None` if the slot is somehow still in use (the
-    /// newcomer is then closed).
-    pub(super) fn open(&mut self, index: u32) -> Option<ConnId> {
+    /// Which listening socket accepted `conn`: its index in `Config::listen`.
+    pub fn listener_of(&self, conn: ConnId) -> Option<usize> {
+        self.slots
+            .get(conn.slot as usize)
+            .filter(|slot| slot.generation() == conn.generation && slot.is_live())
+            .map(|slot| usize::from(slot.listener))
+    }
+
+    /// A connection accepted into `index` by listening socket `listener`; `None` if the slot
+    /// is somehow still in use (the newcomer is then closed).
+    pub(super) fn open(&mut self, index: u32, listener: u16) -> Option<ConnId> {
         if self.slots.len() <= index as usize {
             self.slots.resize_with(index as usize + 1, Slot::default);
         }
@@ -237,6 +245,7 @@ impl Io {
             return None;
         }
         let actions = slot.open();
+        slot.listener = listener;
         let conn = ConnId::new(index, slot.generation());
         self.live += 1;
         self.apply(index, actions);

@@ -135,6 +135,9 @@ pub(crate) struct Slot {
     /// field.
     #[allow(clippy::box_collection, reason = "8 bytes in every slot instead of 24")]
     stash: Option<Box<Vec<u8>>>,
+    /// Which of the shard's listening sockets accepted the connection, in `Config::listen`
+    /// order.
+    pub listener: u16,
 }
 
 impl Default for Slot {
@@ -152,6 +155,7 @@ impl Default for Slot {
             queue: SendQueue::default(),
             deadline: 0,
             stash: None,
+            listener: 0,
         }
     }
 }

@@ -11,6 +11,8 @@ use crate::proto::handshake::Request;
 
 pub use crate::proto::handshake::Refusal;
 
+pub use super::admission::Grants;
+
 use super::ws::Ws;
 
 /// A message received from a client.
@@ -29,6 +31,9 @@ pub struct Upgrade<'a> {
     /// The subprotocol the server would choose: the first of its configured ones that the
     /// client offered.
     pub protocol: Option<&'a str>,
+    /// What the client's token allows, when the server checks tokens
+    /// (`ServerConfig::admission`); `None` when it does not.
+    pub grants: Option<&'a Grants>,
 }
 
 /// The application accepts the connection and attaches its state.

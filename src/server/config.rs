@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use crate::proto::deflate::DeflateConfig;
 use crate::runtime;
 
+use super::admission::{Admission, AdmissionConfig};
+
 /// The default of every setting; the command line and [`ServerConfig::default`] both read
 /// them from here.
 pub mod defaults {
@@ -30,6 +32,12 @@ pub mod defaults {
     pub const DRAIN_DELAY: Duration = Duration::ZERO;
     pub const DRAIN_SPREAD: Duration = Duration::ZERO;
     pub const DEFLATE_MIN_SIZE: usize = 64;
+    /// Admission: no per-address cap, no handshake rate, 10 handshakes at once when a
+    /// rate is set, 30 s of clock skew allowed on a token's `exp` and `nbf`.
+    pub const MAX_CONNECTIONS_PER_IP: usize = 0;
+    pub const HANDSHAKE_RATE_PER_IP: f64 = 0.0;
+    pub const HANDSHAKE_BURST_PER_IP: u32 = 10;
+    pub const JWT_LEEWAY: Duration = Duration::from_secs(30);
 }
 
 /// What a connection whose send queue passes [`ServerConfig::max_queued_bytes`] gets.
@@ -116,6 +124,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// permessage-deflate; `None` turns compression off.
     pub deflate: Option<DeflateConfig>,
+    /// Tokens, per-address bounds, proxies, who may publish, the publish API's key.
+    pub admission: AdmissionConfig,
     /// The I/O runtime's own knobs: ring size, receive buffers, listen backlog, linger, TCP
     /// user timeout and keepalive, mailbox batch. Its `listen`, `shards`,
     /// `max_connections_per_shard`, `shutdown_grace`, `drain_timeout` and `mailbox_bytes`
@@ -154,6 +164,7 @@ impl Default for ServerConfig {
             drain_spread: defaults::DRAIN_SPREAD,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,
+            admission: AdmissionConfig::default(),
             runtime: runtime::Config::default(),
         }
     }
@@ -178,6 +189,11 @@ impl std::error::Error for ConfigError {}
 /// The most shards the topic directory can index (one bit each).
 pub const MAX_SHARDS: usize = 64;
 
+/// Direct-descriptor slots each shard keeps beyond its share of `max_connections`, plus
+/// an eighth of that share for an uneven spread: a client arriving when the server is full
+/// is accepted and told so (503) instead of waiting in the backlog.
+const FULL_SERVER_RESERVE: usize = 64;
+
 impl ServerConfig {
     /// Whether a browser page from `origin` may connect.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
@@ -197,8 +213,15 @@ impl ServerConfig {
     pub fn runtime_config(&self) -> runtime::Config {
         let mut config = self.runtime.clone();
         config.listen = self.listen.clone();
+        // PROXY protocol listeners come after the plain ones: their index says which.
+        config
+            .listen
+            .extend_from_slice(&self.admission.proxy_protocol_listen);
         config.shards = self.shards;
-        config.max_connections_per_shard = self.max_connections.div_ceil(self.shards.max(1));
+        let share = self.max_connections.div_ceil(self.shards.max(1));
+        config.max_connections_per_shard = share
+            .saturating_add(share / 8)
+            .saturating_add(FULL_SERVER_RESERVE);
         config.shutdown_grace = self.shutdown_grace.saturating_add(self.drain_spread);
         config.drain_timeout = self.close_timeout;
         config.mailbox_bytes = self.max_shard_backlog;
@@ -261,6 +284,7 @@ impl ServerConfig {
                 return fail(setting, "must be greater than zero".into());
             }
         }
+        Admission::new(self)?;
         self.runtime_config()
             .validate()
             .map_err(|err| ConfigError {

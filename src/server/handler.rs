@@ -135,13 +135,17 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
             self.conns.resize_with(slot + 1, || None);
         }
         let now = self.shard.clock.time(io.now());
+        let proxied = self
+            .shard
+            .admission
+            .expects_proxy_header(io.listener_of(id));
         let mut cx = Cx {
             id,
             now,
             shard: &mut self.shard,
             io,
         };
-        let conn = Connection::new(peer, &mut cx);
+        let conn = Connection::new(peer, proxied, &mut cx);
         let mut entry = Entry {
             id,
             conn,

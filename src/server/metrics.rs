@@ -34,6 +34,8 @@ macro_rules! counters {
             /// Closed WebSocket connections by close code (1006: no close frame; 0: any
             /// code not listed).
             pub closes: Vec<(u16, u64)>,
+            /// Publish API answers by HTTP status (0: any status not listed).
+            pub publish_api: Vec<(u16, u64)>,
             /// Pub/sub delivery latency: from publish to the kernel taking the frame from
             /// the subscriber's queue (deliveries through a per-connection compressor are
             /// not measured).
@@ -63,16 +65,19 @@ macro_rules! counters {
                 let shards = self.shards.len() - 1;
                 let first = &self.shards[0].families;
                 let (mut handshakes, mut closes) = (first.handshakes.zeroes(), first.closes.zeroes());
+                let mut publish_api = first.publish_api.zeroes();
                 let mut delivery_latency = LatencySnapshot::default();
                 for counters in self.shards.iter() {
                     counters.families.handshakes.add_into(&mut handshakes);
                     counters.families.closes.add_into(&mut closes);
+                    counters.families.publish_api.add_into(&mut publish_api);
                     counters.delivery_latency.add_into(&mut delivery_latency);
                 }
                 Metrics {
                     delivery_latency,
                     handshakes,
                     closes,
+                    publish_api,
                     per_shard: self.shards[..shards]
                         .iter()
                         .map(|c| ShardMetrics {
@@ -122,6 +127,22 @@ counters! {
     messages_out: counter, "sent_messages_total", "Messages queued to clients";
     /// Times a connection's send queue passed its bound (paused or closed for it).
     queue_bound_hits: counter, "queue_bound_hits_total", "Times a send queue passed its bound";
+    /// Open WebSocket connections (the count `--max-connections` bounds).
+    websockets: gauge, "websockets", "Open WebSocket connections";
+    /// Upgrades refused with 503 because the server held its maximum of WebSocket connections.
+    server_full: counter, "admission_server_full_total", "Upgrades refused with 503 because the server was full";
+    /// Upgrades refused with 429 because the client's address held its cap of connections.
+    ip_capped: counter, "admission_ip_cap_total", "Upgrades refused with 429 for the address's connection cap";
+    /// Upgrades refused with 429 because the client's address passed its handshake rate.
+    rate_limited: counter, "admission_rate_limited_total", "Upgrades refused with 429 for the address's handshake rate";
+    /// Upgrades refused with 401: no token, or a bad one.
+    token_refused: counter, "admission_token_refused_total", "Upgrades refused with 401 for a missing or bad token";
+    /// Upgrades refused with 403 because the token does not allow the topic.
+    topic_refused: counter, "admission_topic_refused_total", "Upgrades refused with 403 because the token does not allow the topic";
+    /// Messages from clients not allowed to publish (each closed with 1008).
+    client_publish_refused: counter, "pubsub_client_publish_refused_total", "Messages from clients not allowed to publish";
+    /// Messages published through `POST /publish`.
+    api_published: counter, "publish_api_messages_total", "Messages published through the publish API";
 }
 
 /// Counters with one label: a fixed set of values, the last one standing for any other.
@@ -235,10 +256,16 @@ const CLOSE_CODES: [u16; 12] = [
     1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 0,
 ];
 
+/// HTTP statuses the publish API answers with; 0 stands for any other.
+const PUBLISH_API_STATUSES: [u16; 13] = [
+    200, 400, 401, 403, 404, 405, 408, 411, 413, 415, 417, 503, 0,
+];
+
 /// The labelled counters of one shard.
 pub(crate) struct Families {
     pub handshakes: Family<13>,
     pub closes: Family<12>,
+    pub publish_api: Family<13>,
 }
 
 impl Default for Families {
@@ -246,6 +273,7 @@ impl Default for Families {
         Self {
             handshakes: Family::new(HANDSHAKE_STATUSES),
             closes: Family::new(CLOSE_CODES),
+            publish_api: Family::new(PUBLISH_API_STATUSES),
         }
     }
 }
@@ -333,6 +361,42 @@ impl Counters {
     pub fn queue_bound_hit(&self) {
         Self::add(&self.queue_bound_hits, 1);
     }
+
+    pub fn websocket_opened(&self) {
+        Self::add(&self.websockets, 1);
+    }
+
+    pub fn websocket_closed(&self) {
+        Self::sub(&self.websockets, 1);
+    }
+
+    pub fn server_full(&self) {
+        Self::add(&self.server_full, 1);
+    }
+
+    pub fn ip_capped(&self) {
+        Self::add(&self.ip_capped, 1);
+    }
+
+    pub fn rate_limited(&self) {
+        Self::add(&self.rate_limited, 1);
+    }
+
+    pub fn token_refused(&self) {
+        Self::add(&self.token_refused, 1);
+    }
+
+    pub fn topic_refused(&self) {
+        Self::add(&self.topic_refused, 1);
+    }
+
+    pub fn client_publish_refused(&self) {
+        Self::add(&self.client_publish_refused, 1);
+    }
+
+    pub fn api_published(&self, messages: usize) {
+        Self::add(&self.api_published, messages as u64);
+    }
 }
 
 /// Every shard's counters, and one set for publishers outside the shards.
@@ -377,7 +441,7 @@ impl Metrics {
             }),
         ];
         type Labelled<'a> = (&'a str, &'a str, &'a str, &'a [(u16, u64)]);
-        let families: [Labelled<'_>; 2] = [
+        let families: [Labelled<'_>; 3] = [
             (
                 "handshakes_total",
                 "Handshakes by HTTP status (0: other)",
@@ -389,6 +453,12 @@ impl Metrics {
                 "Closed WebSocket connections by close code (1006: no close frame; 0: other)",
                 "code",
                 &self.closes,
+            ),
+            (
+                "publish_api_responses_total",
+                "Publish API answers by HTTP status (0: other)",
+                "status",
+                &self.publish_api,
             ),
         ];
         for (name, help, label, values) in families {

@@ -6,6 +6,7 @@
 //! an application callback can do, `frames` writes outgoing frames, `pubsub` routes
 //! publishes, `metrics` counts, `config` holds every setting and its default.
 
+pub mod admission;
 pub mod app;
 pub mod config;
 mod connection;
@@ -15,6 +16,7 @@ mod frames;
 mod handler;
 pub mod metrics;
 pub mod notify;
+mod publish_api;
 pub mod pubsub;
 pub mod serve_app;
 mod shard_state;
@@ -45,6 +47,7 @@ pub use ws::Ws;
 pub use crate::runtime::ConnId;
 
 use crate::runtime::{self, Runtime};
+use admission::Admission;
 use connection::Clock;
 use handler::ShardHandler;
 use metrics::Registry;
@@ -71,6 +74,9 @@ impl Server {
         config
             .validate()
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let admission = Admission::new(&config)
+            .map(Arc::new)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         let shards = config.shards;
         let runtime_config = config.runtime_config();
         let config = Arc::new(config);
@@ -90,7 +96,14 @@ impl Server {
                 table,
             );
             let lifecycle = shard_lifecycle.clone();
-            let shard = ShardState::new(config.clone(), lifecycle, ctx.health, clock, topics);
+            let shard = ShardState::new(
+                config.clone(),
+                lifecycle,
+                admission.clone(),
+                ctx.health,
+                clock,
+                topics,
+            );
             ShardHandler::new(make_app(ctx.index), shard)
         })?;
         let publisher = Publisher::new(hub.clone(), registry.clone(), runtime.remotes().to_vec());
@@ -150,10 +163,14 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     let signals = block_termination_signals()?;
     let app_config = config.clone();
     let (drain_delay, drain_spread) = (config.drain_delay, config.drain_spread);
+    let plain_listeners = config.listen.len();
     let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
-    for addr in &addrs {
-        println!("ringws: listening on {addr}");
+    for (index, addr) in addrs.iter().enumerate() {
+        match index >= plain_listeners {
+            false => println!("ringws: listening on {addr}"),
+            true => println!("ringws: listening on {addr} (PROXY protocol)"),
+        }
     }
     use std::io::Write as _;
     io::stdout().flush()?;

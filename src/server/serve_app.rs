@@ -2,6 +2,7 @@
 
 use crate::proto::CloseCode;
 
+use super::admission::{self, PublishMode};
 use super::app::{Accept, App, Message, Refusal, Upgrade};
 use super::config::ServerConfig;
 use super::echo::Echo;
@@ -11,15 +12,24 @@ use super::ws::Ws;
 pub const PUBSUB_PREFIX: &str = "/pubsub/";
 
 /// Echo, or pub/sub: a connection on `/pubsub/<topic>` subscribes to the topic, and every
-/// message it sends goes to the topic's other subscribers.
+/// message it sends goes to the topic's other subscribers, if it may publish
+/// (`--publish`).
 pub struct ServeApp {
     max_topic_len: usize,
+    publish: PublishMode,
+}
+
+/// A pub/sub connection's topic, and whether it may publish there.
+pub struct Subscription {
+    topic: Box<str>,
+    may_publish: bool,
 }
 
 impl ServeApp {
     pub fn new(config: &ServerConfig) -> Self {
         Self {
             max_topic_len: config.max_topic_len,
+            publish: config.admission.publish,
         }
     }
 
@@ -40,36 +50,64 @@ impl ServeApp {
         }
         Ok(topic)
     }
+
+    /// Why a client may not publish, for the close frame that tells it.
+    fn publish_refusal(&self) -> &'static str {
+        match self.publish {
+            PublishMode::Token => "the token does not allow publishing on this topic",
+            _ => "clients may not publish here: the topics are subscribe-only",
+        }
+    }
 }
 
 impl App for ServeApp {
-    /// The topic, for a pub/sub connection.
-    type State = Option<Box<str>>;
+    /// The subscription, for a pub/sub connection.
+    type State = Option<Subscription>;
 
     fn upgrade(&mut self, upgrade: &Upgrade<'_>) -> Result<Accept<Self::State>, Refusal> {
         let Some(topic) = upgrade.request.path().strip_prefix(PUBSUB_PREFIX) else {
             return Ok(Accept::new(None));
         };
-        self.topic_name(topic)
-            .map(|topic| Accept::new(Some(topic.into())))
+        let topic = self.topic_name(topic)?;
+        if let Some(grants) = upgrade.grants
+            && !grants.may_subscribe(topic)
+        {
+            return Err(admission::insufficient_scope(format!(
+                "the token does not allow subscribing to `{topic}`"
+            )));
+        }
+        let may_publish = match self.publish {
+            PublishMode::Anyone => true,
+            PublishMode::Nobody => false,
+            PublishMode::Token => upgrade.grants.is_some_and(|g| g.may_publish(topic)),
+        };
+        Ok(Accept::new(Some(Subscription {
+            topic: topic.into(),
+            may_publish,
+        })))
     }
 
     fn on_open(&mut self, ws: &mut Ws<'_, Self>) {
-        let Some(topic) = ws.state().take() else {
+        let Some(subscription) = ws.state().take() else {
             return;
         };
-        if let Err(err) = ws.subscribe(&topic) {
+        if let Err(err) = ws.subscribe(&subscription.topic) {
             let _ = ws.close(CloseCode::POLICY_VIOLATION, &err.to_string());
         }
-        *ws.state() = Some(topic);
+        *ws.state() = Some(subscription);
     }
 
     fn on_message(&mut self, ws: &mut Ws<'_, Self>, message: Message<'_>) {
         match ws.state().take() {
-            Some(topic) => {
+            Some(subscription) if subscription.may_publish => {
                 // A refusal (a shard behind) pauses this publisher; nothing more to do here.
-                let _ = ws.publish(&topic, message);
-                *ws.state() = Some(topic);
+                let _ = ws.publish(&subscription.topic, message);
+                *ws.state() = Some(subscription);
+            }
+            Some(subscription) => {
+                ws.counters().client_publish_refused();
+                let _ = ws.close(CloseCode::POLICY_VIOLATION, self.publish_refusal());
+                *ws.state() = Some(subscription);
             }
             None => Echo::reply(ws, message),
         }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::runtime::{ConnId, Health};
 
+use super::admission::Admission;
 use super::config::ServerConfig;
 use super::connection::Clock;
 use super::frames::{Arena, SharedCompressors};
@@ -29,6 +30,8 @@ impl Lifecycle {
 pub(crate) struct ShardState {
     pub config: Arc<ServerConfig>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Who is let in, shared by every shard.
+    pub admission: Arc<Admission>,
     /// When every shard last turned.
     pub health: Health,
     pub clock: Clock,
@@ -43,12 +46,14 @@ impl ShardState {
     pub fn new(
         config: Arc<ServerConfig>,
         lifecycle: Arc<Lifecycle>,
+        admission: Arc<Admission>,
         health: Health,
         clock: Clock,
         topics: ShardTopics,
     ) -> Self {
         Self {
             lifecycle,
+            admission,
             health,
             compressors: SharedCompressors::new(config.deflate),
             config,

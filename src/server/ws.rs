@@ -113,6 +113,11 @@ impl<A: App + ?Sized> Ws<'_, A> {
         result
     }
 
+    /// The shard's counters, for the server's own applications.
+    pub(crate) fn counters(&self) -> &super::metrics::Counters {
+        self.shard.counters()
+    }
+
     /// What this connection's send queue costs now: bytes not yet written to its socket,
     /// plus the queue's own overhead.
     pub fn buffered_amount(&self) -> usize {

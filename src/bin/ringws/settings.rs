@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use ringws::proto::deflate::DeflateConfig;
 use ringws::runtime::{Keepalive, defaults as runtime_defaults};
+use ringws::server::admission::{IpNet, JwtConfig, JwtKey, PublishMode, Secret};
 use ringws::server::config::{
     BackpressurePolicy, ServerConfig, Size, SlowSubscriberPolicy, Span, defaults,
 };
@@ -145,6 +146,91 @@ pub struct ServeArgs {
     /// with them, memory grows in 2 MiB steps and an idle connection costs more).
     #[arg(long)]
     pub huge_pages: bool,
+    /// Address to listen on for a load balancer that sends a PROXY protocol header (v1 or
+    /// v2) before each connection's bytes; the header names the client (repeatable).
+    #[arg(long = "listen-proxy", value_name = "HOST:PORT")]
+    #[serde(rename = "listen-proxy")]
+    listen_proxy: Vec<SocketAddr>,
+    /// A proxy (an address, or a block such as 10.0.0.0/8) whose X-Forwarded-For names the
+    /// client (repeatable); from anyone else the header is ignored.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    #[serde(rename = "trusted-proxy")]
+    trusted_proxies: Vec<IpNet>,
+    /// WebSocket connections one client address (an IPv6 /64) may hold at once; more get
+    /// 429 (0: no cap).
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// WebSocket handshakes per second one client address may sustain; more get 429 with
+    /// Retry-After (0: no limit).
+    #[arg(long, default_value_t = defaults::HANDSHAKE_RATE_PER_IP)]
+    handshake_rate_per_ip: f64,
+    /// Handshakes one address may make at once before --handshake-rate-per-ip applies.
+    #[arg(long, default_value_t = defaults::HANDSHAKE_BURST_PER_IP)]
+    handshake_burst_per_ip: u32,
+    /// Require a JSON Web Token on every upgrade, signed with this HS256 secret. Prefer
+    /// --jwt-secret-file or the environment: ps shows a command line.
+    #[arg(
+        long,
+        env = "RINGWS_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_secret: Option<String>,
+    /// Like --jwt-secret, with the secret read from this file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_secret_file: Option<PathBuf>,
+    /// Require a JSON Web Token on every upgrade, signed with the private half of this PEM
+    /// public key (RSA: RS256...; EC: ES256, ES384; Ed25519: EdDSA).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_public_key: Option<PathBuf>,
+    /// A cookie that may carry the token (browsers cannot set headers on a WebSocket; the
+    /// Authorization header and the `token` query parameter are always read).
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_cookie: Option<String>,
+    /// When set, a token's `aud` claim must name it.
+    #[arg(long, value_name = "AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_audience: Option<String>,
+    /// When set, a token's `iss` claim must be it.
+    #[arg(long, value_name = "ISSUER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_issuer: Option<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf`.
+    #[arg(long, default_value_t = Span(defaults::JWT_LEEWAY))]
+    jwt_leeway: Span,
+    /// Who may publish from a WebSocket on /pubsub/<topic>: anyone, nobody (subscribe-only
+    /// clients; a message closes with 1008), or token (the token's `publish` claim decides).
+    #[arg(long, value_enum, default_value_t = Publish::Anyone)]
+    publish: Publish,
+    /// Turn on the publish API (POST /publish/<topic>, POST /publish) with this key, sent as
+    /// Authorization: Bearer KEY. Prefer --publish-key-file or the environment.
+    #[arg(
+        long,
+        env = "RINGWS_PUBLISH_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish_key: Option<String>,
+    /// Like --publish-key, with the key read from this file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Publish {
+    /// Every subscriber may publish to its topic.
+    Anyone,
+    /// Clients only subscribe; backends publish through the publish API.
+    Nobody,
+    /// The token's `publish` claim decides.
+    Token,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -228,6 +314,37 @@ impl ServeArgs {
         runtime.recv_buffers = self.recv_buffers;
         runtime.recv_buffer_size = self.recv_buffer_size.0;
         config.log_connections = self.log_connections;
+        let admission = &mut config.admission;
+        admission.proxy_protocol_listen = self.listen_proxy;
+        admission.trusted_proxies = self.trusted_proxies;
+        admission.max_connections_per_ip = self.max_connections_per_ip;
+        admission.handshake_rate_per_ip = self.handshake_rate_per_ip;
+        admission.handshake_burst_per_ip = self.handshake_burst_per_ip;
+        // `check_choices` made sure at most one key is given.
+        let jwt_key = match (self.jwt_secret, self.jwt_secret_file, self.jwt_public_key) {
+            (Some(secret), _, _) => Some(JwtKey::Secret(Secret::Value(secret))),
+            (_, Some(file), _) => Some(JwtKey::Secret(Secret::File(file))),
+            (_, _, Some(file)) => Some(JwtKey::PublicKey(file)),
+            _ => None,
+        };
+        admission.jwt = jwt_key.map(|key| {
+            let mut jwt = JwtConfig::new(key);
+            jwt.cookie = self.jwt_cookie;
+            jwt.audience = self.jwt_audience;
+            jwt.issuer = self.jwt_issuer;
+            jwt.leeway = self.jwt_leeway.0;
+            jwt
+        });
+        admission.publish = match self.publish {
+            Publish::Anyone => PublishMode::Anyone,
+            Publish::Nobody => PublishMode::Nobody,
+            Publish::Token => PublishMode::Token,
+        };
+        admission.publish_key = match (self.publish_key, self.publish_key_file) {
+            (Some(key), _) => Some(Secret::Value(key)),
+            (_, Some(file)) => Some(Secret::File(file)),
+            _ => None,
+        };
         config.deflate = match self.deflate {
             Deflate::Off => None,
             mode => Some(DeflateConfig {
@@ -238,6 +355,34 @@ impl ServeArgs {
             }),
         };
         config
+    }
+}
+
+impl ServeArgs {
+    /// Settings that exclude each other: one token key, one publish key.
+    fn check_choices(&self) -> Result<(), SettingsError> {
+        let keys = [
+            ("jwt-secret", self.jwt_secret.is_some()),
+            ("jwt-secret-file", self.jwt_secret_file.is_some()),
+            ("jwt-public-key", self.jwt_public_key.is_some()),
+        ];
+        let given: Vec<&str> = keys
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .collect();
+        if given.len() > 1 {
+            return Err(SettingsError(format!(
+                "{}: give one token key, not several",
+                given.join(", ")
+            )));
+        }
+        if self.publish_key.is_some() && self.publish_key_file.is_some() {
+            return Err(SettingsError(
+                "publish-key, publish-key-file: give one, not both".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -264,14 +409,18 @@ impl std::fmt::Display for SettingsError {
 /// names, if any: a flag given on the command line wins over the file's key.
 pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeArgs, SettingsError> {
     let Some(path) = args.config.clone() else {
+        args.check_choices()?;
         return Ok(args);
     };
     let mut table = read_table(&path)?;
     let mut flags = toml::Table::try_from(&args)
         .map_err(|err| SettingsError(format!("the command line: {err}")))?;
-    // A file key is its flag's long name.
+    // A file key is its flag's long name; the command line and the environment win.
     for arg in ServeArgs::augment_args(clap::Command::new("serve")).get_arguments() {
-        let given = matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine);
+        let given = matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
         if let (true, Some(key)) = (given, arg.get_long())
             && let Some(value) = flags.remove(key)
         {
@@ -280,12 +429,17 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> Result<ServeArgs, Setti
     }
     let mut settings = from_table(table, &path)?;
     settings.config = Some(path);
+    settings.check_choices()?;
     Ok(settings)
 }
 
 /// Reads and checks a settings file on its own, as `ringws check-config` does.
 pub fn check_file(path: &Path) -> Result<ServerConfig, SettingsError> {
-    let config = from_table(read_table(path)?, path)?.into_config();
+    let settings = from_table(read_table(path)?, path)?;
+    settings
+        .check_choices()
+        .map_err(|err| SettingsError(format!("{}: {err}", path.display())))?;
+    let config = settings.into_config();
     config
         .validate()
         .map_err(|err| SettingsError(format!("{}: {err}", path.display())))?;
@@ -369,6 +523,14 @@ mod tests {
     fn file_keys_are_the_flags_long_names() {
         let args = ServeArgs {
             shards: Some(1),
+            jwt_secret: Some("s".into()),
+            jwt_secret_file: Some("f".into()),
+            jwt_public_key: Some("k".into()),
+            jwt_cookie: Some("c".into()),
+            jwt_audience: Some("a".into()),
+            jwt_issuer: Some("i".into()),
+            publish_key: Some("p".into()),
+            publish_key_file: Some("f".into()),
             ..ServeArgs::default()
         };
         let keys: std::collections::BTreeSet<String> = toml::Table::try_from(&args)
@@ -434,6 +596,38 @@ mod tests {
         // What neither sets keeps its default.
         let defaults = ServerConfig::default();
         assert_eq!(config.handshake_timeout, defaults.handshake_timeout);
+    }
+
+    #[test]
+    fn admission_settings_read_from_flags_and_file() {
+        let secret = file("  s3cret\n");
+        let toml = file(&format!(
+            "trusted-proxy = [\"10.0.0.0/8\"]\nmax-connections-per-ip = 5\n\
+             handshake-rate-per-ip = 2\njwt-secret-file = \"{}\"\njwt-cookie = \"session\"\n\
+             publish = \"token\"\n",
+            secret.path()
+        ));
+        let config = settings(&["--config", toml.path(), "--publish-key", "k"])
+            .expect("read")
+            .into_config();
+        let admission = &config.admission;
+        assert_eq!(
+            admission.trusted_proxies,
+            ["10.0.0.0/8".parse().expect("a block")]
+        );
+        assert_eq!(admission.max_connections_per_ip, 5);
+        assert_eq!(admission.handshake_rate_per_ip, 2.0);
+        assert_eq!(admission.publish, PublishMode::Token);
+        assert_eq!(admission.publish_key, Some(Secret::Value("k".into())));
+        let jwt = admission.jwt.as_ref().expect("tokens on");
+        assert_eq!(jwt.cookie.as_deref(), Some("session"));
+        assert_eq!(jwt.key, JwtKey::Secret(Secret::File(secret.0.clone())));
+        assert_eq!(config.validate(), Ok(()));
+        let both = settings(&["--jwt-secret", "a", "--jwt-public-key", "/k.pem"]);
+        assert!(both.err().expect("refused").0.contains("one token key"));
+        let bad = file("trusted-proxy = [\"10.0.0.0/99\"]\n");
+        let err = settings(&["--config", bad.path()]).err().expect("refused");
+        assert!(err.0.contains("10.0.0.0/99"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::proto::frame::{FrameHead, write_frame};
 use crate::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
 use crate::runtime::ConnId;
 
+use super::super::admission::Admission;
 use super::super::app::{App, Message};
 use super::super::config::ServerConfig;
 use super::super::metrics::{Metrics, Registry};
@@ -57,11 +58,13 @@ impl<A: App> Harness<A> {
         let table = TopicTable::new(config.max_topic_len, config.max_topics_per_connection);
         let topics = ShardTopics::new(0, Arc::new(Hub::default()), registry, Vec::new(), table);
         let clock = Clock::new(Instant::now());
+        let admission = Admission::new(&config).expect("a valid configuration");
         let mut harness = Self {
             app,
             shard: ShardState::new(
                 config,
                 Default::default(),
+                Arc::new(admission),
                 crate::runtime::Health::new(1, Instant::now()),
                 clock,
                 topics,
@@ -77,7 +80,7 @@ impl<A: App> Harness<A> {
         };
         let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
         let mut cx = harness.cx();
-        let conn = Connection::new(peer, &mut cx);
+        let conn = Connection::new(peer, false, &mut cx);
         harness.conn = Some(conn);
         harness
     }

@@ -27,10 +27,12 @@ use crate::proto::session::{Reader, Writer};
 use crate::proto::{CloseCode, Event, ProtocolError};
 use crate::runtime::{CHUNK_OVERHEAD, ConnId, Tag};
 
+use super::admission::proxy::{self, ProxyReader};
 use super::app::{App, Closed, Message};
-use super::config::{BackpressurePolicy, SlowSubscriberPolicy};
+use super::config::{BackpressurePolicy, ServerConfig, SlowSubscriberPolicy};
 use super::events;
 use super::frames::write_message;
+use super::publish_api::{self, PublishBody};
 use super::pubsub::Published;
 use super::shard_state::ShardState;
 use super::transport::Transport;
@@ -64,11 +66,23 @@ pub(crate) struct Connection<S> {
     incomplete: usize,
     /// Bytes written when [`Timer::SendStall`] was armed: progress is measured from here.
     stall_mark: u64,
+    /// Counted in the server's WebSocket connections and its address's (see `admission`)
+    /// until it closes.
+    admitted: bool,
 }
 
 enum Stage<S> {
+    /// Nothing of a request yet: a new connection, or one kept open between publish API
+    /// requests (`kept_alive`).
+    Waiting {
+        kept_alive: bool,
+    },
+    /// Reading the PROXY protocol header a load balancer sends first.
+    Proxy(Box<ProxyReader>),
     /// Reading the HTTP request; the parser holds the head until it is complete.
     Handshake(Box<RequestParser>),
+    /// Reading the body of a publish API request.
+    Body(Box<PublishBody>),
     Open(Open<S>),
     /// An HTTP response (a page or a refusal) is on its way; the connection closes after it.
     Responded,
@@ -97,6 +111,16 @@ enum Pause {
     Backlog,
 }
 
+/// Where a complete request head left the connection.
+enum Answered {
+    /// A WebSocket: frames may follow in the same read.
+    Open,
+    /// A request body follows.
+    Body,
+    /// Answered; nothing more is read.
+    Done,
+}
+
 /// What a callback asked of the connection beyond sending, applied when it returns.
 #[derive(Default)]
 pub(crate) struct Asked {
@@ -106,24 +130,36 @@ pub(crate) struct Asked {
     pub publish_refused: bool,
 }
 
+/// A parser for the next request head.
+fn request_parser(config: &ServerConfig) -> Box<RequestParser> {
+    let limits = handshake::Limits {
+        max_head_bytes: config.max_header_bytes,
+        ..Default::default()
+    };
+    Box::new(RequestParser::new(limits))
+}
+
 impl<S> Connection<S> {
-    pub fn new(peer: SocketAddr, cx: &mut Cx<'_>) -> Self {
+    /// A connection from `peer`; one accepted on a listener that expects a PROXY header
+    /// (`proxied`) reads it first, and takes the client's address from it.
+    pub fn new(peer: SocketAddr, proxied: bool, cx: &mut Cx<'_>) -> Self {
         let config = &cx.shard.config;
-        let limits = handshake::Limits {
-            max_head_bytes: config.max_header_bytes,
-            ..Default::default()
-        };
         let mut timers = Timers::default();
         timers.set(Timer::Handshake, cx.now.after(config.handshake_timeout));
+        let stage = match proxied {
+            true => Stage::Proxy(Box::new(ProxyReader::new(config.max_header_bytes))),
+            false => Stage::Waiting { kept_alive: false },
+        };
         Self {
             peer,
-            stage: Stage::Handshake(Box::new(RequestParser::new(limits))),
+            stage,
             timers,
             last_seen: cx.now,
             paused: None,
             ending: None,
             incomplete: 0,
             stall_mark: 0,
+            admitted: false,
         }
     }
 
@@ -140,46 +176,123 @@ impl<S> Connection<S> {
     /// The peer sent `data`.
     pub fn on_data<A: App<State = S>>(&mut self, cx: &mut Cx<'_>, app: &mut A, data: &mut [u8]) {
         self.last_seen = cx.now;
-        let data = match &mut self.stage {
-            Stage::Handshake(parser) => match parser.feed(data) {
-                Ok(None) => return,
-                Err(refusal) => return self.refuse(cx, &refusal),
-                Ok(Some(consumed)) => {
-                    self.timers.stop(Timer::Handshake);
-                    if !self.upgrade(cx, app) {
+        let mut data = data;
+        // Each stage takes what is its own and hands the rest to the next: a PROXY header,
+        // a request head, a body, more requests on a kept-alive connection, frames.
+        loop {
+            match &mut self.stage {
+                Stage::Waiting { kept_alive } => {
+                    if data.is_empty() {
                         return;
                     }
-                    // Frames may follow the request in the same read.
-                    &mut data[consumed..]
+                    if proxy::looks_like_header(data) {
+                        let refusal = Refusal::new(
+                            400,
+                            "a PROXY protocol header on a listener that does not expect one \
+                             (see --listen-proxy)",
+                        );
+                        return self.refuse(cx, &refusal);
+                    }
+                    if *kept_alive {
+                        let deadline = cx.now.after(cx.shard.config.handshake_timeout);
+                        self.timers.set(Timer::Handshake, deadline);
+                    }
+                    self.stage = Stage::Handshake(request_parser(&cx.shard.config));
                 }
-            },
-            Stage::Open(_) => data,
-            // Anything after an HTTP response is ignored until the close.
-            Stage::Responded => return,
-        };
+                Stage::Proxy(reader) => match reader.feed(data) {
+                    Ok(None) => return,
+                    Err(problem) => return self.refuse(cx, &Refusal::new(400, problem)),
+                    Ok(Some((header, used))) => {
+                        if let Some(client) = header.source {
+                            self.peer = client;
+                        }
+                        self.stage = Stage::Handshake(request_parser(&cx.shard.config));
+                        data = &mut std::mem::take(&mut data)[used..];
+                    }
+                },
+                Stage::Handshake(parser) => match parser.feed(data) {
+                    Ok(None) => return,
+                    Err(refusal) => return self.refuse(cx, &refusal),
+                    Ok(Some(consumed)) => {
+                        self.timers.stop(Timer::Handshake);
+                        data = &mut std::mem::take(&mut data)[consumed..];
+                        match self.answer(cx, app, data.is_empty()) {
+                            // Frames may follow the request in the same read.
+                            Answered::Open => break,
+                            Answered::Body => {}
+                            Answered::Done => return,
+                        }
+                    }
+                },
+                Stage::Body(body) => {
+                    let used = body.feed(data);
+                    data = &mut std::mem::take(&mut data)[used..];
+                    if !body.is_complete() {
+                        self.account_incomplete(cx);
+                        return;
+                    }
+                    if !self.publish(cx) {
+                        return;
+                    }
+                }
+                Stage::Open(_) => break,
+                // Anything after an HTTP response is ignored until the close.
+                Stage::Responded => return,
+            }
+        }
         self.read_frames(cx, app, data);
     }
 
-    /// Answers the complete request the parser holds. Returns whether the connection is
-    /// now a WebSocket.
-    fn upgrade<A: App<State = S>>(&mut self, cx: &mut Cx<'_>, app: &mut A) -> bool {
+    /// Answers the complete request the parser holds; `head_only` says no byte followed it
+    /// in this read.
+    fn answer<A: App<State = S>>(
+        &mut self,
+        cx: &mut Cx<'_>,
+        app: &mut A,
+        head_only: bool,
+    ) -> Answered {
         let Stage::Handshake(parser) = std::mem::replace(&mut self.stage, Stage::Responded) else {
-            return false;
+            return Answered::Done;
         };
         let Some(request) = parser.request() else {
             cx.io.abort(cx.id);
-            return false;
+            return Answered::Done;
         };
-        match upgrade::answer(request, self.peer, app, cx.shard) {
+        // With the API off, only a POST there is answered (naming the setting): other
+        // requests get what they always got.
+        let api_on = cx.shard.admission.publish_api_on();
+        if publish_api::is_api_request(request) && (api_on || request.method() == "POST") {
+            return match publish_api::start(request, &cx.shard.admission, &cx.shard.config) {
+                Ok(body) => {
+                    if body.expects_continue() && head_only {
+                        cx.io.send(cx.id, publish_api::CONTINUE.into());
+                    }
+                    let deadline = cx.now.after(cx.shard.config.handshake_timeout);
+                    self.timers.set(Timer::Handshake, deadline);
+                    self.stage = Stage::Body(body);
+                    self.account_incomplete(cx);
+                    Answered::Body
+                }
+                Err(answer) => {
+                    self.respond_to_api(cx, &answer);
+                    Answered::Done
+                }
+            };
+        }
+        // Behind trusted proxies, the client is who `X-Forwarded-For` says.
+        self.peer = cx.shard.admission.client_addr(self.peer, request);
+        match upgrade::answer(request, self.peer, app, cx.shard, cx.now) {
             upgrade::Answer::Page(response) => {
                 self.respond_and_close(cx, response);
-                false
+                Answered::Done
             }
             upgrade::Answer::Refuse(refusal) => {
                 self.refuse(cx, &refusal);
-                false
+                Answered::Done
             }
             upgrade::Answer::Accept { response, open } => {
+                self.admitted = true;
+                cx.shard.counters().websocket_opened();
                 cx.shard.counters().families.handshakes.count(101);
                 let loud = cx.shard.config.log_connections;
                 events::opened(loud, cx.shard.index(), self.peer, request.path());
@@ -190,9 +303,47 @@ impl<S> Connection<S> {
                     self.timers.set(Timer::Idle, cx.now.after(idle));
                 }
                 self.callback(cx, app, |ws, app| app.on_open(ws));
-                true
+                Answered::Open
             }
         }
+    }
+
+    /// Publishes the complete body of a publish API request and answers it. Returns whether
+    /// the connection stays open for another request.
+    fn publish(&mut self, cx: &mut Cx<'_>) -> bool {
+        let Stage::Body(body) = std::mem::replace(&mut self.stage, Stage::Responded) else {
+            return false;
+        };
+        self.timers.stop(Timer::Handshake);
+        let answer = body.publish(&mut cx.shard.topics, cx.shard.config.max_topic_len);
+        self.account_incomplete(cx);
+        self.respond_to_api(cx, &answer);
+        answer.keep_alive
+    }
+
+    /// Sends a publish API answer; keeps the connection for the next request if the answer
+    /// says so (closing it once an idle timeout passes with none), else closes it.
+    fn respond_to_api(&mut self, cx: &mut Cx<'_>, answer: &publish_api::Answer) {
+        cx.shard
+            .counters()
+            .families
+            .publish_api
+            .count(answer.status);
+        let mut response = Vec::new();
+        answer.write(&mut response);
+        if !answer.keep_alive {
+            return self.respond_and_close(cx, response);
+        }
+        cx.io.send(cx.id, response.into());
+        self.stage = Stage::Waiting { kept_alive: true };
+        let config = &cx.shard.config;
+        let idle = match config.idle_timeout.is_zero() {
+            true => config.handshake_timeout,
+            false => config.idle_timeout,
+        };
+        self.timers.set(Timer::Handshake, cx.now.after(idle));
+        // A backend that sends requests and never reads the answers stops being read.
+        self.after_sending(cx);
     }
 
     /// Decodes frames and hands whole messages to the application.
@@ -346,7 +497,21 @@ impl<S> Connection<S> {
         while let Some(timer) = self.timers.expired(cx.now) {
             match timer {
                 Timer::Handshake => {
-                    let refusal = Refusal::new(408, "handshake not completed in time");
+                    match self.stage {
+                        // A kept-alive connection that sent nothing more: close it quietly.
+                        Stage::Waiting { kept_alive: true } => {
+                            self.stage = Stage::Responded;
+                            return self.finish(cx);
+                        }
+                        Stage::Body(_) => {
+                            let refusal = Refusal::new(408, "request body not completed in time");
+                            let answer = publish_api::Answer::refused(refusal);
+                            self.respond_to_api(cx, &answer);
+                            return self.account_incomplete(cx);
+                        }
+                        _ => {}
+                    }
+                    let refusal = Refusal::new(408, "request not completed in time");
                     return self.refuse(cx, &refusal);
                 }
                 // Our close frame went unanswered.
@@ -443,7 +608,9 @@ impl<S> Connection<S> {
                 cx.shard.flush(cx.io, cx.id);
                 self.await_close(cx);
             }
-            Stage::Handshake(_) => self.abort(cx),
+            Stage::Waiting { .. } | Stage::Proxy(_) | Stage::Handshake(_) | Stage::Body(_) => {
+                self.abort(cx)
+            }
             Stage::Responded => {}
         }
     }
@@ -453,7 +620,11 @@ impl<S> Connection<S> {
     pub fn drain_at(&mut self, cx: &mut Cx<'_>, at: Time) {
         match &self.stage {
             Stage::Open(_) => self.timers.set(Timer::Drain, at),
-            Stage::Handshake(_) => {
+            Stage::Waiting { kept_alive: true } => {
+                self.stage = Stage::Responded;
+                self.finish(cx);
+            }
+            Stage::Waiting { .. } | Stage::Proxy(_) | Stage::Handshake(_) | Stage::Body(_) => {
                 let refusal = Refusal::new(503, "the server is shutting down");
                 self.refuse(cx, &refusal.with_header("Retry-After", "5"));
             }
@@ -464,6 +635,16 @@ impl<S> Connection<S> {
     /// Closes with 1009 to give back the memory of the message this connection is
     /// assembling: the shard's budget for incomplete messages is spent and it holds the most.
     pub fn shed_incomplete(&mut self, cx: &mut Cx<'_>) {
+        if let Stage::Body(_) = self.stage {
+            cx.shard.counters().incomplete_closed();
+            let refusal = Refusal::new(
+                503,
+                "the server's memory for incomplete messages is spent: this body is the largest",
+            );
+            let answer = publish_api::Answer::refused(refusal.with_header("Retry-After", "1"));
+            self.respond_to_api(cx, &answer);
+            return self.account_incomplete(cx);
+        }
         let Stage::Open(open) = &mut self.stage else {
             return;
         };
@@ -483,6 +664,10 @@ impl<S> Connection<S> {
     /// application gets its state back.
     pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A, cause: &str) {
         shard.incomplete_bytes -= self.incomplete;
+        if self.admitted {
+            shard.admission.release(self.peer.ip());
+            shard.counters().websocket_closed();
+        }
         if let Stage::Open(open) = self.stage {
             let ending = self.ending.map(|ending| *ending);
             let (code, reason) = ending.unwrap_or((CloseCode::ABNORMAL, "".into()));
@@ -578,6 +763,7 @@ impl<S> Connection<S> {
     fn account_incomplete(&mut self, cx: &mut Cx<'_>) {
         let held = match &self.stage {
             Stage::Open(open) => open.reader.held_bytes(),
+            Stage::Body(body) => body.held_bytes(),
             _ => 0,
         };
         cx.shard.incomplete_bytes = cx.shard.incomplete_bytes - self.incomplete + held;

@@ -251,3 +251,41 @@ fn a_finished_message_gives_its_budget_back() {
     assert_eq!(h.incomplete_bytes(), 0);
     assert_eq!(h.seen(), [Seen::Text("part one part two".into())]);
 }
+
+#[test]
+fn a_kept_alive_publish_connection_closes_quietly_after_an_idle_timeout() {
+    let mut config = config();
+    config.admission.publish_key = Some(crate::server::admission::Secret::Value("k".into()));
+    let mut h = Harness::new(config, Echo);
+    h.receive(b"POST /publish/news HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: 2\r\n\r\nhi");
+    let seen = h.seen();
+    assert!(
+        matches!(&seen[..], [Seen::Http { status: 200, body }] if body.contains("\"subscribers\":0")),
+        "{seen:?}"
+    );
+    assert!(!h.transport().ended(), "kept alive");
+    h.advance(Duration::from_millis(59_999));
+    assert!(!h.transport().ended());
+    h.advance(Duration::from_millis(1));
+    assert!(h.transport().closing, "closed once idle");
+    assert!(
+        h.seen().is_empty(),
+        "quietly: no 408 to a client that asked nothing"
+    );
+}
+
+#[test]
+fn a_publish_body_counts_in_the_incomplete_budget_until_it_is_whole() {
+    let mut config = config();
+    config.admission.publish_key = Some(crate::server::admission::Secret::Value("k".into()));
+    let mut h = Harness::new(config, Echo);
+    h.receive(b"POST /publish/news HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: 1000\r\n\r\nabc");
+    assert!(h.incomplete_bytes() >= 1000);
+    h.advance(Duration::from_secs(10));
+    let seen = h.seen();
+    assert!(
+        matches!(&seen[..], [Seen::Http { status: 408, .. }]),
+        "{seen:?}"
+    );
+    assert_eq!(h.incomplete_bytes(), 0);
+}

@@ -1,6 +1,7 @@
 //! The answer to a complete HTTP request: a page for plain GETs, a refusal, or the 101 and
-//! a fresh session. Each decision is a step of its own: route, origin, subprotocol, the
-//! application's say, permessage-deflate.
+//! a fresh session. Each decision is a step of its own: route, origin, admission (room on
+//! the server, the address's bounds, the token), subprotocol, the application's say,
+//! permessage-deflate.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +11,10 @@ use crate::proto::deflate::{self, Compressor, DeflateParams};
 use crate::proto::handshake::{self, Refusal, Request};
 use crate::proto::session::{Session, SessionConfig};
 
+use super::super::admission::{self, Turned};
 use super::super::app::{Accept, App, Upgrade};
 use super::super::shard_state::ShardState;
-use super::{Open, Parts};
+use super::{Open, Parts, Time};
 
 pub(super) enum Answer<S> {
     /// A plain HTTP GET, answered with a page.
@@ -30,6 +32,7 @@ pub(super) fn answer<A: App>(
     peer: SocketAddr,
     app: &mut A,
     shard: &ShardState,
+    now: Time,
 ) -> Answer<A::State> {
     let key = match handshake::validate(request) {
         Ok(upgrade) => upgrade.key,
@@ -42,15 +45,42 @@ pub(super) fn answer<A: App>(
     if !config.origin_allowed(request.origin()) {
         return Answer::Refuse(Refusal::new(403, "origin not allowed"));
     }
+    // Counted before the token is checked: a flood of bad tokens is rate-limited too. The
+    // ticket gives its place back unless the connection opens.
+    let counters = shard.counters();
+    let ticket = match shard.admission.admit(peer.ip(), now) {
+        Ok(ticket) => ticket,
+        Err(turned) => {
+            match turned {
+                Turned::Full { .. } => counters.server_full(),
+                Turned::Limited(admission::Limited::Rate { .. }) => counters.rate_limited(),
+                Turned::Limited(admission::Limited::Connections { .. }) => counters.ip_capped(),
+            }
+            return Answer::Refuse(turned.refusal());
+        }
+    };
+    let grants = match shard.admission.authenticate(request) {
+        Ok(grants) => grants,
+        Err(refusal) => {
+            counters.token_refused();
+            return Answer::Refuse(refusal);
+        }
+    };
     let offered = handshake::select_protocol(request.protocols(), &config.subprotocols);
     let decision = app.upgrade(&Upgrade {
         request,
         peer,
         protocol: offered,
+        grants: grants.as_ref(),
     });
     let Accept { state, protocol } = match decision {
         Ok(accept) => accept,
-        Err(refusal) => return Answer::Refuse(refusal),
+        Err(refusal) => {
+            if admission::is_insufficient_scope(&refusal) {
+                counters.topic_refused();
+            }
+            return Answer::Refuse(refusal);
+        }
     };
     let protocol = match protocol {
         Some(chosen) if request.protocols().any(|offer| offer == chosen) => Some(chosen.into()),
@@ -63,6 +93,7 @@ pub(super) fn answer<A: App>(
         None => offered.map(Into::into),
     };
     let agreement = negotiate_deflate(request, shard);
+    ticket.keep();
 
     let mut response = Vec::with_capacity(256);
     handshake::write_accept(

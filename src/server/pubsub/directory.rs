@@ -1,31 +1,61 @@
-//! Which shards have subscribers to each topic: one bit per shard (at most 64 shards). It is
-//! written only when a topic appears on or leaves a shard, and read once per publish.
+//! Which shards have subscribers to each topic: one bit per shard (at most 64 shards), and
+//! how many subscribers the topic has over all shards. The bits are written only when a
+//! topic appears on or leaves a shard; the count (an atomic under the read lock) when a
+//! subscription starts or ends. Both are read once per publish.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 #[derive(Default)]
 pub(crate) struct Directory {
-    topics: RwLock<HashMap<Arc<str>, u64>>,
+    topics: RwLock<HashMap<Arc<str>, Topic>>,
+}
+
+#[derive(Default)]
+struct Topic {
+    shards: u64,
+    /// A shard adds its subscribers while its bit is set and takes them away before it
+    /// clears it, so the count is whole whenever the entry exists.
+    subscribers: AtomicU64,
 }
 
 impl Directory {
     /// The shards with subscribers to `topic`, one bit each.
     pub fn shards(&self, topic: &str) -> u64 {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        topics.get(topic).copied().unwrap_or(0)
+        topics.get(topic).map_or(0, |t| t.shards)
+    }
+
+    /// Subscribers to `topic` over all shards.
+    pub fn subscribers(&self, topic: &str) -> u64 {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics
+            .get(topic)
+            .map_or(0, |t| t.subscribers.load(Ordering::Relaxed))
     }
 
     pub fn set(&self, topic: &Arc<str>, shard: usize, subscribed: bool) {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         let bit = 1u64 << shard;
         if subscribed {
-            *topics.entry(topic.clone()).or_insert(0) |= bit;
-        } else if let Some(mask) = topics.get_mut(topic) {
-            *mask &= !bit;
-            if *mask == 0 {
+            topics.entry(topic.clone()).or_default().shards |= bit;
+        } else if let Some(entry) = topics.get_mut(topic) {
+            entry.shards &= !bit;
+            if entry.shards == 0 {
                 topics.remove(topic);
             }
+        }
+    }
+
+    /// A subscription to `topic` started (`joined`) or ended, on a shard whose bit is set.
+    pub fn count(&self, topic: &str, joined: bool) {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = topics.get(topic) {
+            let change = |n: u64| Some(if joined { n + 1 } else { n.saturating_sub(1) });
+            let _ = entry
+                .subscribers
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, change);
         }
     }
 
@@ -50,5 +80,20 @@ mod tests {
         assert_eq!((directory.shards("news"), directory.len()), (1 << 63, 1));
         directory.set(&topic, 63, false);
         assert_eq!((directory.shards("news"), directory.len()), (0, 0));
+    }
+
+    #[test]
+    fn subscribers_are_counted_over_shards() {
+        let directory = Directory::default();
+        let topic: Arc<str> = "news".into();
+        directory.set(&topic, 0, true);
+        directory.count("news", true);
+        directory.count("news", true);
+        directory.set(&topic, 1, true);
+        directory.count("news", true);
+        assert_eq!(directory.subscribers("news"), 3);
+        directory.count("news", false);
+        assert_eq!(directory.subscribers("news"), 2);
+        assert_eq!(directory.subscribers("other"), 0);
     }
 }

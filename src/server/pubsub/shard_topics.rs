@@ -72,7 +72,10 @@ impl ShardTopics {
         let since = self.hub.current_sequence();
         let result = self.table.subscribe(conn, topic, since);
         match (&result, &announced) {
-            (Ok(change), _) if change.changed => self.counters().subscribed(),
+            (Ok(change), _) if change.changed => {
+                self.hub.directory.count(topic, true);
+                self.counters().subscribed();
+            }
             // Refused: the topic was announced for nothing.
             (Err(_), Some(name)) => self.hub.directory.set(name, self.shard, false),
             _ => {}
@@ -85,6 +88,7 @@ impl ShardTopics {
         let name = self.table.name(topic).cloned();
         let change = self.table.unsubscribe(conn, topic);
         if change.changed {
+            self.hub.directory.count(topic, false);
             self.counters().unsubscribed();
         }
         if let (true, Some(name)) = (change.topic_edge, name) {
@@ -95,6 +99,10 @@ impl ShardTopics {
 
     /// Removes a closed connection from every topic it subscribed to.
     pub fn remove(&mut self, conn: ConnId) {
+        // Counted out while this shard's bit is still set.
+        for topic in self.table.topics_of(conn) {
+            self.hub.directory.count(topic, false);
+        }
         let (hub, shard) = (&self.hub, self.shard);
         let left = self
             .table
@@ -130,6 +138,11 @@ impl ShardTopics {
         let result = route.result();
         self.pending.extend(route.local);
         result
+    }
+
+    /// Subscribers to `topic` on every shard of this server.
+    pub fn subscribers(&self, topic: &str) -> u64 {
+        self.hub.directory.subscribers(topic)
     }
 
     /// The next message published on this shard and not yet delivered here.
