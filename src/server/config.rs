@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use crate::proto::deflate::DeflateConfig;
 use crate::runtime;
 
+use super::cluster::ClusterConfig;
+
 /// The default of every setting; the command line and [`ServerConfig::default`] both read
 /// them from here.
 pub mod defaults {
@@ -116,6 +118,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// permessage-deflate; `None` turns compression off.
     pub deflate: Option<DeflateConfig>,
+    /// Share topics with other nodes through a broker; `None`: this node alone.
+    pub cluster: Option<ClusterConfig>,
     /// The I/O runtime's own knobs: ring size, receive buffers, listen backlog, linger, TCP
     /// user timeout and keepalive, mailbox batch. Its `listen`, `shards`,
     /// `max_connections_per_shard`, `shutdown_grace`, `drain_timeout` and `mailbox_bytes`
@@ -154,6 +158,7 @@ impl Default for ServerConfig {
             drain_spread: defaults::DRAIN_SPREAD,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,
+            cluster: None,
             runtime: runtime::Config::default(),
         }
     }
@@ -267,6 +272,18 @@ impl ServerConfig {
                 setting: "runtime",
                 problem: err.to_string(),
             })?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(|problem| ConfigError {
+                setting: "cluster",
+                problem,
+            })?;
+            if now.checked_add(cluster.unsubscribe_delay).is_none() {
+                return fail(
+                    "cluster-unsubscribe-delay",
+                    "too long to keep time with".into(),
+                );
+            }
+        }
         if let Some(deflate) = &self.deflate {
             if !(9..=15).contains(&deflate.max_window_bits) {
                 return fail(

@@ -1,15 +1,27 @@
 //! Which shards have subscribers to each topic: one bit per shard (at most 64 shards). It is
-//! written only when a topic appears on or leaves a shard, and read once per publish.
+//! written only when a topic appears on or leaves a shard, and read once per publish. When
+//! a topic appears on or leaves the whole node, a cluster's link is told.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use super::super::cluster::Interest;
+
 #[derive(Default)]
 pub(crate) struct Directory {
     topics: RwLock<HashMap<Arc<str>, u64>>,
+    /// The cluster link's list of topics to look at, if the node is in a cluster.
+    interest: Option<Arc<Interest>>,
 }
 
 impl Directory {
+    pub fn new(interest: Option<Arc<Interest>>) -> Self {
+        Self {
+            topics: RwLock::default(),
+            interest,
+        }
+    }
+
     /// The shards with subscribers to `topic`, one bit each.
     pub fn shards(&self, topic: &str) -> u64 {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
@@ -19,13 +31,21 @@ impl Directory {
     pub fn set(&self, topic: &Arc<str>, shard: usize, subscribed: bool) {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         let bit = 1u64 << shard;
+        let mut node_edge = false;
         if subscribed {
-            *topics.entry(topic.clone()).or_insert(0) |= bit;
+            let mask = topics.entry(topic.clone()).or_insert(0);
+            node_edge = *mask == 0;
+            *mask |= bit;
         } else if let Some(mask) = topics.get_mut(topic) {
             *mask &= !bit;
             if *mask == 0 {
                 topics.remove(topic);
+                node_edge = true;
             }
+        }
+        // Told under the lock, so the link never reads an edge before the change.
+        if let (true, Some(interest)) = (node_edge, &self.interest) {
+            interest.touch(topic);
         }
     }
 
@@ -50,5 +70,19 @@ mod tests {
         assert_eq!((directory.shards("news"), directory.len()), (1 << 63, 1));
         directory.set(&topic, 63, false);
         assert_eq!((directory.shards("news"), directory.len()), (0, 0));
+    }
+
+    #[test]
+    fn the_cluster_hears_when_a_topic_appears_on_or_leaves_the_node() {
+        let interest = Arc::new(Interest::default());
+        let directory = Directory::new(Some(interest.clone()));
+        let topic: Arc<str> = "news".into();
+        directory.set(&topic, 0, true);
+        assert_eq!(interest.take().len(), 1, "appeared");
+        directory.set(&topic, 1, true);
+        directory.set(&topic, 0, false);
+        assert!(interest.take().is_empty(), "still on shard 1");
+        directory.set(&topic, 1, false);
+        assert_eq!(interest.take().len(), 1, "left");
     }
 }
