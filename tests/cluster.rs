@@ -1,0 +1,557 @@
+//! Nodes sharing topics through a real broker: `nats-server` and `redis-server` (installed
+//! by scripts/test.sh), three `ringws serve --cluster` nodes, subscribers spread over them,
+//! publishers on each and a backend publishing straight to the broker; topic churn; the
+//! broker killed and restarted under traffic.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringws::proto::OpCode;
+use support::{Server, metrics, open, read_frame, send, wait_for_metrics};
+
+const SETTLE: Duration = Duration::from_secs(15);
+/// A topic holding characters a NATS subject would misread.
+const TOPIC: &str = "desk.eu*>%41";
+/// Its subject and channel, as docs/cluster.md tells backends to write them.
+const SUBJECT: &str = "ringws.desk%2Eeu%2A%3E%2541";
+const CHANNEL: &str = "ringws:desk.eu*>%41";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Nats,
+    Redis,
+}
+
+/// A broker process on a fixed port, so that it can be restarted where the nodes expect it.
+struct Broker {
+    kind: Kind,
+    port: u16,
+    /// NATS's monitoring port.
+    monitor: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Broker {
+    fn start(kind: Kind) -> Broker {
+        let mut broker = Broker {
+            kind,
+            port: free_port(),
+            monitor: free_port(),
+            child: None,
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let (program, args) = match self.kind {
+            Kind::Nats => (
+                "nats-server",
+                vec![
+                    "-a".to_string(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    self.port.to_string(),
+                    "-m".into(),
+                    self.monitor.to_string(),
+                ],
+            ),
+            Kind::Redis => (
+                "redis-server",
+                vec![
+                    "--bind".to_string(),
+                    "127.0.0.1".into(),
+                    "--port".into(),
+                    self.port.to_string(),
+                    "--save".into(),
+                    String::new(),
+                    "--appendonly".into(),
+                    "no".into(),
+                ],
+            ),
+        };
+        let child = Command::new(program)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot start {program} ({err}): scripts/test.sh installs it")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{program} did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        match self.kind {
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// A backend: publishes `payloads` to `TOPIC` straight to the broker, in order.
+    fn publish(&self, payloads: &[String]) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        match self.kind {
+            Kind::Nats => {
+                reader.read_line(&mut line).expect("INFO");
+                let mut out = String::from("CONNECT {\"verbose\":false}\r\n");
+                for payload in payloads {
+                    out.push_str(&format!("PUB {SUBJECT} {}\r\n{payload}\r\n", payload.len()));
+                }
+                out.push_str("PING\r\n");
+                stream.write_all(out.as_bytes()).expect("publish");
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).expect("PONG");
+                    assert!(!line.starts_with("-ERR"), "{line}");
+                    if line.starts_with("PONG") {
+                        break;
+                    }
+                }
+            }
+            Kind::Redis => {
+                for payload in payloads {
+                    stream
+                        .write_all(&resp(&["PUBLISH", CHANNEL, payload]))
+                        .expect("publish");
+                }
+                for _ in payloads {
+                    line.clear();
+                    reader.read_line(&mut line).expect("a reply");
+                    assert!(line.starts_with(':'), "{line}");
+                }
+            }
+        }
+    }
+
+    /// Subscriptions the broker holds for the nodes (connections named `ringws-…` on
+    /// NATS; `ringws:` channels on Redis).
+    fn node_subscriptions(&self) -> u64 {
+        match self.kind {
+            Kind::Nats => {
+                let mut stream = TcpStream::connect(("127.0.0.1", self.monitor)).expect("monitor");
+                write!(stream, "GET /connz?subs=1 HTTP/1.0\r\nHost: x\r\n\r\n").expect("ask");
+                let mut text = String::new();
+                stream.read_to_string(&mut text).expect("connz");
+                let body = text.split("\r\n\r\n").nth(1).expect("a body");
+                let connz: serde_json::Value = serde_json::from_str(body).expect("JSON");
+                connz["connections"]
+                    .as_array()
+                    .expect("connections")
+                    .iter()
+                    .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("ringws-")))
+                    .map(|c| c["subscriptions"].as_u64().unwrap_or(0))
+                    .sum()
+            }
+            Kind::Redis => {
+                let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut ask = |args: &[&str]| -> Vec<String> {
+                    (&stream).write_all(&resp(args)).expect("ask");
+                    read_array(&mut reader)
+                };
+                let channels = ask(&["PUBSUB", "CHANNELS", "ringws:*"]);
+                if channels.is_empty() {
+                    return 0;
+                }
+                let mut numsub = vec!["PUBSUB", "NUMSUB"];
+                numsub.extend(channels.iter().map(String::as_str));
+                let counts = ask(&numsub);
+                counts
+                    .chunks(2)
+                    .map(|pair| pair[1].parse::<u64>().expect("a count"))
+                    .sum()
+            }
+        }
+    }
+}
+
+/// Reads a RESP array of bulk strings or integers, as strings.
+fn read_array(reader: &mut impl BufRead) -> Vec<String> {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("a reply");
+    let count: usize = line
+        .trim()
+        .trim_start_matches('*')
+        .parse()
+        .expect("an array");
+    (0..count)
+        .map(|_| {
+            line.clear();
+            reader.read_line(&mut line).expect("an element");
+            if let Some(n) = line.strip_prefix(':') {
+                return n.trim().to_owned();
+            }
+            line.clear();
+            reader.read_line(&mut line).expect("a bulk string");
+            line.trim_end().to_owned()
+        })
+        .collect()
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A RESP command.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len());
+    for arg in args {
+        out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    out.into_bytes()
+}
+
+/// Three nodes on `broker`, each with two shards.
+fn nodes(broker: &Broker, count: usize) -> Vec<Server> {
+    let url = broker.url();
+    (0..count)
+        .map(|_| {
+            Server::start(&[
+                "--shards",
+                "2",
+                "--cluster",
+                &url,
+                "--cluster-unsubscribe-delay",
+                "300ms",
+            ])
+        })
+        .collect()
+}
+
+fn link_up(node: &Server) {
+    wait_for_metrics(node.addr, SETTLE, |m| m["ringws_cluster_link_up"] == 1);
+}
+
+fn topic_path() -> String {
+    format!("/pubsub/{TOPIC}")
+}
+
+/// `publisher:sequence`.
+fn parse(payload: &[u8]) -> (String, u32) {
+    let text = std::str::from_utf8(payload).expect("text");
+    let (publisher, seq) = text.split_once(':').expect("publisher:sequence");
+    (publisher.to_owned(), seq.parse().expect("a number"))
+}
+
+fn every_subscriber_gets_every_message_once_in_order(kind: Kind) {
+    const MESSAGES: u32 = 200;
+    let broker = Broker::start(kind);
+    let nodes = nodes(&broker, 3);
+    nodes.iter().for_each(link_up);
+    let subscribers: Vec<(usize, TcpStream)> = (0..6)
+        .map(|i| (i % 3, open(nodes[i % 3].addr, &topic_path())))
+        .collect();
+    for node in &nodes {
+        wait_for_metrics(node.addr, SETTLE, |m| {
+            m["ringws_cluster_subscriptions"] == 1
+        });
+    }
+    assert_eq!(
+        broker.node_subscriptions(),
+        3,
+        "one per node, not per client"
+    );
+
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|(node, mut stream)| {
+            thread::spawn(move || {
+                let mut next: HashMap<String, u32> = HashMap::new();
+                for _ in 0..4 * MESSAGES {
+                    let (header, payload) = read_frame(&mut stream);
+                    assert_eq!(header.opcode, OpCode::Text);
+                    let (publisher, seq) = parse(&payload);
+                    let expected = next.entry(publisher.clone()).or_default();
+                    assert_eq!(
+                        seq, *expected,
+                        "a subscriber on node {node}: publisher {publisher} out of order or duplicated"
+                    );
+                    *expected += 1;
+                }
+                // Nothing more: no message arrives twice.
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(500)))
+                    .expect("timeout");
+                let mut byte = [0u8; 1];
+                assert!(
+                    stream.read(&mut byte).is_err(),
+                    "a subscriber on node {node} got more than every message once"
+                );
+                next
+            })
+        })
+        .collect();
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let mut stream = open(node.addr, &topic_path());
+            thread::spawn(move || {
+                for seq in 0..MESSAGES {
+                    send(
+                        &mut stream,
+                        OpCode::Text,
+                        true,
+                        format!("n{n}:{seq}").as_bytes(),
+                    );
+                }
+                stream
+            })
+        })
+        .collect();
+    let payloads: Vec<String> = (0..MESSAGES).map(|seq| format!("backend:{seq}")).collect();
+    broker.publish(&payloads);
+    for reader in readers {
+        let seen = reader.join().expect("every message, once, in order");
+        assert_eq!(
+            seen.len(),
+            4,
+            "three nodes' publishers and the backend: {seen:?}"
+        );
+        assert!(seen.values().all(|&n| n == MESSAGES), "{seen:?}");
+    }
+    let publishers: Vec<TcpStream> = publishers
+        .into_iter()
+        .map(|p| p.join().expect("sent"))
+        .collect();
+    for node in &nodes {
+        let m = metrics(node.addr);
+        assert_eq!(m["ringws_cluster_messages_out_total"], u64::from(MESSAGES));
+        assert_eq!(m["ringws_cluster_publish_failures_total"], 0);
+        // From the other two nodes and the backend; none of its own.
+        assert_eq!(
+            m["ringws_cluster_messages_in_total"],
+            3 * u64::from(MESSAGES)
+        );
+    }
+    drop(publishers);
+}
+
+#[test]
+fn nats_every_subscriber_on_every_node_gets_every_message_once_in_order() {
+    every_subscriber_gets_every_message_once_in_order(Kind::Nats);
+}
+
+#[test]
+fn redis_every_subscriber_on_every_node_gets_every_message_once_in_order() {
+    every_subscriber_gets_every_message_once_in_order(Kind::Redis);
+}
+
+fn churn_leaves_no_broker_subscription(kind: Kind) {
+    let broker = Broker::start(kind);
+    let nodes = nodes(&broker, 3);
+    nodes.iter().for_each(link_up);
+    // Waves of subscribers to 12 topics over the nodes, each wave closed before the next.
+    for wave in 0..4 {
+        let held: Vec<TcpStream> = (0..24)
+            .map(|i| {
+                open(
+                    nodes[(i + wave) % 3].addr,
+                    &format!("/pubsub/churn.{}", i % 12),
+                )
+            })
+            .collect();
+        if wave == 0 {
+            for node in &nodes {
+                wait_for_metrics(node.addr, SETTLE, |m| {
+                    m["ringws_cluster_subscriptions"] == 4
+                });
+            }
+            assert_eq!(broker.node_subscriptions(), 12, "four topics on each node");
+        }
+        drop(held);
+    }
+    for node in &nodes {
+        wait_for_metrics(node.addr, SETTLE, |m| {
+            m["ringws_pubsub_topics"] == 0 && m["ringws_cluster_subscriptions"] == 0
+        });
+    }
+    let deadline = Instant::now() + SETTLE;
+    while broker.node_subscriptions() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker still holds subscriptions"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nats_topic_churn_leaves_zero_broker_subscriptions() {
+    churn_leaves_no_broker_subscription(Kind::Nats);
+}
+
+#[test]
+fn redis_topic_churn_leaves_zero_broker_subscriptions() {
+    churn_leaves_no_broker_subscription(Kind::Redis);
+}
+
+fn readyz(addr: SocketAddr) -> String {
+    let mut stream = support::connect(addr);
+    write!(stream, "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").expect("ask");
+    String::from_utf8(support::read_to_close(&mut stream)).expect("text")
+}
+
+/// Reads numbered messages (`p:seq`) until `quiet` passes without one; returns each with
+/// the time it arrived.
+fn collect(mut stream: TcpStream, quiet: Duration) -> thread::JoinHandle<Vec<(u32, Instant)>> {
+    thread::spawn(move || {
+        stream.set_read_timeout(Some(quiet)).expect("timeout");
+        let mut seen = Vec::new();
+        loop {
+            let mut first = [0u8; 1];
+            match stream.read(&mut first) {
+                Ok(1) => {}
+                _ => return seen,
+            }
+            // The frame's first byte is in hand: read the rest with a generous timeout.
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut rest = [0u8; 1];
+            stream.read_exact(&mut rest).expect("length");
+            let len = usize::from(rest[0] & 0x7f);
+            assert!(len < 126, "short test messages");
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).expect("payload");
+            seen.push((parse(&payload).1, Instant::now()));
+            stream.set_read_timeout(Some(quiet)).expect("timeout");
+        }
+    })
+}
+
+fn an_outage_is_survived_counted_and_recovered(kind: Kind) {
+    const MESSAGES: u32 = 600;
+    const EVERY: Duration = Duration::from_millis(5);
+    let mut broker = Broker::start(kind);
+    let nodes = nodes(&broker, 2);
+    nodes.iter().for_each(link_up);
+    let local = open(nodes[0].addr, &topic_path());
+    let remote = open(nodes[1].addr, &topic_path());
+    for node in &nodes {
+        wait_for_metrics(node.addr, SETTLE, |m| {
+            m["ringws_cluster_subscriptions"] == 1
+        });
+    }
+    let local = collect(local, Duration::from_secs(3));
+    let remote = collect(remote, Duration::from_secs(3));
+    let mut publisher = open(nodes[0].addr, &topic_path());
+    let (published_tx, published_rx) = mpsc::channel();
+    let pace = thread::spawn(move || {
+        let start = Instant::now();
+        for seq in 0..MESSAGES {
+            send(
+                &mut publisher,
+                OpCode::Text,
+                true,
+                format!("a:{seq}").as_bytes(),
+            );
+            let _ = published_tx.send((seq, Instant::now()));
+            let due = start + EVERY * (seq + 1);
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        publisher
+    });
+    thread::sleep(Duration::from_millis(700));
+    broker.kill();
+    let killed = Instant::now();
+    wait_for_metrics(nodes[0].addr, SETTLE, |m| m["ringws_cluster_link_up"] == 0);
+    let ready = readyz(nodes[0].addr);
+    assert!(
+        ready.starts_with("HTTP/1.1 200"),
+        "local fan-out still serves: {ready}"
+    );
+    assert!(ready.contains("cluster link down"), "{ready}");
+    thread::sleep(Duration::from_millis(700));
+    broker.launch();
+    let restarted = Instant::now();
+    for node in &nodes {
+        wait_for_metrics(node.addr, SETTLE, |m| m["ringws_cluster_link_up"] == 1);
+    }
+    let links_back = restarted.elapsed();
+    let publisher = pace.join().expect("published");
+    let published: Vec<(u32, Instant)> = published_rx.iter().collect();
+
+    let local = local.join().expect("the local subscriber");
+    let local_seqs: Vec<u32> = local.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        local_seqs,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "local delivery carries on through the outage"
+    );
+    let remote = remote.join().expect("the remote subscriber");
+    let seqs: Vec<u32> = remote.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, nothing twice: {seqs:?}"
+    );
+    assert_eq!(seqs.last(), Some(&(MESSAGES - 1)), "the link recovered");
+    // The first message published after the restart that reached the other node.
+    let first_after = published
+        .iter()
+        .find(|(_, at)| *at >= restarted)
+        .map(|(seq, _)| *seq)
+        .expect("messages after the restart");
+    let recovered_at = remote
+        .iter()
+        .find(|(seq, _)| *seq >= first_after)
+        .map(|(_, at)| *at)
+        .expect("delivery after the restart");
+    let lost = MESSAGES as usize - seqs.len();
+    let m = metrics(nodes[0].addr);
+    assert!(m["ringws_cluster_reconnects_total"] >= 1);
+    println!(
+        "{kind:?} outage: broker down {:?}; links back {links_back:?} after the restart, \
+         cross-node delivery {:?} after it; {lost} of {MESSAGES} messages lost across nodes, \
+         0 locally; node A counted {} publish failures, sent {} to the broker",
+        restarted - killed,
+        recovered_at.saturating_duration_since(restarted),
+        m["ringws_cluster_publish_failures_total"],
+        m["ringws_cluster_messages_out_total"],
+    );
+    drop(publisher);
+}
+
+#[test]
+fn nats_broker_outage_keeps_local_delivery_and_recovers() {
+    an_outage_is_survived_counted_and_recovered(Kind::Nats);
+}
+
+#[test]
+fn redis_broker_outage_keeps_local_delivery_and_recovers() {
+    an_outage_is_survived_counted_and_recovered(Kind::Redis);
+}
