@@ -35,6 +35,10 @@ struct Broker {
     port: u16,
     /// NATS's monitoring port.
     monitor: u16,
+    /// More arguments: credentials, TLS.
+    extra: Vec<String>,
+    /// Redis listens on its TLS port only.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -47,10 +51,16 @@ fn free_port() -> u16 {
 
 impl Broker {
     fn start(kind: Kind) -> Broker {
+        Self::start_with(kind, Vec::new(), false)
+    }
+
+    fn start_with(kind: Kind, extra: Vec<String>, tls: bool) -> Broker {
         let mut broker = Broker {
             kind,
             port: free_port(),
             monitor: free_port(),
+            extra,
+            tls,
             child: None,
         };
         broker.launch();
@@ -70,22 +80,22 @@ impl Broker {
                     self.monitor.to_string(),
                 ],
             ),
-            Kind::Redis => (
-                "redis-server",
-                vec![
-                    "--bind".to_string(),
-                    "127.0.0.1".into(),
-                    "--port".into(),
-                    self.port.to_string(),
-                    "--save".into(),
-                    String::new(),
-                    "--appendonly".into(),
-                    "no".into(),
-                ],
-            ),
+            Kind::Redis => {
+                let port = self.port.to_string();
+                let ports: Vec<String> = match self.tls {
+                    false => vec!["--port".into(), port],
+                    true => vec!["--port".into(), "0".into(), "--tls-port".into(), port],
+                };
+                let rest = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+                (
+                    "redis-server",
+                    ports.into_iter().chain(rest.map(String::from)).collect(),
+                )
+            }
         };
         let child = Command::new(program)
             .args(&args)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -554,4 +564,137 @@ fn nats_broker_outage_keeps_local_delivery_and_recovers() {
 #[test]
 fn redis_broker_outage_keeps_local_delivery_and_recovers() {
     an_outage_is_survived_counted_and_recovered(Kind::Redis);
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`.
+fn certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+    ]
+    .concat()
+    .into_iter()
+    .chain(["-days", "1", "-subj", "/CN=ringws test CA"])
+    .collect::<Vec<_>>());
+    run(&[
+        &["req"],
+        &ec[..],
+        &["-keyout", "server.key", "-out", "server.csr"],
+    ]
+    .concat()
+    .into_iter()
+    .chain(["-subj", "/CN=127.0.0.1"])
+    .collect::<Vec<_>>());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+/// Ten messages from a publisher on one node to a subscriber on another, over `url`.
+fn one_way(url: &str, ca: &str) {
+    let args = ["--shards", "1", "--cluster", url, "--cluster-tls-ca", ca];
+    let a = Server::start(&args);
+    let b = Server::start(&args);
+    link_up(&a);
+    link_up(&b);
+    let mut subscriber = open(b.addr, "/pubsub/secure");
+    wait_for_metrics(b.addr, SETTLE, |m| m["ringws_cluster_subscriptions"] == 1);
+    let mut publisher = open(a.addr, "/pubsub/secure");
+    for seq in 0..10 {
+        send(
+            &mut publisher,
+            OpCode::Text,
+            true,
+            format!("a:{seq}").as_bytes(),
+        );
+    }
+    for seq in 0..10 {
+        let (_, payload) = read_frame(&mut subscriber);
+        assert_eq!(parse(&payload).1, seq);
+    }
+}
+
+#[test]
+fn nats_and_redis_links_use_tls_and_passwords() {
+    let dir = std::env::temp_dir().join(format!("ringws-cluster-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    certificates(&dir);
+    let file = |name: &str| dir.join(name).to_str().expect("UTF-8").to_owned();
+    let nats = Broker::start_with(
+        Kind::Nats,
+        [
+            "--tls",
+            "--tlscert",
+            &file("server.pem"),
+            "--tlskey",
+            &file("server.key"),
+        ]
+        .into_iter()
+        .chain(["--user", "ringws", "--pass", "s3cret"])
+        .map(String::from)
+        .collect(),
+        false,
+    );
+    one_way(
+        &format!("tls://ringws:s3cret@127.0.0.1:{}", nats.port),
+        &file("ca.pem"),
+    );
+    let redis = Broker::start_with(
+        Kind::Redis,
+        [
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+        ]
+        .into_iter()
+        .chain([
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .chain(["--requirepass", "s3cret"])
+        .map(String::from)
+        .collect(),
+        true,
+    );
+    one_way(
+        &format!("rediss://:s3cret@127.0.0.1:{}", redis.port),
+        &file("ca.pem"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Makes sure Debian's nats-server and redis-server are installed (the cluster tests start
-# their own, on free ports; nothing runs as a service).
+# their own, on free ports), and openssl (for their TLS certificates).
 set -euo pipefail
 missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

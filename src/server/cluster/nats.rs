@@ -55,6 +55,15 @@ impl Nats {
                     let _ = tx.try_send(event);
                 }
             });
+        // Credentials in a URL (`nats://user:pass@host`, `nats://token@host`): the client
+        // parses them but leaves them to the caller.
+        if let Some(server) = servers.iter().find(|s| s.username().is_some()) {
+            let user = server.username().unwrap_or_default().to_owned();
+            options = match server.password() {
+                Some(pass) => options.user_and_password(user, pass.to_owned()),
+                None => options.token(user),
+            };
+        }
         if let Some(path) = &config.credentials {
             options = options
                 .credentials_file(path)
