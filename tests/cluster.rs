@@ -698,3 +698,42 @@ fn nats_and_redis_links_use_tls_and_passwords() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Nodes started before their broker serve alone, then join it with every topic they hold.
+fn nodes_started_before_the_broker_join_it(kind: Kind) {
+    let mut broker = Broker::start(kind);
+    broker.kill();
+    let nodes = nodes(&broker, 2);
+    let mut subscriber = open(nodes[1].addr, &topic_path());
+    let ready = readyz(nodes[1].addr);
+    assert!(ready.contains("cluster link down"), "{ready}");
+    broker.launch();
+    nodes.iter().for_each(link_up);
+    wait_for_metrics(nodes[1].addr, SETTLE, |m| {
+        m["ringws_cluster_subscriptions"] == 1
+    });
+    let mut publisher = open(nodes[0].addr, &topic_path());
+    // The subscription made while the broker was away is in place once the link is up.
+    for seq in 0..10 {
+        send(
+            &mut publisher,
+            OpCode::Text,
+            true,
+            format!("a:{seq}").as_bytes(),
+        );
+    }
+    for seq in 0..10 {
+        let (_, payload) = read_frame(&mut subscriber);
+        assert_eq!(parse(&payload), ("a".to_owned(), seq));
+    }
+}
+
+#[test]
+fn nats_nodes_started_before_the_broker_join_it() {
+    nodes_started_before_the_broker_join_it(Kind::Nats);
+}
+
+#[test]
+fn redis_nodes_started_before_the_broker_join_it() {
+    nodes_started_before_the_broker_join_it(Kind::Redis);
+}

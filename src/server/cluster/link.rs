@@ -28,8 +28,6 @@ pub(crate) enum Event {
     /// The connection is lost; the broker is reconnecting with backoff.
     Down(String),
     Message(Inbound),
-    /// Messages the broker's client dropped because this node read too slowly.
-    Lagged(u64),
     /// A message that could not be read.
     Malformed(String),
 }
@@ -91,7 +89,6 @@ pub(crate) async fn run<B: Broker>(mut broker: B, node: Node) {
                     }
                 }
                 Event::Message(inbound) => deliver(&node, inbound),
-                Event::Lagged(n) => add(&stats.inbound_dropped, n as usize),
                 Event::Malformed(why) => {
                     add(&stats.malformed, 1);
                     tracing::debug!("cluster: a broker message was not delivered: {why}");

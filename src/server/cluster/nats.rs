@@ -12,7 +12,7 @@ use tokio_stream::StreamMap;
 
 use super::link::{Broker, Event};
 use super::naming::{nats_subject, topic_of_subject};
-use super::stats::Backoff;
+use super::stats::{Backoff, add};
 use super::wire::{self, Inbound, NodeId, Outbound};
 use super::{ClusterConfig, Shared};
 
@@ -35,8 +35,9 @@ pub(crate) struct Nats {
 impl Nats {
     /// Starts connecting: returns at once, and the link hears [`Event::Up`] when the
     /// server answers, however long that takes.
-    pub async fn connect(shared: &Shared) -> Result<Self, String> {
+    pub async fn connect(shared: &Arc<Shared>) -> Result<Self, String> {
         let config = &shared.config;
+        let shared_for_events = shared.clone();
         let servers = servers(config)?;
         let (tx, events) = mpsc::channel(64);
         let backoff = Backoff::DEFAULT;
@@ -49,10 +50,15 @@ impl Nats {
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .client_capacity(CLIENT_CAPACITY)
             .event_callback(move |event| {
-                let tx = tx.clone();
+                let (tx, shared) = (tx.clone(), shared_for_events.clone());
                 async move {
-                    // Only the last few matter; a full queue means the link is busy.
-                    let _ = tx.try_send(event);
+                    // One event per message the client dropped for this node reading too
+                    // slowly: counted here, so a burst of them cannot crowd out the rest.
+                    if let async_nats::Event::SlowConsumer(_) = event {
+                        add(&shared.stats.inbound_dropped, 1);
+                    } else {
+                        let _ = tx.send(event).await;
+                    }
                 }
             });
         // Credentials in a URL (`nats://user:pass@host`, `nats://token@host`): the client
@@ -150,8 +156,6 @@ impl Broker for Nats {
                         self.up = false;
                         return Event::Down("the NATS client closed".into());
                     }
-                    // The client counts no messages, only that some were dropped.
-                    async_nats::Event::SlowConsumer(_) => return Event::Lagged(1),
                     other => tracing::info!("cluster: NATS: {other}"),
                 },
                 Some((topic, message)) = self.subscriptions.next() => {
