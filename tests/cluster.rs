@@ -737,3 +737,265 @@ fn nats_nodes_started_before_the_broker_join_it() {
 fn redis_nodes_started_before_the_broker_join_it() {
     nodes_started_before_the_broker_join_it(Kind::Redis);
 }
+
+/// Three redis-server processes made into one Redis Cluster (no replicas).
+struct RedisCluster {
+    dir: std::path::PathBuf,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("ringws-redis-cluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory");
+        // Each node also listens on its port + 10000 for the cluster bus.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = 20_000 + (free_port() % 10_000);
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if !ports.contains(&port) && free(port) && free(port + 10_000) {
+                ports.push(port);
+            }
+        }
+        let mut cluster = RedisCluster {
+            dir,
+            children: ports.iter().map(|_| None).collect(),
+            ports,
+        };
+        for node in 0..3 {
+            cluster.launch(node);
+        }
+        let mut create = vec!["--cluster".to_string(), "create".into()];
+        create.extend(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let status = Command::new("redis-cli")
+            .args(&create)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli (redis-tools, with redis-server)");
+        assert!(status.success(), "redis-cli --cluster create");
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn launch(&mut self, node: usize) {
+        let port = self.ports[node].to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+            ])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.children[node] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.ports[node])).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cli(&self, node: usize, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-c", "-p", &self.ports[node].to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + SETTLE;
+        while !(0..3).all(|n| {
+            self.cli(n, &["cluster", "info"])
+                .contains("cluster_state:ok")
+        }) {
+            assert!(Instant::now() < deadline, "the Redis Cluster never settled");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Shard channels of the nodes, and how many subscribers each has, over the cluster.
+    fn shard_subscriptions(&self) -> (usize, u64) {
+        let mut channels = 0;
+        let mut subscribers = 0;
+        for node in 0..3 {
+            let names = self.cli(node, &["pubsub", "shardchannels", "ringws:*"]);
+            for name in names.lines().filter(|l| !l.is_empty()) {
+                channels += 1;
+                let counts = self.cli(node, &["pubsub", "shardnumsub", name]);
+                subscribers += counts
+                    .lines()
+                    .nth(1)
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        (channels, subscribers)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .flat_map(|p| ["--cluster".to_string(), format!("redis://127.0.0.1:{p}")])
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in 0..3 {
+            self.kill(node);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads `count` messages and checks each publisher's come in order, from `next` on.
+fn read_in_order(stream: &mut TcpStream, count: usize, next: &mut HashMap<String, u32>) {
+    for _ in 0..count {
+        let (_, payload) = read_frame(stream);
+        let (publisher, seq) = parse(&payload);
+        let expected = next.entry(publisher.clone()).or_default();
+        assert_eq!(
+            seq, *expected,
+            "publisher {publisher}: out of order or twice"
+        );
+        *expected += 1;
+    }
+}
+
+const TOPICS: usize = 6;
+const MESSAGES: u32 = 50;
+
+fn room(t: usize) -> String {
+    format!("/pubsub/room.{t}")
+}
+
+/// `MESSAGES` from a publisher on every node to every topic, numbered from `from`, and 5
+/// from a backend to every topic's shard channel, numbered from `backend_from`.
+fn publish_round(
+    nodes: &[Server],
+    redis: &RedisCluster,
+    from: u32,
+    backend_from: u32,
+) -> Vec<TcpStream> {
+    let publishers = (0..3 * TOPICS)
+        .map(|i| {
+            let mut stream = open(nodes[i / TOPICS].addr, &room(i % TOPICS));
+            for seq in from..from + MESSAGES {
+                let text = format!("n{}:{seq}", i / TOPICS);
+                send(&mut stream, OpCode::Text, true, text.as_bytes());
+            }
+            stream
+        })
+        .collect();
+    for t in 0..TOPICS {
+        for seq in backend_from..backend_from + 5 {
+            let channel = format!("ringws:room.{t}");
+            redis.cli(2, &["spublish", &channel, &format!("backend:{seq}")]);
+        }
+    }
+    publishers
+}
+
+#[test]
+fn redis_cluster_uses_sharded_pubsub_and_survives_a_node_restart() {
+    let mut redis = RedisCluster::start();
+    let mut args = vec!["--shards".to_string(), "1".into()];
+    args.extend(redis.urls());
+    args.extend(["--cluster-unsubscribe-delay", "300ms"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let nodes: Vec<Server> = (0..3).map(|_| Server::start(&args)).collect();
+    nodes.iter().for_each(link_up);
+    // A subscriber to every topic on every node.
+    let mut subscribers: Vec<(usize, TcpStream, HashMap<String, u32>)> = (0..3 * TOPICS)
+        .map(|i| {
+            (
+                i % TOPICS,
+                open(nodes[i / TOPICS].addr, &room(i % TOPICS)),
+                HashMap::new(),
+            )
+        })
+        .collect();
+    for node in &nodes {
+        wait_for_metrics(node.addr, SETTLE, |m| {
+            m["ringws_cluster_subscriptions"] == TOPICS as u64
+        });
+    }
+    let (channels, held) = redis.shard_subscriptions();
+    assert_eq!(
+        (channels, held),
+        (TOPICS, 3 * TOPICS as u64),
+        "a shard channel per topic, one subscription per node"
+    );
+    let spread = (0..3)
+        .filter(|&n| !redis.cli(n, &["pubsub", "shardchannels"]).trim().is_empty())
+        .count();
+    assert!(spread >= 2, "the topics' slots live on several Redis nodes");
+
+    // Publishers on every node to every topic, and a backend straight to the shard channel.
+    let publishers = publish_round(&nodes, &redis, 0, 0);
+    for (_, stream, next) in subscribers.iter_mut() {
+        read_in_order(stream, 3 * MESSAGES as usize + 5, next);
+    }
+    drop(publishers);
+
+    // A Redis node goes away and comes back with its slots: every node's link notices,
+    // recovers, and the channels on it are subscribed again.
+    redis.kill(1);
+    for node in &nodes {
+        wait_for_metrics(node.addr, SETTLE, |m| m["ringws_cluster_link_up"] == 0);
+    }
+    redis.launch(1);
+    redis.wait_ok();
+    nodes.iter().for_each(link_up);
+    let deadline = Instant::now() + SETTLE;
+    while redis.shard_subscriptions() != (TOPICS, 3 * TOPICS as u64) {
+        assert!(
+            Instant::now() < deadline,
+            "resubscribed: {:?}",
+            redis.shard_subscriptions()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Each sequence carries on where the first round stopped.
+    let publishers = publish_round(&nodes, &redis, MESSAGES, 5);
+    for (_, stream, next) in subscribers.iter_mut() {
+        read_in_order(stream, 3 * MESSAGES as usize + 5, next);
+    }
+    drop(publishers);
+    drop(subscribers);
+    for node in &nodes {
+        wait_for_metrics(node.addr, SETTLE, |m| {
+            m["ringws_cluster_subscriptions"] == 0
+        });
+    }
+    let deadline = Instant::now() + SETTLE;
+    while redis.shard_subscriptions() != (0, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster still holds shard channels"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}

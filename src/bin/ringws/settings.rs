@@ -148,7 +148,8 @@ pub struct ServeArgs {
     pub huge_pages: bool,
     /// Share topics with other nodes through this broker: nats://HOST:PORT (repeatable,
     /// the servers of one NATS cluster; tls:// for TLS) or redis://HOST:PORT (rediss:// for
-    /// TLS). Credentials may ride in the URL: nats://user:pass@host, redis://:pass@host.
+    /// TLS; repeatable, the nodes of a Redis Cluster: sharded pub/sub). Credentials may ride
+    /// in the URL: nats://user:pass@host, redis://:pass@host.
     #[arg(long = "cluster", value_name = "URL")]
     #[serde(rename = "cluster")]
     cluster: Vec<String>,

@@ -84,7 +84,8 @@ pub(crate) async fn run<B: Broker>(mut broker: B, node: Node) {
                     }
                 }
                 Event::Down(reason) => {
-                    if stats.set_up(false) {
+                    // Said when the link is lost, and when the first attempt fails.
+                    if stats.set_up(false) || !was_up {
                         tracing::warn!("cluster link down: {reason}; reconnecting");
                     }
                 }

@@ -1,6 +1,6 @@
-//! Topics shared by many nodes through a broker (NATS, or Redis pub/sub), with each node's
-//! own fan-out kept: a message crosses the broker once per node, and each node frames it
-//! once for all of its subscribers.
+//! Topics shared by many nodes through a broker (NATS, Redis pub/sub, or Redis Cluster's
+//! sharded pub/sub), with each node's own fan-out kept: a message crosses the broker once
+//! per node, and each node frames it once for all of its subscribers.
 //!
 //! One broker subscription per topic per node: the node subscribes when a topic gets its
 //! first subscriber on any shard and unsubscribes a delay after its last one leaves
@@ -26,6 +26,7 @@ mod naming;
 mod nats;
 mod outbox;
 mod redis;
+mod redis_cluster;
 mod stats;
 mod wire;
 
@@ -57,15 +58,18 @@ pub mod defaults {
 pub enum BrokerKind {
     /// `nats://` or `tls://`.
     Nats,
-    /// `redis://` or `rediss://`.
+    /// `redis://` or `rediss://`: one server (classic pub/sub).
     Redis,
+    /// Several `redis://` or `rediss://` URLs: nodes of a Redis Cluster (sharded pub/sub).
+    RedisCluster,
 }
 
 /// How a node joins a cluster.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ClusterConfig {
-    /// The broker's URLs: several NATS servers of one NATS cluster, or one Redis server.
+    /// The broker's URLs: several NATS servers of one NATS cluster, one Redis server, or
+    /// several nodes of one Redis Cluster (then sharded pub/sub is used).
     /// Credentials may ride in the URL (`nats://user:pass@host`, `redis://:pass@host`).
     pub urls: Vec<String>,
     /// The start of every subject (`PREFIX.topic`) or channel (`PREFIX:topic`).
@@ -122,7 +126,7 @@ impl ClusterConfig {
             }
         }
         if first == BrokerKind::Redis && self.urls.len() > 1 {
-            return Err("Redis takes one URL (Redis Cluster is not supported)".into());
+            return Ok(BrokerKind::RedisCluster);
         }
         Ok(first)
     }
@@ -137,7 +141,7 @@ impl ClusterConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("a client certificate needs both its cert and its key".into());
         }
-        if self.credentials.is_some() && self.broker()? == BrokerKind::Redis {
+        if self.credentials.is_some() && self.broker()? != BrokerKind::Nats {
             return Err(
                 "a credentials file is for NATS; give Redis its password in the URL".into(),
             );
@@ -267,6 +271,17 @@ impl Link {
                                 let _ = ready_tx.send(Err(err));
                             }
                         },
+                        BrokerKind::RedisCluster => {
+                            match redis_cluster::RedisCluster::new(&shared) {
+                                Ok(broker) => {
+                                    let _ = ready_tx.send(Ok(()));
+                                    link::run(broker, node).await;
+                                }
+                                Err(err) => {
+                                    let _ = ready_tx.send(Err(err));
+                                }
+                            }
+                        }
                     }
                 });
             })?;

@@ -114,34 +114,58 @@ impl Redis {
             self.pending_down = Some(reason);
         }
     }
+}
 
-    fn push(&self, info: PushInfo) -> Option<Event> {
-        if !matches!(info.kind, PushKind::Message) {
-            return None;
-        }
-        let mut data = info.data.into_iter();
-        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-            (data.next(), data.next())
-        else {
-            return Some(Event::Malformed(
-                "a message push without channel and payload".into(),
-            ));
-        };
-        let Some(topic) = topic_of_channel(&self.prefix, &channel) else {
-            return Some(Event::Malformed(format!(
-                "channel {}",
-                String::from_utf8_lossy(&channel)
-            )));
-        };
-        Some(
-            match wire::open_envelope(topic.to_owned(), Bytes::from(payload)) {
-                Ok(inbound) => Event::Message(inbound),
-                Err(why) => {
-                    Event::Malformed(format!("{why} on {}", String::from_utf8_lossy(&channel)))
-                }
-            },
-        )
+/// The message a push carries (`message` from a channel, `smessage` from a shard channel),
+/// or `None` for other pushes (subscription confirmations).
+pub(crate) fn decode_push(prefix: &str, info: PushInfo) -> Option<Event> {
+    if !matches!(info.kind, PushKind::Message | PushKind::SMessage) {
+        return None;
     }
+    let mut data = info.data.into_iter();
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
+    else {
+        return Some(Event::Malformed(
+            "a message push without channel and payload".into(),
+        ));
+    };
+    let Some(topic) = topic_of_channel(prefix, &channel) else {
+        return Some(Event::Malformed(format!(
+            "channel {}",
+            String::from_utf8_lossy(&channel)
+        )));
+    };
+    Some(
+        match wire::open_envelope(topic.to_owned(), Bytes::from(payload)) {
+            Ok(inbound) => Event::Message(inbound),
+            Err(why) => Event::Malformed(format!("{why} on {}", String::from_utf8_lossy(&channel))),
+        },
+    )
+}
+
+/// The TLS files of `config`, read, when any is set.
+pub(crate) fn certificates(
+    config: &ClusterConfig,
+) -> Result<Option<redis::TlsCertificates>, String> {
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))
+    };
+    if config.tls_ca.is_none() && config.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let client_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        (None, None) => None,
+        _ => return Err("a client certificate needs both its cert and its key".into()),
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert: config.tls_ca.as_ref().map(read).transpose()?,
+    }))
 }
 
 fn client(config: &ClusterConfig) -> Result<Client, String> {
@@ -153,26 +177,11 @@ fn client(config: &ClusterConfig) -> Result<Client, String> {
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
     let info = info.set_redis_settings(settings);
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))
-    };
-    let tls = config.tls_ca.is_some() || config.tls_cert.is_some();
-    if !tls {
-        return Client::open(info).map_err(|err| format!("{url}: {err}"));
+    match certificates(config)? {
+        None => Client::open(info),
+        Some(certificates) => Client::build_with_tls(info, certificates),
     }
-    let client_tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read(cert)?,
-            client_key: read(key)?,
-        }),
-        (None, None) => None,
-        _ => return Err("a client certificate needs both its cert and its key".into()),
-    };
-    let certificates = redis::TlsCertificates {
-        client_tls,
-        root_cert: config.tls_ca.as_ref().map(read).transpose()?,
-    };
-    Client::build_with_tls(info, certificates).map_err(|err| format!("{url}: {err}"))
+    .map_err(|err| format!("{url}: {err}"))
 }
 
 impl Broker for Redis {
@@ -217,7 +226,7 @@ impl Broker for Redis {
                     if info.kind == PushKind::Disconnection {
                         return self.went_down("the Redis connection closed".into());
                     }
-                    if let Some(event) = self.push(info) {
+                    if let Some(event) = decode_push(&self.prefix, info) {
                         return event;
                     }
                 }
