@@ -3,6 +3,7 @@
 //! and hands what the broker delivers to the shards, whatever broker is behind [`Broker`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -63,8 +64,8 @@ pub(crate) async fn run<B: Broker>(mut broker: B, node: Node) {
     loop {
         let deadline = subscriptions.next_deadline();
         let up = stats.is_up();
+        // Unbiased: a flood from the broker must not starve the outbox, nor the other way.
         tokio::select! {
-            biased;
             _ = node.stop.notified() => break,
             event = broker.next() => match event {
                 Event::Up => {
@@ -103,14 +104,14 @@ pub(crate) async fn run<B: Broker>(mut broker: B, node: Node) {
                         apply(&mut broker, change).await;
                     }
                 }
-                stats.subscriptions.store(subscriptions.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                count_subscriptions(&shared, &subscriptions);
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let now = std::time::Instant::now();
                 for change in subscriptions.expire(now, |topic| shared.is_live(topic)) {
                     apply(&mut broker, change).await;
                 }
-                stats.subscriptions.store(subscriptions.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                count_subscriptions(&shared, &subscriptions);
             }
             _ = shared.outbox.wake.notified(), if up => send(&mut broker, &shared, &mut batch).await,
         }
@@ -119,6 +120,11 @@ pub(crate) async fn run<B: Broker>(mut broker: B, node: Node) {
         let _ = tokio::time::timeout(FINAL_FLUSH, send(&mut broker, &shared, &mut batch)).await;
     }
     stats.set_up(false);
+}
+
+fn count_subscriptions(shared: &Shared, subscriptions: &Subscriptions) {
+    let count = subscriptions.len() as u64;
+    shared.stats.subscriptions.store(count, Ordering::Relaxed);
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {
