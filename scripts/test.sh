@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need by itself:
 # a Python virtualenv with `websockets`, Node's `ws` and playwright-core (npm ci), Debian's
-# chromium, and the Autobahn test suite.
+# chromium, nats-server and redis-server, and the Autobahn test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,11 +15,12 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "test clients: Python websockets, Node ws, headless Chromium"
+step "test clients and brokers: Python websockets, Node ws, headless Chromium, NATS, Redis"
 RINGWS_TEST_PYTHON="$(scripts/lib/python-env.sh)/bin/python"
 export RINGWS_TEST_PYTHON
 npm ci --prefix tests/node --silent --no-audit --no-fund
 scripts/lib/chromium.sh
+scripts/lib/brokers.sh
 
 step "unit and integration tests"
 cargo test --workspace

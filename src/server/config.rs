@@ -10,6 +10,7 @@ use crate::proto::deflate::DeflateConfig;
 use crate::runtime;
 
 use super::admission::{Admission, AdmissionConfig};
+use super::cluster::ClusterConfig;
 
 /// The default of every setting; the command line and [`ServerConfig::default`] both read
 /// them from here.
@@ -126,6 +127,8 @@ pub struct ServerConfig {
     pub deflate: Option<DeflateConfig>,
     /// Tokens, per-address bounds, proxies, who may publish, the publish API's key.
     pub admission: AdmissionConfig,
+    /// Share topics with other nodes through a broker; `None`: this node alone.
+    pub cluster: Option<ClusterConfig>,
     /// The I/O runtime's own knobs: ring size, receive buffers, listen backlog, linger, TCP
     /// user timeout and keepalive, mailbox batch. Its `listen`, `shards`,
     /// `max_connections_per_shard`, `shutdown_grace`, `drain_timeout` and `mailbox_bytes`
@@ -165,6 +168,7 @@ impl Default for ServerConfig {
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             deflate: None,
             admission: AdmissionConfig::default(),
+            cluster: None,
             runtime: runtime::Config::default(),
         }
     }
@@ -291,6 +295,18 @@ impl ServerConfig {
                 setting: "runtime",
                 problem: err.to_string(),
             })?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(|problem| ConfigError {
+                setting: "cluster",
+                problem,
+            })?;
+            if now.checked_add(cluster.unsubscribe_delay).is_none() {
+                return fail(
+                    "cluster-unsubscribe-delay",
+                    "too long to keep time with".into(),
+                );
+            }
+        }
         if let Some(deflate) = &self.deflate {
             if !(9..=15).contains(&deflate.max_window_bits) {
                 return fail(

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod app;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod echo;
@@ -61,6 +62,8 @@ pub struct Server {
     hub: Arc<Hub>,
     registry: Arc<Registry>,
     lifecycle: Arc<Lifecycle>,
+    /// The link to the cluster's broker, when the server is a node of one.
+    cluster: Option<cluster::Link>,
 }
 
 impl Server {
@@ -80,7 +83,12 @@ impl Server {
         let shards = config.shards;
         let runtime_config = config.runtime_config();
         let config = Arc::new(config);
-        let hub = Arc::new(Hub::default());
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| Arc::new(cluster::Shared::new(c)));
+        let hub = Arc::new(Hub::new(cluster.clone()));
+        let max_message_size = config.max_message_size;
         let registry = Arc::new(Registry::new(shards));
         let lifecycle = Arc::new(Lifecycle::default());
         let clock = Clock::new(Instant::now());
@@ -107,12 +115,27 @@ impl Server {
             ShardHandler::new(make_app(ctx.index), shard)
         })?;
         let publisher = Publisher::new(hub.clone(), registry.clone(), runtime.remotes().to_vec());
+        let cluster = match cluster {
+            Some(shared) => {
+                let link = cluster::Link::start(shared, &hub, publisher.clone(), max_message_size);
+                match link {
+                    Ok(link) => Some(link),
+                    Err(err) => {
+                        runtime.shutdown();
+                        let _ = runtime.join();
+                        return Err(err);
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(Self {
             runtime,
             publisher,
             hub,
             registry,
             lifecycle,
+            cluster,
         })
     }
 
@@ -150,9 +173,14 @@ impl Server {
         self.runtime.shutdown();
     }
 
-    /// Waits for every shard to end.
-    pub fn join(self) -> io::Result<()> {
-        self.runtime.join()
+    /// Waits for every shard to end, then ends the cluster link (after sending, for at most
+    /// a second, what it still holds).
+    pub fn join(mut self) -> io::Result<()> {
+        let result = self.runtime.join();
+        if let Some(mut link) = self.cluster.take() {
+            link.stop();
+        }
+        result
     }
 }
 

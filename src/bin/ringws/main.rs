@@ -83,12 +83,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `RINGWS_LOG` (a tracing filter; `info` by default). In
+/// Logs go to stderr, filtered by `RINGWS_LOG` (a tracing filter; `info` by default, with
+/// the broker clients' own logs at `error`). In
 /// JSON each line is one object: `timestamp`, `level`, `target` and the event's fields
 /// (`event`, `shard`, `peer`, `code`, `reason`, `cause`, `status`...) at the top level.
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGWS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The broker clients log every failed reconnect attempt; the cluster link says once
+    // when it goes down and comes back.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGWS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,redis=error,async_nats=error")
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

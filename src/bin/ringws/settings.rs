@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use ringws::proto::deflate::DeflateConfig;
 use ringws::runtime::{Keepalive, defaults as runtime_defaults};
 use ringws::server::admission::{IpNet, JwtConfig, JwtKey, PublishMode, Secret};
+use ringws::server::cluster::{ClusterConfig, defaults as cluster_defaults};
 use ringws::server::config::{
     BackpressurePolicy, ServerConfig, Size, SlowSubscriberPolicy, Span, defaults,
 };
@@ -146,6 +147,44 @@ pub struct ServeArgs {
     /// with them, memory grows in 2 MiB steps and an idle connection costs more).
     #[arg(long)]
     pub huge_pages: bool,
+    /// Share topics with other nodes through this broker: nats://HOST:PORT (repeatable,
+    /// the servers of one NATS cluster; tls:// for TLS) or redis://HOST:PORT (rediss:// for
+    /// TLS; repeatable, the nodes of a Redis Cluster: sharded pub/sub). Credentials may ride
+    /// in the URL: nats://user:pass@host, redis://:pass@host.
+    #[arg(long = "cluster", value_name = "URL")]
+    #[serde(rename = "cluster")]
+    cluster: Vec<String>,
+    /// The start of every broker subject (PREFIX.topic) or channel (PREFIX:topic).
+    #[arg(long, default_value = cluster_defaults::PREFIX)]
+    cluster_prefix: String,
+    /// What may wait for a slow or absent broker; past it the oldest messages are dropped
+    /// and counted (ringws_cluster_publish_failures_total).
+    #[arg(long, default_value_t = Size(cluster_defaults::BUFFER))]
+    cluster_buffer: Size,
+    /// How long a topic whose last subscriber on this node left keeps its broker
+    /// subscription, so that churn does not make it flap.
+    #[arg(long, default_value_t = Span(cluster_defaults::UNSUBSCRIBE_DELAY))]
+    cluster_unsubscribe_delay: Span,
+    /// A NATS credentials file (JWT and NKey seed).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_credentials: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for the broker's TLS.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for mutual TLS with the broker, with --cluster-tls-key.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_tls_key: Option<PathBuf>,
+    /// Answer /readyz with 503 while the link to the broker is down (by default it says so
+    /// and stays 200: local fan-out still works).
+    #[arg(long)]
+    cluster_ready_needs_link: bool,
     /// Address to listen on for a load balancer that sends a PROXY protocol header (v1 or
     /// v2) before each connection's bytes; the header names the client (repeatable).
     #[arg(long = "listen-proxy", value_name = "HOST:PORT")]
@@ -345,6 +384,18 @@ impl ServeArgs {
             (_, Some(file)) => Some(Secret::File(file)),
             _ => None,
         };
+        config.cluster = (!self.cluster.is_empty()).then(|| {
+            let mut cluster = ClusterConfig::new(self.cluster);
+            cluster.prefix = self.cluster_prefix;
+            cluster.buffer = self.cluster_buffer.0;
+            cluster.unsubscribe_delay = self.cluster_unsubscribe_delay.0;
+            cluster.credentials = self.cluster_credentials;
+            cluster.tls_ca = self.cluster_tls_ca;
+            cluster.tls_cert = self.cluster_tls_cert;
+            cluster.tls_key = self.cluster_tls_key;
+            cluster.ready_needs_link = self.cluster_ready_needs_link;
+            cluster
+        });
         config.deflate = match self.deflate {
             Deflate::Off => None,
             mode => Some(DeflateConfig {
@@ -521,6 +572,7 @@ mod tests {
     /// Every flag is a file key of the same name, and every key a flag.
     #[test]
     fn file_keys_are_the_flags_long_names() {
+        let file = Some(PathBuf::from("f.pem"));
         let args = ServeArgs {
             shards: Some(1),
             jwt_secret: Some("s".into()),
@@ -531,6 +583,10 @@ mod tests {
             jwt_issuer: Some("i".into()),
             publish_key: Some("p".into()),
             publish_key_file: Some("f".into()),
+            cluster_credentials: file.clone(),
+            cluster_tls_ca: file.clone(),
+            cluster_tls_cert: file.clone(),
+            cluster_tls_key: file,
             ..ServeArgs::default()
         };
         let keys: std::collections::BTreeSet<String> = toml::Table::try_from(&args)
@@ -561,6 +617,36 @@ mod tests {
                 defaults.deflate
             )
         );
+    }
+
+    #[test]
+    fn cluster_flags_make_a_cluster_and_bad_ones_are_named() {
+        let config = settings(&[
+            "--cluster",
+            "nats://127.0.0.1:4222",
+            "--cluster",
+            "nats://127.0.0.1:4223",
+            "--cluster-unsubscribe-delay",
+            "500ms",
+        ])
+        .expect("read")
+        .into_config();
+        let cluster = config.cluster.clone().expect("a cluster");
+        assert_eq!(cluster.urls.len(), 2);
+        assert_eq!(cluster.prefix, "ringws");
+        assert_eq!(
+            cluster.unsubscribe_delay,
+            std::time::Duration::from_millis(500)
+        );
+        assert!(config.validate().is_ok());
+        let mixed = settings(&["--cluster", "nats://a:4222", "--cluster", "redis://b:6379"])
+            .expect("read")
+            .into_config();
+        let err = mixed.validate().expect_err("refused");
+        assert!(err.to_string().starts_with("cluster: "), "{err}");
+        let bad_prefix = file("cluster = [\"redis://127.0.0.1\"]\ncluster-prefix = \"a b\"\n");
+        let err = check_file(&bad_prefix.0).expect_err("refused");
+        assert!(err.0.contains("cluster"), "{err}");
     }
 
     #[test]

@@ -149,14 +149,25 @@ fn page<A: App>(request: &Request, app: &A, shard: &ShardState) -> Vec<u8> {
         };
         handshake::write_response(&mut response, status, text, &body);
     } else if request.path() == "/readyz" {
-        let (status, body) = match shard.lifecycle.draining() {
-            false => (200, "ready\n"),
-            true => (503, "draining: the server is shutting down\n"),
+        let (mut status, mut body) = match shard.lifecycle.draining() {
+            false => (200, String::from("ready\n")),
+            true => (503, String::from("draining: the server is shutting down\n")),
         };
-        handshake::write_response(&mut response, status, text, body);
+        if let Some(cluster) = shard.topics.hub().cluster() {
+            let (line, unready) = cluster.readiness();
+            if unready && status == 200 {
+                (status, body) = (503, String::new());
+            }
+            body.push_str(&line);
+        }
+        handshake::write_response(&mut response, status, text, &body);
     } else if config.metrics && request.path() == "/metrics" {
-        let topics = shard.topics.hub().directory.len() as u64;
-        let metrics = shard.topics.registry().snapshot(topics).render();
+        let hub = shard.topics.hub();
+        let topics = hub.directory.len() as u64;
+        let mut metrics = shard.topics.registry().snapshot(topics).render();
+        if let Some(cluster) = hub.cluster() {
+            cluster.render_metrics(&mut metrics);
+        }
         let kind = "text/plain; version=0.0.4; charset=utf-8";
         handshake::write_response(&mut response, 200, kind, &metrics);
     } else if config.metrics && config.status_page && request.path() == "/" {

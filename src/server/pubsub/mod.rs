@@ -19,6 +19,11 @@
 //! joined, and a message numbered before that is not delivered to it, even when it was still
 //! in flight to the subscriber's shard as it joined.
 //!
+//! Across the nodes of a cluster (`super::cluster`) one publisher's messages to one topic
+//! keep their order at every subscriber on every node, and a subscription on a node applies
+//! to the messages that reach that node after it returns (a node numbers a broker message
+//! when it arrives).
+//!
 //! Bounds: a topic name and the topics per connection are bounded ([`SubscribeError`]); a
 //! shard's queue from other threads is bounded in bytes, and a publish that finds it full is
 //! refused for that shard ([`PublishError`]), never queued without limit.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::runtime::{ConnId, Remote};
 
 use super::super::app::Message;
+use super::super::cluster;
 use super::super::metrics::{Counters, Registry};
 use super::directory::Directory;
 use super::published::Published;
@@ -53,6 +54,8 @@ pub(crate) struct Hub {
     /// The number the next publish gets. A subscriber remembers the number current when it
     /// joined, and is not given messages published before.
     sequence: AtomicU64,
+    /// The cluster this node belongs to, if any: every publish made here goes to it too.
+    cluster: Option<Arc<cluster::Shared>>,
 }
 
 /// Where [`Hub::route`] sent a message.
@@ -75,6 +78,18 @@ impl Route {
 }
 
 impl Hub {
+    pub fn new(cluster: Option<Arc<cluster::Shared>>) -> Self {
+        Self {
+            directory: Directory::new(cluster.as_ref().map(|c| c.interest.clone())),
+            sequence: AtomicU64::new(0),
+            cluster,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&cluster::Shared> {
+        self.cluster.as_deref()
+    }
+
     /// The sequence number a subscription made now starts from. Read after the
     /// subscription is visible in the directory, so every message numbered from here on
     /// finds it.
@@ -82,9 +97,26 @@ impl Hub {
         self.sequence.load(Ordering::SeqCst)
     }
 
+    /// Sends a message published on this node to the cluster, if any, then to this node's
+    /// subscribers as [`Hub::fan_out`] does.
+    pub fn route(
+        &self,
+        remotes: &[Remote<ShardMessage>],
+        topic: &str,
+        message: Message<'_>,
+        origin: Option<(usize, ConnId)>,
+        local: Option<usize>,
+        counters: &Counters,
+    ) -> Route {
+        if let Some(cluster) = &self.cluster {
+            cluster.forward(topic, message);
+        }
+        self.fan_out(remotes, topic, message, origin, local, counters)
+    }
+
     /// Numbers and frames `message`, then queues it to every shard with subscribers except
     /// `local`, whose share comes back in the [`Route`].
-    pub fn route(
+    pub fn fan_out(
         &self,
         remotes: &[Remote<ShardMessage>],
         topic: &str,
@@ -162,6 +194,19 @@ impl Publisher {
         // Every shard is remote from here, so no share comes back to deliver.
         self.hub
             .route(&self.remotes, topic, message, None, None, counters)
+            .result()
+    }
+
+    /// Delivers a message that came from the cluster's broker to this node's subscribers,
+    /// without sending it back.
+    pub(crate) fn publish_inbound(
+        &self,
+        topic: &str,
+        message: Message<'_>,
+    ) -> Result<bool, PublishError> {
+        let counters = self.registry.outside();
+        self.hub
+            .fan_out(&self.remotes, topic, message, None, None, counters)
             .result()
     }
 }
