@@ -40,11 +40,14 @@ pub(crate) struct Acceptor {
     in_flight: usize,
     /// The direct-descriptor table's size.
     table: usize,
+    /// Listeners from this index on accept TLS connections.
+    first_tls: usize,
     stopped: bool,
 }
 
 impl Acceptor {
-    pub fn new(listeners: Vec<OwnedFd>, table: usize) -> Self {
+    /// Accepts on `listeners`, of which those from `first_tls` on are TLS listeners.
+    pub fn new(listeners: Vec<OwnedFd>, table: usize, first_tls: usize) -> Self {
         let bufs = (0..listeners.len() * ACCEPTS_PER_LISTENER)
             .map(|i| AcceptBuf {
                 listener: i / ACCEPTS_PER_LISTENER,
@@ -59,6 +62,7 @@ impl Acceptor {
             parked: Vec::new(),
             in_flight: 0,
             table,
+            first_tls,
             stopped: false,
         }
     }
@@ -99,14 +103,15 @@ impl Acceptor {
         unsafe { io.ring.push(&entry) };
     }
 
-    /// Accept `index` completed; on success, the direct-descriptor slot and the peer.
-    /// Re-arms or backs off on errors. A successful caller re-arms with [`Acceptor::arm`].
+    /// Accept `index` completed; on success, the direct-descriptor slot, the peer, and
+    /// whether it came through a TLS listener. Re-arms or backs off on errors. A successful
+    /// caller re-arms with [`Acceptor::arm`].
     pub fn on_complete(
         &mut self,
         index: u32,
         result: i32,
         io: &mut Io,
-    ) -> Option<(u32, SocketAddr)> {
+    ) -> Option<(u32, SocketAddr, bool)> {
         self.in_flight -= 1;
         let Ok(slot) = u32::try_from(result) else {
             match -result {
@@ -130,9 +135,10 @@ impl Acceptor {
             }
             return None;
         };
-        let peer = socket::from_sockaddr(&self.bufs[index as usize].address)
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        Some((slot, peer))
+        let buf = &self.bufs[index as usize];
+        let peer =
+            socket::from_sockaddr(&buf.address).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        Some((slot, peer, buf.listener >= self.first_tls))
     }
 
     /// Arms the parked accepts once descriptors were freed: as many as now fit.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use crate::proto::deflate::DeflateConfig;
 use crate::runtime;
 
+pub use super::tls::{TlsError, TlsFiles};
+
 /// The default of every setting; the command line and [`ServerConfig::default`] both read
 /// them from here.
 pub mod defaults {
@@ -55,7 +57,12 @@ pub enum SlowSubscriberPolicy {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ServerConfig {
+    /// Addresses to accept plain connections on.
     pub listen: Vec<SocketAddr>,
+    /// Addresses to accept TLS connections on (`wss://`, `https://`), with `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The certificate and key of the TLS listeners.
+    pub tls: Option<TlsFiles>,
     /// Shard threads, one per core by default.
     pub shards: usize,
     /// Connections held at once across all shards (each shard holds its share).
@@ -131,6 +138,8 @@ impl Default for ServerConfig {
                     .parse()
                     .expect("the default address parses"),
             ],
+            tls_listen: Vec::new(),
+            tls: None,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             max_connections: defaults::MAX_CONNECTIONS,
             max_message_size: defaults::MAX_MESSAGE_SIZE,
@@ -197,6 +206,7 @@ impl ServerConfig {
     pub fn runtime_config(&self) -> runtime::Config {
         let mut config = self.runtime.clone();
         config.listen = self.listen.clone();
+        config.tls_listen = self.tls_listen.clone();
         config.shards = self.shards;
         config.max_connections_per_shard = self.max_connections.div_ceil(self.shards.max(1));
         config.shutdown_grace = self.shutdown_grace.saturating_add(self.drain_spread);
@@ -208,8 +218,32 @@ impl ServerConfig {
     /// Checks every setting; the server refuses to start with the first one that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |setting, problem: String| Err(ConfigError { setting, problem });
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.tls_listen.is_empty() {
             return fail("listen", "no address to listen on".into());
+        }
+        match (&self.tls, self.tls_listen.is_empty()) {
+            (None, false) => {
+                return fail(
+                    "tls-cert",
+                    "--tls-listen needs a certificate and key (--tls-cert, --tls-key)".into(),
+                );
+            }
+            (Some(_), true) => {
+                return fail(
+                    "tls-listen",
+                    "a certificate and key are given but no --tls-listen address to use them on"
+                        .into(),
+                );
+            }
+            (Some(files), false) => {
+                if files.cert.as_os_str().is_empty() {
+                    return fail("tls-cert", "a key is given but no certificate".into());
+                }
+                if files.key.as_os_str().is_empty() {
+                    return fail("tls-key", "a certificate is given but no key".into());
+                }
+            }
+            (None, true) => {}
         }
         if !(1..=MAX_SHARDS).contains(&self.shards) {
             return fail(
@@ -261,12 +295,14 @@ impl ServerConfig {
                 return fail(setting, "must be greater than zero".into());
             }
         }
-        self.runtime_config()
-            .validate()
-            .map_err(|err| ConfigError {
-                setting: "runtime",
-                problem: err.to_string(),
-            })?;
+        let mut runtime = self.runtime_config();
+        // The server pairs TLS listeners with their certificate itself (above); the runtime's
+        // acceptor is made from it at start.
+        runtime.tls_listen.clear();
+        runtime.validate().map_err(|err| ConfigError {
+            setting: "runtime",
+            problem: err.to_string(),
+        })?;
         if let Some(deflate) = &self.deflate {
             if !(9..=15).contains(&deflate.max_window_bits) {
                 return fail(

@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::runtime::TlsFailure;
+
 /// Declares the counters once: the atomics a shard writes, the snapshot's fields, and the
 /// Prometheus rows, so that a counter cannot be added to one and forgotten in another.
 macro_rules! counters {
@@ -32,6 +34,8 @@ macro_rules! counters {
             /// Closed WebSocket connections by close code (1006: no close frame; 0: any
             /// code not listed).
             pub closes: Vec<(u16, u64)>,
+            /// TLS connections that failed (most in their handshake), by why.
+            pub tls_failures: Vec<(TlsFailure, u64)>,
             $($(#[doc = $doc])* pub $field: u64,)*
         }
 
@@ -57,13 +61,19 @@ macro_rules! counters {
                 let shards = self.shards.len() - 1;
                 let first = &self.shards[0].families;
                 let (mut handshakes, mut closes) = (first.handshakes.zeroes(), first.closes.zeroes());
+                let mut tls_failures: Vec<(TlsFailure, u64)> =
+                    TlsFailure::ALL.iter().map(|&kind| (kind, 0)).collect();
                 for counters in self.shards.iter() {
                     counters.families.handshakes.add_into(&mut handshakes);
                     counters.families.closes.add_into(&mut closes);
+                    for (sum, count) in tls_failures.iter_mut().zip(&counters.families.tls_failures) {
+                        sum.1 += count.load(Ordering::Relaxed);
+                    }
                 }
                 Metrics {
                     handshakes,
                     closes,
+                    tls_failures,
                     per_shard: self.shards[..shards]
                         .iter()
                         .map(|c| ShardMetrics {
@@ -113,6 +123,10 @@ counters! {
     messages_out: counter, "sent_messages_total", "Messages queued to clients";
     /// Times a connection's send queue passed its bound (paused or closed for it).
     queue_bound_hits: counter, "queue_bound_hits_total", "Times a send queue passed its bound";
+    /// TLS handshakes completed.
+    tls_handshakes: counter, "tls_handshakes_total", "TLS handshakes completed";
+    /// TLS handshakes that resumed an earlier session (a ticket) rather than start afresh.
+    tls_resumed: counter, "tls_resumed_total", "TLS handshakes that resumed a session";
 }
 
 /// Counters with one label: a fixed set of values, the last one standing for any other.
@@ -162,6 +176,8 @@ const CLOSE_CODES: [u16; 12] = [
 pub(crate) struct Families {
     pub handshakes: Family<13>,
     pub closes: Family<12>,
+    /// By [`TlsFailure::ALL`]'s order.
+    tls_failures: [AtomicU64; TlsFailure::ALL.len()],
 }
 
 impl Default for Families {
@@ -169,7 +185,18 @@ impl Default for Families {
         Self {
             handshakes: Family::new(HANDSHAKE_STATUSES),
             closes: Family::new(CLOSE_CODES),
+            tls_failures: Default::default(),
         }
+    }
+}
+
+impl Families {
+    pub fn tls_failed(&self, failure: TlsFailure) {
+        let at = TlsFailure::ALL
+            .iter()
+            .position(|&kind| kind == failure)
+            .unwrap_or(0);
+        self.tls_failures[at].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -256,6 +283,13 @@ impl Counters {
     pub fn queue_bound_hit(&self) {
         Self::add(&self.queue_bound_hits, 1);
     }
+
+    pub fn tls_handshake(&self, resumed: bool) {
+        Self::add(&self.tls_handshakes, 1);
+        if resumed {
+            Self::add(&self.tls_resumed, 1);
+        }
+    }
 }
 
 /// Every shard's counters, and one set for publishers outside the shards.
@@ -323,6 +357,14 @@ impl Metrics {
                 let _ = writeln!(out, "ringws_{name}{{{label}=\"{value}\"}} {count}");
             }
         }
+        let _ = write!(
+            out,
+            "# HELP ringws_tls_failures_total TLS connections that failed, by why (most in their handshake).\n\
+             # TYPE ringws_tls_failures_total counter\n"
+        );
+        for (kind, count) in &self.tls_failures {
+            let _ = writeln!(out, "ringws_tls_failures_total{{kind=\"{kind}\"}} {count}");
+        }
         for (name, help, value) in per_shard {
             let _ = write!(
                 out,
@@ -356,5 +398,6 @@ mod tests {
         assert!(text.contains("ringws_pubsub_topics 1\n"));
         assert!(text.contains("ringws_shard_subscriptions{shard=\"1\"} 1\n"));
         assert!(text.contains("# TYPE ringws_pubsub_published_total counter\n"));
+        assert!(text.contains("ringws_tls_failures_total{kind=\"not_tls\"} 0\n"));
     }
 }
