@@ -15,11 +15,12 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "test clients: Python websockets, Node ws, headless Chromium"
+step "test clients: Python websockets, Node ws, headless Chromium, openssl and certutil"
 RINGWS_TEST_PYTHON="$(scripts/lib/python-env.sh)/bin/python"
 export RINGWS_TEST_PYTHON
 npm ci --prefix tests/node --silent --no-audit --no-fund
 scripts/lib/chromium.sh
+scripts/lib/tls-tools.sh
 
 step "unit and integration tests"
 cargo test --workspace

@@ -3,22 +3,34 @@
 raises and exits non-zero.
 
 usage: client.py ws://HOST:PORT [--deflate [--shared]]
+       client.py wss://HOST:PORT --ca CA.pem [--deflate [--shared]]
 
 With --deflate the server runs with permessage-deflate on, and the scenarios run over every
 window size and context-takeover mode the client can ask for; --shared says the server runs
-`--deflate shared`, so every subscriber's compression can be shared.
+`--deflate shared`, so every subscriber's compression can be shared. Over wss:// the server's
+certificate must chain to the CA in --ca.
 """
 import os
+import ssl
 import sys
 import threading
 import urllib.request
 
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-from websockets.sync.client import connect
+from websockets.sync.client import connect as ws_connect
 
 URL = sys.argv[1]
 DEFLATE = "--deflate" in sys.argv
 BIG = 16 * 1024 * 1024
+TLS = None
+if "--ca" in sys.argv:
+    TLS = ssl.create_default_context(cafile=sys.argv[sys.argv.index("--ca") + 1])
+
+
+def connect(url, **options):
+    if TLS is not None:
+        options["ssl"] = TLS
+    return ws_connect(url, **options)
 
 
 def ok(name):
@@ -126,8 +138,8 @@ def deflate_matrix():
 
 
 def metric(name):
-    host = URL.removeprefix("ws://")
-    with urllib.request.urlopen(f"http://{host}/metrics", timeout=10) as page:
+    page_url = URL.replace("ws", "http", 1) + "/metrics"
+    with urllib.request.urlopen(page_url, timeout=10, context=TLS) as page:
         for line in page.read().decode().splitlines():
             if line.startswith(name + " "):
                 return int(line.split()[1])

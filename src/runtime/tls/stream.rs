@@ -36,6 +36,8 @@ const ENCODE_ROOM: usize = 4 << 10;
 /// this is only a guard against a state machine that never blocks.
 const MAX_STEPS: usize = 4096;
 
+type Traffic<'c> = rustls::unbuffered::WriteTraffic<'c, rustls::server::ServerConnectionData>;
+
 pub(crate) struct TlsStream {
     conn: UnbufferedServerConnection,
     /// A record (or handshake message) not yet complete. Empty, without an allocation,
@@ -184,7 +186,7 @@ impl TlsStream {
             let state = match state {
                 Ok(state) => state,
                 Err(error) => {
-                    self.send_alert(&mut flight, queue);
+                    self.send_alert(&mut buf[used + discard..], &mut flight, queue);
                     return Err(error);
                 }
             };
@@ -230,14 +232,15 @@ impl TlsStream {
         ))
     }
 
-    /// After an error, rustls has queued an alert for the client: encode and queue it.
-    fn send_alert(&mut self, flight: &mut Vec<u8>, queue: &mut SendQueue) {
+    /// After an error, rustls has queued an alert for the client, perhaps behind the rest
+    /// of a flight: encode them and queue the lot. `rest` is what the failed call left of
+    /// its buffer, which rustls must be shown again.
+    fn send_alert(&mut self, rest: &mut [u8], flight: &mut Vec<u8>, queue: &mut SendQueue) {
         for _ in 0..8 {
-            match self.conn.process_tls_records(&mut []).state {
+            match self.conn.process_tls_records(rest).state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     encode_into(flight, |out| encode.encode(out));
                 }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
                 _ => break,
             }
         }
@@ -293,21 +296,16 @@ impl TlsStream {
     }
 
     /// Runs `f` on rustls' traffic state, which an established connection reaches without
-    /// reading anything.
+    /// reading anything: every complete record was read as it came, and the carry (which
+    /// rustls must see again, as it may have begun joining a message there) holds none.
     fn with_traffic<T>(
         &mut self,
-        f: impl FnOnce(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
-        ) -> Result<T, Seal>,
+        f: impl FnOnce(&mut Traffic<'_>) -> Result<T, Seal>,
     ) -> Result<T, Seal> {
-        match self.conn.process_tls_records(&mut []).state {
+        let status = self.conn.process_tls_records(&mut self.carry);
+        debug_assert_eq!(status.discard, 0, "a complete record was left unread");
+        match status.state {
             Ok(ConnectionState::WriteTraffic(mut traffic)) => f(&mut traffic),
-            Ok(ConnectionState::TransmitTlsData(mut transmit)) => {
-                match transmit.may_encrypt_app_data() {
-                    Some(mut traffic) => f(&mut traffic),
-                    None => Err(Seal::NotReady),
-                }
-            }
             _ => Err(Seal::Never),
         }
     }
