@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How the leaf's private key is written.
 #[derive(Clone, Copy, Debug)]
@@ -25,8 +26,10 @@ pub struct TestPki {
 impl TestPki {
     /// Makes the CA, the intermediate and the leaf in a fresh directory named after `name`.
     pub fn new(name: &str, key: KeyFormat) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("pki-{name}-{}", std::process::id()));
+            .join(format!("pki-{name}-{}-{unique}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a directory for test certificates");
         let pki = Self { dir };
