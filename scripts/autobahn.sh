@@ -6,6 +6,8 @@
 #   scripts/autobahn.sh --all           all 517 cases, with permessage-deflate on
 #   scripts/autobahn.sh --cases '6.*,7.*'
 #   scripts/autobahn.sh --url ws://127.0.0.1:9001    against a server already running
+#   scripts/autobahn.sh --tls           over wss: the server on a TLS listener, with a
+#                                       certificate made here (openssl)
 #   scripts/autobahn.sh --write-docs    also rewrite docs/compliance.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ exclude='"12.*", "13.*"'
 url=""
 write_docs=""
 deflate="off"
+tls=""
 label="groups 1-11"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --cases) shift; cases=$(printf '%s' "$1" | sed 's/[^,][^,]*/"&"/g'); exclude=""; label="cases $1" ;;
     --url) shift; url="$1" ;;
     --write-docs) write_docs=1 ;;
+    --tls) tls=1 ;;
     *) echo "autobahn: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,7 +48,18 @@ trap cleanup EXIT
 if [ -z "$url" ]; then
   cargo build --release --quiet --bin ringws
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  target/release/ringws serve --listen "127.0.0.1:$port" --max-message-size 16MiB \
+  listen=(--listen "127.0.0.1:$port")
+  scheme=ws
+  if [ -n "$tls" ]; then
+    # The suite does not check the certificate; a self-signed one for 127.0.0.1 will do.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+      -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+      -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+    listen=(--listen 127.0.0.1:0 --tls-listen "127.0.0.1:$port" --tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
+    scheme=wss
+    label="$label over TLS"
+  fi
+  target/release/ringws serve "${listen[@]}" --max-message-size 16MiB \
     --idle-timeout 0 --deflate "$deflate" >"$out/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
@@ -53,7 +68,7 @@ if [ -z "$url" ]; then
     sleep 0.1
   done
   grep -q 'listening on' "$out/server.log" || { echo "autobahn: the server never said 'listening on'" >&2; exit 1; }
-  url="ws://127.0.0.1:$port"
+  url="$scheme://127.0.0.1:$port"
 fi
 
 cat >"$out/spec.json" <<JSON

@@ -15,12 +15,13 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "test clients and brokers: Python websockets, Node ws, headless Chromium, NATS, Redis"
+step "test clients and brokers: Python websockets, Node ws, headless Chromium, NATS, Redis, openssl"
 RINGWS_TEST_PYTHON="$(scripts/lib/python-env.sh)/bin/python"
 export RINGWS_TEST_PYTHON
 npm ci --prefix tests/node --silent --no-audit --no-fund
 scripts/lib/chromium.sh
 scripts/lib/brokers.sh
+scripts/lib/tls-tools.sh
 
 step "unit and integration tests"
 cargo test --workspace

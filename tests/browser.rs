@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ringws::proto::OpCode;
+use support::certs::{KeyFormat, TestPki};
 use support::{Server, open, read_frame, send};
 
 /// Debian's Chromium and the Node packages, which `scripts/test.sh` installs.
@@ -28,22 +29,79 @@ fn chromium_and_scripts() -> (String, PathBuf) {
     (chromium, dir)
 }
 
-fn run_browser(deflate: &str) {
-    let (chromium, dir) = chromium_and_scripts();
-    // A free port for the page: its origin is the one the server allows.
-    let page_port = TcpListener::bind("127.0.0.1:0")
+/// A free port for the page: its origin is the one the server allows.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
-        .port();
+        .port()
+}
+
+fn run_browser(deflate: &str) {
+    let (chromium, dir) = chromium_and_scripts();
+    let page_port = free_port();
     let origin = format!("http://127.0.0.1:{page_port}");
     let server = Server::start(&["--deflate", deflate, "--allowed-origin", &origin]);
-    let output = Command::new("node")
-        .arg(dir.join("browser.mjs"))
+    let mut node = Command::new("node");
+    node.arg(dir.join("browser.mjs"))
         .arg(server.url(""))
         .arg(page_port.to_string())
+        .env("CHROMIUM", &chromium);
+    run_node(node);
+}
+
+/// The same page over https, its WebSocket over wss, with a CA the test makes and puts in
+/// the NSS database Chromium reads (under a HOME of the test's own): no certificate error
+/// is ignored.
+#[test]
+fn chromium_on_an_https_page_over_wss() {
+    let (chromium, dir) = chromium_and_scripts();
+    let pki = TestPki::new("browser", KeyFormat::EcPkcs8);
+    let home = pki.dir().join("home");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).expect("a directory for the NSS database");
+    let db = format!("sql:{}", nssdb.display());
+    let certutil = |args: &[&str]| {
+        let output = Command::new("certutil")
+            .args(["-d", &db])
+            .args(args)
+            .output()
+            .expect("run certutil: scripts/test.sh installs libnss3-tools");
+        assert!(
+            output.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    certutil(&["-N", "--empty-password"]);
+    let ca = pki.ca().display().to_string();
+    certutil(&["-A", "-t", "C,,", "-n", "ringws-test-ca", "-i", &ca]);
+    let page_port = free_port();
+    let origin = format!("https://127.0.0.1:{page_port}");
+    let mut args = pki.serve_args();
+    args.extend(["--deflate", "shared", "--allowed-origin", &origin].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    let mut node = Command::new("node");
+    node.arg(dir.join("browser.mjs"))
+        .arg(format!(
+            "wss://{}",
+            server.tls_addr.expect("a TLS listener")
+        ))
+        .arg(page_port.to_string())
+        .arg("--cert")
+        .arg(pki.chain())
+        .arg("--key")
+        .arg(pki.key())
         .env("CHROMIUM", &chromium)
-        .output()
-        .expect("run node");
+        .env("HOME", &home);
+    run_node(node);
+    let seen = support::metrics(server.addr);
+    assert!(seen["ringws_tls_handshakes_total"] >= 1, "{seen:?}");
+}
+
+fn run_node(mut node: Command) {
+    let output = node.output().expect("run node");
     let stdout = String::from_utf8_lossy(&output.stdout);
     print!("{stdout}");
     assert!(

@@ -40,11 +40,14 @@ pub(crate) struct Acceptor {
     in_flight: usize,
     /// The direct-descriptor table's size.
     table: usize,
+    /// Listeners from this index on accept TLS connections.
+    first_tls: usize,
     stopped: bool,
 }
 
 impl Acceptor {
-    pub fn new(listeners: Vec<OwnedFd>, table: usize) -> Self {
+    /// Accepts on `listeners`, of which those from `first_tls` on are TLS listeners.
+    pub fn new(listeners: Vec<OwnedFd>, table: usize, first_tls: usize) -> Self {
         let bufs = (0..listeners.len() * ACCEPTS_PER_LISTENER)
             .map(|i| AcceptBuf {
                 listener: i / ACCEPTS_PER_LISTENER,
@@ -59,6 +62,7 @@ impl Acceptor {
             parked: Vec::new(),
             in_flight: 0,
             table,
+            first_tls,
             stopped: false,
         }
     }
@@ -100,8 +104,8 @@ impl Acceptor {
     }
 
     /// Accept `index` completed; on success, the direct-descriptor slot, the peer and the
-    /// listening socket's index. Re-arms or backs off on errors. A successful caller re-arms
-    /// with [`Acceptor::arm`].
+    /// listening socket's index ([`Acceptor::is_tls`] says whether it speaks TLS). Re-arms
+    /// or backs off on errors. A successful caller re-arms with [`Acceptor::arm`].
     pub fn on_complete(
         &mut self,
         index: u32,
@@ -136,6 +140,11 @@ impl Acceptor {
             socket::from_sockaddr(&buf.address).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let listener = u16::try_from(buf.listener).unwrap_or(u16::MAX);
         Some((slot, peer, listener))
+    }
+
+    /// Whether listening socket `listener` accepts TLS connections.
+    pub fn is_tls(&self, listener: u16) -> bool {
+        usize::from(listener) >= self.first_tls
     }
 
     /// Arms the parked accepts once descriptors were freed: as many as now fit.

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 #[non_exhaustive]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// Addresses whose connections speak TLS (with `tls`), beside the plain ones in
+    /// `listen`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// How TLS listeners accept: the rustls configuration. Needed when `tls_listen` is not
+    /// empty.
+    pub tls: Option<super::TlsAcceptor>,
     /// Shards (threads, each with its ring), 1 to 64.
     pub shards: usize,
     /// Connections one shard holds at most (its direct-descriptor table, which the kernel
@@ -98,6 +104,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 9001))],
+            tls_listen: Vec::new(),
+            tls: None,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             max_connections_per_shard: defaults::MAX_CONNECTIONS_PER_SHARD,
             ring_entries: defaults::RING_ENTRIES,
@@ -184,6 +192,11 @@ impl Config {
                 "1 to 127",
             )?;
         }
+        check(
+            "tls",
+            self.tls_listen.is_empty() || self.tls.is_some(),
+            "set when tls_listen is not empty",
+        )?;
         check("mailbox_bytes", self.mailbox_bytes >= 1, "at least 1")?;
         check("mailbox_batch", self.mailbox_batch >= 1, "at least 1")?;
         Ok(())

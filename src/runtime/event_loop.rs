@@ -23,7 +23,7 @@ use super::ring::{self, Completion, Features, Ring};
 use super::slot::Phase;
 use super::timer;
 use super::user_data::{Op, pack, unpack};
-use super::{Config, ConnId, Handler, Health};
+use super::{Config, ConnId, Handler, Health, TlsAcceptor};
 
 /// How long past the shutdown grace a shard waits for the closes it forced.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -48,7 +48,14 @@ struct Shard<H: Handler> {
     stopping: Option<Instant>,
     grace: Duration,
     health: Health,
+    /// How TLS listeners accept, when there are any.
+    tls: Option<TlsAcceptor>,
+    /// Plaintext decrypted from one receive of a TLS connection, lent to the handler.
+    plain: Vec<u8>,
 }
+
+/// The plaintext buffer is kept up to this size between receives.
+const PLAIN_KEEP: usize = 256 << 10;
 
 /// Runs shard `index` until it is shut down.
 pub(super) fn run<H: Handler>(
@@ -71,7 +78,7 @@ pub(super) fn run<H: Handler>(
     let mut shard = Shard {
         io: Io::new(ring, index, config, features.setsockopt),
         buffers,
-        acceptor: Acceptor::new(listeners, table as usize),
+        acceptor: Acceptor::new(listeners, table as usize, config.listen.len()),
         handler,
         mailbox,
         wake_buf: Box::new(0),
@@ -83,6 +90,8 @@ pub(super) fn run<H: Handler>(
         stopping: None,
         grace: config.shutdown_grace,
         health,
+        tls: config.tls.clone(),
+        plain: Vec::new(),
     };
     tracing::debug!(shard = index, table, "shard started");
     shard.run()
@@ -171,7 +180,8 @@ impl<H: Handler> Shard<H> {
         else {
             return;
         };
-        let conn = self.io.open(slot, listener);
+        let tls = self.tls.as_ref().filter(|_| self.acceptor.is_tls(listener));
+        let conn = self.io.open(slot, listener, tls);
         self.acceptor.arm(index, &mut self.io);
         if let Some(conn) = conn {
             tracing::debug!(shard = self.io.shard(), slot, %peer, "accepted");
@@ -190,7 +200,14 @@ impl<H: Handler> Shard<H> {
             if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
                 let data = self.buffers.filled(id, len);
                 match state {
-                    (Phase::Open, false) => self.handler.on_data(&mut self.io, conn, data),
+                    (Phase::Open, false) => deliver(
+                        &mut self.io,
+                        &mut self.handler,
+                        self.tls.as_ref(),
+                        &mut self.plain,
+                        conn,
+                        data,
+                    ),
                     (Phase::Open, true) => self.io.slots[index as usize].stash(data),
                     // Closing: whatever comes now is discarded.
                     _ => {}
@@ -217,7 +234,14 @@ impl<H: Handler> Shard<H> {
         if let Some(mut stash) = slot.take_stash()
             && slot.phase() == Phase::Open
         {
-            self.handler.on_data(&mut self.io, conn, &mut stash);
+            deliver(
+                &mut self.io,
+                &mut self.handler,
+                self.tls.as_ref(),
+                &mut self.plain,
+                conn,
+                &mut stash,
+            );
         }
         if let Some(slot) = self.io.slot_for(conn.slot, conn.generation) {
             let actions = slot.arm_recv();
@@ -289,5 +313,33 @@ impl<H: Handler> Shard<H> {
             self.io.close_all();
         }
         waited >= self.grace + FORCED_CLOSE_WAIT
+    }
+}
+
+/// Hands what an open connection received to its handler: as it came, or, on a TLS
+/// connection, decrypted into `plain` (and nothing until the handshake is done).
+fn deliver<H: Handler>(
+    io: &mut Io,
+    handler: &mut H,
+    tls: Option<&TlsAcceptor>,
+    plain: &mut Vec<u8>,
+    conn: ConnId,
+    data: &mut [u8],
+) {
+    if !io.is_tls(conn) {
+        handler.on_data(io, conn, data);
+        return;
+    }
+    let no_reply = bytes::Bytes::new();
+    let not_tls_reply = tls.map_or(&no_reply, |tls| tls.not_tls_reply());
+    if let Some(secured) = io.receive_tls(conn, data, plain, not_tls_reply) {
+        handler.on_secured(io, conn, secured);
+    }
+    if !plain.is_empty() && io.is_open(conn) {
+        handler.on_data(io, conn, plain);
+    }
+    plain.clear();
+    if plain.capacity() > PLAIN_KEEP {
+        *plain = Vec::new();
     }
 }

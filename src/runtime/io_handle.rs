@@ -9,14 +9,20 @@ use io_uring::types::Fixed;
 
 use super::buf_ring::BUFFER_GROUP;
 use super::ring::{self, Ring};
+use super::send_queue::SendQueue;
 use super::send_queue::{Dropped, SendBuf, Tag};
 use super::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
 use super::timer::{self, TimerWheel};
+use super::tls::{Seal, TlsAcceptor, TlsStream};
 use super::user_data::{Op, pack};
-use super::{CloseCause, ConnId};
+use super::{CloseCause, ConnId, Secured};
 
 /// Spare sendmsg headers kept for reuse; each is about 1 KiB.
 const MAX_SPARE_SEND_BUFS: usize = 256;
+
+/// Plaintext a TLS connection seals per flush at most: eight full records. What it holds
+/// sealed and unsent is bounded by this, beside what its queue's bound allows.
+const SEAL_BATCH: usize = 128 << 10;
 
 /// What a handler can do to connections; lent to every [`Handler`](super::Handler) call.
 pub struct Io {
@@ -48,6 +54,8 @@ pub struct Io {
     linger: Duration,
     /// Aborts reset (SO_LINGER 0 through io_uring); without it they are plain closes.
     reset: bool,
+    /// Where a TLS connection's small queued pieces are gathered to be sealed in one record.
+    seal_scratch: Vec<u8>,
 }
 
 /// The slot `conn` names, if that connection is still there.
@@ -76,6 +84,7 @@ impl Io {
             drain_timeout: config.drain_timeout,
             linger: config.linger,
             reset,
+            seal_scratch: Vec::new(),
         }
     }
 
@@ -144,11 +153,25 @@ impl Io {
     /// may take [`Config::drain_timeout`](super::Config::drain_timeout), the wait
     /// [`Config::linger`](super::Config::linger), and past either the connection is aborted,
     /// so the handler hears `on_closed` within both plus a little whatever the peer does.
+    ///
+    /// On a TLS connection what is queued is sealed now, followed by a close_notify; bytes
+    /// queued after this would follow it, and are dropped. A TLS connection whose handshake
+    /// has not finished can send none of its plaintext: that is dropped, and the connection
+    /// ends with [`TlsFailure::Unfinished`](super::TlsFailure::Unfinished).
     pub fn close(&mut self, conn: ConnId) {
-        if let Some(slot) = slot_of(&mut self.slots, conn) {
-            let actions = slot.close();
-            self.apply(conn.slot, actions);
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        if slot.phase() == Phase::Open
+            && let Some((tls, queue)) = slot.tls()
+        {
+            seal_for_close(tls, queue, &mut self.seal_scratch);
+            if !queue.is_empty() && slot.mark_dirty() {
+                self.dirty.push(conn.slot);
+            }
         }
+        let actions = slot.close();
+        self.apply(conn.slot, actions);
     }
 
     /// Closes `conn` now, dropping whatever is queued: the kernel resets the connection
@@ -224,9 +247,30 @@ impl Io {
             .map(|slot| usize::from(slot.listener))
     }
 
-    /// A connection accepted into `index` by listening socket `listener`; `None` if the slot
-    /// is somehow still in use (the newcomer is then closed).
-    pub(super) fn open(&mut self, index: u32, listener: u16) -> Option<ConnId> {
+    /// Whether `conn` came through a TLS listener.
+    pub fn is_tls(&self, conn: ConnId) -> bool {
+        self.slots
+            .get(conn.slot as usize)
+            .is_some_and(|slot| slot.generation() == conn.generation && slot.is_tls())
+    }
+
+    /// A connection accepted into `index` by listening socket `listener`, through TLS when
+    /// `tls` is given; `None` if the slot is somehow still in use (the newcomer is then
+    /// closed), or TLS could not start.
+    pub(super) fn open(
+        &mut self,
+        index: u32,
+        listener: u16,
+        tls: Option<&TlsAcceptor>,
+    ) -> Option<ConnId> {
+        let stream = match tls.map(TlsStream::new).transpose() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::error!(shard = self.shard, "cannot start a TLS connection: {err}");
+                self.close_stray(index);
+                return None;
+            }
+        };
         if self.slots.len() <= index as usize {
             self.slots.resize_with(index as usize + 1, Slot::default);
         }
@@ -239,17 +283,55 @@ impl Io {
                 slot = index,
                 "accepted into a slot in use"
             );
-            let close = opcode::Close::new(Fixed(index)).build().user_data(0);
-            // SAFETY: a close carries no pointers.
-            unsafe { self.ring.push(&close) };
+            self.close_stray(index);
             return None;
         }
         let actions = slot.open();
         slot.listener = listener;
+        if let Some(stream) = stream {
+            slot.set_tls(stream);
+        }
         let conn = ConnId::new(index, slot.generation());
         self.live += 1;
         self.apply(index, actions);
         Some(conn)
+    }
+
+    /// Closes a descriptor accepted into `index` that no connection will own.
+    fn close_stray(&mut self, index: u32) {
+        let close = opcode::Close::new(Fixed(index)).build().user_data(0);
+        // SAFETY: a close carries no pointers.
+        unsafe { self.ring.push(&close) };
+    }
+
+    /// Bytes received on TLS connection `conn` (which must be open): decrypts what it can
+    /// into `plain`, queues what the handshake answers, and on a failure closes the
+    /// connection after the alert (or the not-TLS reply) is written. Returns the
+    /// handshake's outcome when these bytes completed it.
+    pub(super) fn receive_tls(
+        &mut self,
+        conn: ConnId,
+        data: &mut [u8],
+        plain: &mut Vec<u8>,
+        not_tls_reply: &bytes::Bytes,
+    ) -> Option<Secured> {
+        let slot = slot_of(&mut self.slots, conn)?;
+        let (tls, queue) = slot.tls()?;
+        let outcome = tls.receive(data, plain, queue, not_tls_reply);
+        if let Err(failure) = outcome {
+            tracing::debug!(shard = self.shard, slot = conn.slot, %failure, "TLS failed");
+            queue.discard_plaintext();
+        }
+        // Handshake records to send, or plaintext that waited for the handshake.
+        let ready = queue.has_sealed() || (tls.is_established() && queue.has_plaintext());
+        if ready && slot.mark_dirty() {
+            self.dirty.push(conn.slot);
+        }
+        if outcome.is_err() {
+            let actions = slot.close();
+            self.apply(conn.slot, actions);
+        }
+        outcome.ok().flatten()
     }
 
     /// Whether `conn` is still there and open (not closing).
@@ -340,6 +422,12 @@ impl Io {
             if !slot.take_flush() {
                 continue;
             }
+            if let Some((tls, queue)) = slot.tls() {
+                seal_batch(tls, queue, &mut self.seal_scratch);
+                if !queue.has_sealed() {
+                    continue;
+                }
+            }
             let buf = self.send_pool.pop().unwrap_or_else(SendBuf::new);
             let header = slot.queue.start_send(buf);
             let send = opcode::SendMsg::new(Fixed(index), header)
@@ -420,5 +508,50 @@ impl Io {
             // submitted last completes (the slot's transitions order it after the others).
             unsafe { self.ring.push(&entry) };
         }
+    }
+}
+
+/// Seals a batch of a TLS connection's plaintext, unless sealed records are already waiting
+/// (one batch in the kernel's hands at a time). Plaintext that can never be sealed (the
+/// connection failed or sent its close_notify) is dropped; plaintext queued before the
+/// handshake finished waits for it.
+fn seal_batch(tls: &mut TlsStream, queue: &mut SendQueue, scratch: &mut Vec<u8>) {
+    if queue.has_sealed() || !queue.has_plaintext() {
+        return;
+    }
+    match queue.seal_front(SEAL_BATCH, scratch, |plaintext| tls.seal(plaintext)) {
+        Ok(_) | Err(Seal::NotReady) => {}
+        Err(Seal::Never) => queue.discard_plaintext(),
+    }
+    shrink_scratch(scratch);
+}
+
+/// A TLS connection is closing: seals all its plaintext and then a close_notify, or, if
+/// its handshake never finished, drops the plaintext it cannot send.
+fn seal_for_close(tls: &mut TlsStream, queue: &mut SendQueue, scratch: &mut Vec<u8>) {
+    if !tls.is_established() {
+        tls.close_unfinished();
+        queue.discard_plaintext();
+        return;
+    }
+    while queue.has_plaintext() {
+        match queue.seal_front(SEAL_BATCH, scratch, |plaintext| tls.seal(plaintext)) {
+            Ok(sealed) if sealed > 0 => {}
+            _ => {
+                queue.discard_plaintext();
+                break;
+            }
+        }
+    }
+    shrink_scratch(scratch);
+    if let Some(close_notify) = tls.close_notify() {
+        queue.push_sealed(close_notify);
+    }
+}
+
+/// The scratch buffer stays at most one batch large.
+fn shrink_scratch(scratch: &mut Vec<u8>) {
+    if scratch.capacity() > SEAL_BATCH {
+        *scratch = Vec::new();
     }
 }

@@ -29,12 +29,18 @@ pub struct Runtime<M> {
     health: Health,
     threads: Vec<JoinHandle<io::Result<()>>>,
     local_addrs: Vec<SocketAddr>,
+    tls_local_addrs: Vec<SocketAddr>,
 }
 
 impl<M: Send + 'static> Runtime<M> {
     /// The addresses being listened on (with the ports the kernel chose for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The TLS addresses being listened on (`Config::tls_listen`, ports chosen).
+    pub fn tls_local_addrs(&self) -> &[SocketAddr] {
+        &self.tls_local_addrs
     }
 
     pub fn remotes(&self) -> &[Remote<M>] {
@@ -93,7 +99,7 @@ where
     config.validate()?;
     let features = ring::check_kernel()?;
     let listeners = listener::bind_all(&config)?;
-    let local_addrs = listeners
+    let mut local_addrs = listeners
         .first()
         .map(|first| {
             first
@@ -103,6 +109,7 @@ where
         })
         .transpose()?
         .unwrap_or_default();
+    let tls_local_addrs = local_addrs.split_off(config.listen.len().min(local_addrs.len()));
     let mailboxes = (0..config.shards)
         .map(|_| Mailbox::new(config.mailbox_bytes).map(Arc::new))
         .collect::<io::Result<Vec<_>>>()?;
@@ -146,6 +153,7 @@ where
         health,
         threads,
         local_addrs,
+        tls_local_addrs,
     })
 }
 

@@ -8,11 +8,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::Config;
 use super::socket::{self, set_int_option};
 
-/// Binds every shard's listening sockets: one per shard and address. A port of 0 is chosen
-/// by the kernel for the first shard and shared by the rest.
+/// Binds every shard's listening sockets: one per shard and address, the plain ones
+/// (`listen`) first, then the TLS ones (`tls_listen`). A port of 0 is chosen by the kernel
+/// for the first shard and shared by the rest.
 pub(crate) fn bind_all(config: &Config) -> io::Result<Vec<Vec<OwnedFd>>> {
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..config.shards).map(|_| Vec::new()).collect();
-    for &addr in &config.listen {
+    for &addr in config.listen.iter().chain(&config.tls_listen) {
         ensure_free(addr)?;
         let first = listen(addr, config)?;
         let bound = local_addr(&first)?;

@@ -28,6 +28,7 @@ mod send_queue;
 mod slot;
 pub mod socket;
 mod timer;
+pub mod tls;
 mod user_data;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ pub use io_handle::Io;
 pub use launch::{Runtime, ShardContext, start};
 pub use mailbox::Remote;
 pub use send_queue::{CHUNK_OVERHEAD, Dropped, Tag};
+pub use tls::{Secured, TlsAcceptor, TlsFailure};
 
 /// A connection within its shard: its direct-descriptor slot and that slot's generation,
 /// so an id never names a later connection that reused the slot.
@@ -73,6 +75,8 @@ pub enum CloseCause {
     /// A closing phase passed its deadline (the queue was not written out, or the peer's
     /// FIN did not come), so the connection was aborted.
     TimedOut,
+    /// A TLS connection failed, or was closed before its handshake finished.
+    Tls(TlsFailure),
 }
 
 /// What a shard hears about. All calls run on the shard's thread.
@@ -82,8 +86,11 @@ pub trait Handler: 'static {
 
     /// A connection was accepted.
     fn on_open(&mut self, io: &mut Io, conn: ConnId, peer: SocketAddr);
-    /// The connection sent bytes. The buffer returns to the kernel after this call.
+    /// The connection sent bytes (decrypted, on a TLS connection). The buffer returns to
+    /// the kernel after this call.
     fn on_data(&mut self, io: &mut Io, conn: ConnId, data: &mut [u8]);
+    /// A TLS connection finished its handshake; its plaintext follows in `on_data`.
+    fn on_secured(&mut self, _io: &mut Io, _conn: ConnId, _secured: Secured) {}
     /// Everything queued for the open connection has been written.
     fn on_drained(&mut self, _io: &mut Io, _conn: ConnId) {}
     /// The kernel has taken the whole of these tagged chunks ([`Io::send_tagged`]), from

@@ -6,6 +6,11 @@
 //! more, so the non-droppable ones are copied into buffers the queue owns, coalesced: a flood
 //! of tiny frames costs its bytes, not an entry each, and never keeps alive the large shared
 //! block a small frame was cut from.
+//!
+//! A TLS connection's queue is *sealing*: what is queued stays plaintext (costed, droppable)
+//! until the flush encrypts a batch of it into records, which wait at the front as *sealed*
+//! chunks. Only sealed chunks are ever written, so plaintext is never in the kernel's hands
+//! and is never copied on the way in.
 
 use std::collections::VecDeque;
 
@@ -77,12 +82,24 @@ pub(crate) struct SendQueue {
     /// Front chunks the sendmsg in flight covers: they must stay, unchanged, until it
     /// completes.
     in_flight: u8,
+    /// A TLS connection's queue: only sealed chunks are written (see the module's doc).
+    sealing: bool,
+    /// Front chunks that are sealed records, ready to write (always 0 unless sealing).
+    sealed: u32,
     sending: Option<Box<SendBuf>>,
     /// Bytes the kernel has accepted, in total.
     written: u64,
 }
 
 impl SendQueue {
+    /// A queue for a TLS connection, whose plaintext is sealed before it is written.
+    pub fn sealing() -> Self {
+        Self {
+            sealing: true,
+            ..Self::default()
+        }
+    }
+
     /// Queues `bytes` behind everything else.
     #[cfg(test)]
     pub fn push(&mut self, bytes: Bytes, droppable: bool) {
@@ -95,7 +112,7 @@ impl SendQueue {
         if bytes.is_empty() {
             return;
         }
-        if droppable || self.sending.is_none() {
+        if droppable || self.sending.is_none() || self.sealing {
             if self.tail.is_some() {
                 self.seal_tail();
             }
@@ -171,6 +188,110 @@ impl SendQueue {
         self.is_empty() && self.sending.is_none()
     }
 
+    /// Whether sealed records wait at the front.
+    pub fn has_sealed(&self) -> bool {
+        self.sealed > 0
+    }
+
+    /// Whether plaintext waits to be sealed.
+    pub fn has_plaintext(&self) -> bool {
+        self.chunks.len() > self.sealed as usize || self.tail.is_some()
+    }
+
+    /// Queues sealed records behind the sealed ones and in front of any plaintext: what the
+    /// TLS handshake answers, a close_notify, an alert.
+    pub fn push_sealed(&mut self, bytes: Bytes) {
+        self.push_sealed_tagged(bytes, None);
+    }
+
+    /// [`SendQueue::push_sealed`], with the tag of the plaintext the records carry.
+    fn push_sealed_tagged(&mut self, bytes: Bytes, tag: Option<Tag>) {
+        debug_assert!(self.sealing);
+        if bytes.is_empty() {
+            return;
+        }
+        self.cost += CHUNK_OVERHEAD + bytes.len();
+        let at = self.sealed as usize;
+        self.chunks.insert(
+            at,
+            Chunk {
+                bytes,
+                droppable: false,
+                tag,
+            },
+        );
+        self.sealed += 1;
+    }
+
+    /// Seals up to `max` bytes of the plaintext at the front: `seal` encrypts them into
+    /// records, which take their place as a sealed chunk. The plaintext is handed over in one
+    /// slice, borrowed from the front chunk when that holds enough, else gathered in
+    /// `scratch`. Returns how many plaintext bytes were sealed.
+    pub fn seal_front<E>(
+        &mut self,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        seal: impl FnOnce(&[u8]) -> Result<Bytes, E>,
+    ) -> Result<usize, E> {
+        debug_assert!(self.sealing);
+        self.seal_tail();
+        let first = self.sealed as usize;
+        let Some(front) = self.chunks.get(first) else {
+            return Ok(0);
+        };
+        let alone = front.bytes.len() >= max || self.chunks.len() == first + 1;
+        let (records, taken) = if alone {
+            let taken = front.bytes.len().min(max);
+            (seal(&front.bytes[..taken])?, taken)
+        } else {
+            scratch.clear();
+            for chunk in self.chunks.range(first..) {
+                let room = max - scratch.len();
+                if room == 0 {
+                    break;
+                }
+                scratch.extend_from_slice(&chunk.bytes[..chunk.bytes.len().min(room)]);
+            }
+            (seal(scratch)?, scratch.len())
+        };
+        let tag = self.consume_plaintext(taken);
+        self.push_sealed_tagged(records, tag);
+        Ok(taken)
+    }
+
+    /// Drops `taken` plaintext bytes from the front of the plaintext (they were sealed).
+    /// Returns the oldest tag among the chunks sealed whole: the records carry it, so a
+    /// delivery's latency is measured to the kernel taking its records (when one seal takes
+    /// several tagged messages, the oldest speaks for them).
+    fn consume_plaintext(&mut self, mut taken: usize) -> Option<Tag> {
+        let at = self.sealed as usize;
+        let mut oldest = None;
+        while taken > 0 {
+            let Some(chunk) = self.chunks.get_mut(at) else {
+                break;
+            };
+            if taken < chunk.bytes.len() {
+                let _ = chunk.bytes.split_to(taken);
+                self.cost -= taken;
+                return oldest;
+            }
+            taken -= chunk.bytes.len();
+            self.cost -= chunk.bytes.len() + CHUNK_OVERHEAD;
+            if let Some(chunk) = self.chunks.remove(at) {
+                oldest = oldest.or(chunk.tag);
+            }
+        }
+        oldest
+    }
+
+    /// Drops every plaintext byte (a TLS connection that failed, or closed before its
+    /// handshake finished, can seal nothing more), keeping the sealed records.
+    pub fn discard_plaintext(&mut self) {
+        self.tail = None;
+        self.chunks.truncate(self.sealed as usize);
+        self.recount_cost();
+    }
+
     /// Points `buf` at the front chunks and keeps it as the sendmsg in flight; returns the
     /// header to hand the kernel.
     ///
@@ -182,7 +303,12 @@ impl SendQueue {
         debug_assert!(self.sending.is_none(), "one sendmsg at a time");
         self.seal_tail();
         let mut count = 0;
-        for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
+        let ready = if self.sealing {
+            (self.sealed as usize).min(MAX_IOV)
+        } else {
+            MAX_IOV
+        };
+        for (i, chunk) in self.chunks.iter().take(ready).enumerate() {
             let skip = if i == 0 { self.head_offset } else { 0 };
             let bytes = &chunk.bytes[skip..];
             buf.iov[i] = libc::iovec {
@@ -228,6 +354,7 @@ impl SendQueue {
             if let Some(tag) = self.chunks.pop_front().and_then(|chunk| chunk.tag) {
                 tags.push(tag);
             }
+            self.sealed = self.sealed.saturating_sub(1);
         }
     }
 
@@ -239,7 +366,9 @@ impl SendQueue {
         } else {
             0
         };
-        in_flight.max(usize::from(self.head_offset > 0))
+        in_flight
+            .max(usize::from(self.head_offset > 0))
+            .max(self.sealed as usize)
     }
 
     /// Drops droppable chunks, oldest first, until the queue costs at most `low_water` (or
@@ -271,10 +400,17 @@ impl SendQueue {
             self.chunks.clear();
             self.head_offset = 0;
             self.cost = 0;
+            self.sealed = 0;
             return;
         }
         self.chunks.truncate(usize::from(self.in_flight));
+        self.sealed = self.sealed.min(u32::from(self.in_flight));
         // What is left is in flight, partly written perhaps.
+        self.recount_cost();
+    }
+
+    /// Counts the cost afresh from the chunks (no tail).
+    fn recount_cost(&mut self) {
         self.cost = self
             .chunks
             .iter()

@@ -20,6 +20,7 @@ use std::time::Duration;
 use super::CloseCause;
 use super::send_queue::{SendBuf, SendQueue, Tag};
 use super::timer;
+use super::tls::TlsStream;
 use super::user_data::next_generation;
 
 /// How long cancelled requests may take to complete before the socket is shut down under
@@ -131,13 +132,20 @@ pub(crate) struct Slot {
     pub queue: SendQueue,
     /// The handler's deadline (a timer tick), 0 when none.
     pub deadline: u64,
-    /// Bytes received while reading was paused. Boxed: rare, and every idle slot has the
-    /// field.
-    #[allow(clippy::box_collection, reason = "8 bytes in every slot instead of 24")]
-    stash: Option<Box<Vec<u8>>>,
+    /// What only some connections hold. Boxed: 8 bytes in every slot.
+    extras: Option<Box<Extras>>,
     /// Which of the shard's listening sockets accepted the connection, in `Config::listen`
-    /// order.
+    /// order (then `Config::tls_listen`).
     pub listener: u16,
+}
+
+/// A slot's rarer state.
+#[derive(Default)]
+struct Extras {
+    /// Bytes received while reading was paused.
+    stash: Vec<u8>,
+    /// A connection accepted on a TLS listener: its record layer.
+    tls: Option<TlsStream>,
 }
 
 impl Default for Slot {
@@ -154,7 +162,7 @@ impl Default for Slot {
             dirty: false,
             queue: SendQueue::default(),
             deadline: 0,
-            stash: None,
+            extras: None,
             listener: 0,
         }
     }
@@ -251,12 +259,45 @@ impl Slot {
 
     /// Keeps bytes that arrived while paused, for [`Slot::take_stash`].
     pub fn stash(&mut self, data: &[u8]) {
-        self.stash.get_or_insert_default().extend_from_slice(data);
+        let extras = self.extras.get_or_insert_default();
+        extras.stash.extend_from_slice(data);
     }
 
     /// What arrived while paused.
     pub fn take_stash(&mut self) -> Option<Vec<u8>> {
-        self.stash.take().map(|stash| *stash)
+        let extras = self.extras.as_deref_mut()?;
+        let stash = std::mem::take(&mut extras.stash);
+        if extras.tls.is_none() {
+            self.extras = None;
+        }
+        (!stash.is_empty()).then_some(stash)
+    }
+
+    fn drop_stash(&mut self) {
+        if let Some(extras) = self.extras.as_deref_mut() {
+            extras.stash = Vec::new();
+            if extras.tls.is_none() {
+                self.extras = None;
+            }
+        }
+    }
+
+    /// Makes this connection a TLS one, with `tls` as its record layer.
+    pub fn set_tls(&mut self, tls: TlsStream) {
+        self.extras.get_or_insert_default().tls = Some(tls);
+        self.queue = SendQueue::sealing();
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.extras
+            .as_ref()
+            .is_some_and(|extras| extras.tls.is_some())
+    }
+
+    /// A TLS connection's record layer, and its queue.
+    pub fn tls(&mut self) -> Option<(&mut TlsStream, &mut SendQueue)> {
+        let tls = self.extras.as_deref_mut()?.tls.as_mut()?;
+        Some((tls, &mut self.queue))
     }
 
     /// The handler closes: write out the queue, then FIN and linger.
@@ -300,7 +341,7 @@ impl Slot {
         self.phase = Phase::Closing;
         self.cause = cause;
         self.queue.discard_unsent();
-        self.stash = None;
+        self.drop_stash();
         let mut actions = Actions::none();
         if reset {
             self.fd_ops += 1;
@@ -427,7 +468,11 @@ impl Slot {
     /// The descriptor is closed: the slot is free for the next connection. Returns why the
     /// connection ended.
     pub fn on_closed(&mut self) -> CloseCause {
-        let cause = self.cause;
+        let failed = self
+            .extras
+            .as_ref()
+            .and_then(|extras| extras.tls.as_ref()?.failure());
+        let cause = failed.map_or(self.cause, CloseCause::Tls);
         *self = Self {
             generation: self.generation,
             ..Self::default()

@@ -11,6 +11,7 @@ use crate::runtime;
 
 use super::admission::{Admission, AdmissionConfig};
 use super::cluster::ClusterConfig;
+pub use super::tls::{TlsError, TlsFiles};
 
 /// The default of every setting; the command line and [`ServerConfig::default`] both read
 /// them from here.
@@ -64,7 +65,12 @@ pub enum SlowSubscriberPolicy {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ServerConfig {
+    /// Addresses to accept plain connections on.
     pub listen: Vec<SocketAddr>,
+    /// Addresses to accept TLS connections on (`wss://`, `https://`), with `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The certificate and key of the TLS listeners.
+    pub tls: Option<TlsFiles>,
     /// Shard threads, one per core by default.
     pub shards: usize,
     /// Connections held at once across all shards (each shard holds its share).
@@ -144,6 +150,8 @@ impl Default for ServerConfig {
                     .parse()
                     .expect("the default address parses"),
             ],
+            tls_listen: Vec::new(),
+            tls: None,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             max_connections: defaults::MAX_CONNECTIONS,
             max_message_size: defaults::MAX_MESSAGE_SIZE,
@@ -221,6 +229,7 @@ impl ServerConfig {
         config
             .listen
             .extend_from_slice(&self.admission.proxy_protocol_listen);
+        config.tls_listen = self.tls_listen.clone();
         config.shards = self.shards;
         let share = self.max_connections.div_ceil(self.shards.max(1));
         config.max_connections_per_shard = share
@@ -235,8 +244,32 @@ impl ServerConfig {
     /// Checks every setting; the server refuses to start with the first one that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |setting, problem: String| Err(ConfigError { setting, problem });
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.tls_listen.is_empty() {
             return fail("listen", "no address to listen on".into());
+        }
+        match (&self.tls, self.tls_listen.is_empty()) {
+            (None, false) => {
+                return fail(
+                    "tls-cert",
+                    "--tls-listen needs a certificate and key (--tls-cert, --tls-key)".into(),
+                );
+            }
+            (Some(_), true) => {
+                return fail(
+                    "tls-listen",
+                    "a certificate and key are given but no --tls-listen address to use them on"
+                        .into(),
+                );
+            }
+            (Some(files), false) => {
+                if files.cert.as_os_str().is_empty() {
+                    return fail("tls-cert", "a key is given but no certificate".into());
+                }
+                if files.key.as_os_str().is_empty() {
+                    return fail("tls-key", "a certificate is given but no key".into());
+                }
+            }
+            (None, true) => {}
         }
         if !(1..=MAX_SHARDS).contains(&self.shards) {
             return fail(
@@ -289,12 +322,14 @@ impl ServerConfig {
             }
         }
         Admission::new(self)?;
-        self.runtime_config()
-            .validate()
-            .map_err(|err| ConfigError {
-                setting: "runtime",
-                problem: err.to_string(),
-            })?;
+        let mut runtime = self.runtime_config();
+        // The server pairs TLS listeners with their certificate itself (above); the runtime's
+        // acceptor is made from it at start.
+        runtime.tls_listen.clear();
+        runtime.validate().map_err(|err| ConfigError {
+            setting: "runtime",
+            problem: err.to_string(),
+        })?;
         if let Some(cluster) = &self.cluster {
             cluster.validate().map_err(|problem| ConfigError {
                 setting: "cluster",

@@ -40,3 +40,9 @@ pub(crate) fn closed(
     let code = code.as_u16();
     event!(loud, event = "close", shard, %peer, code, reason, cause, "connection closed");
 }
+
+/// A TLS connection failed (most often in its handshake: not TLS at all, a server name the
+/// certificate does not cover, nothing in common, a client that stalled).
+pub(crate) fn tls_failed(loud: bool, shard: usize, peer: SocketAddr, kind: &str) {
+    event!(loud, event = "tls_failure", shard, %peer, kind, "TLS failed");
+}

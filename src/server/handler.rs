@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::runtime::{self, CloseCause, ConnId, Dropped, Io, Tag};
+use crate::runtime::{self, CloseCause, ConnId, Dropped, Io, Secured, Tag};
 
 use super::app::App;
 use super::connection::{Clock, Connection, Cx, Time};
+use super::events;
 use super::pubsub::{Published, ShardMessage};
 use super::shard_state::ShardState;
 use super::transport::Transport;
@@ -163,6 +164,10 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
         self.enforce_incomplete_budget(io);
     }
 
+    fn on_secured(&mut self, _io: &mut Io, _id: ConnId, secured: Secured) {
+        self.shard.counters().tls_handshake(secured.resumed);
+    }
+
     fn on_drained(&mut self, io: &mut Io, id: ConnId) {
         self.drive(io, id, |conn, cx, app| conn.on_drained(cx, app));
         self.deliver_pending(io);
@@ -197,6 +202,13 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
                 CloseCause::PeerClosed => "peer".into(),
                 CloseCause::Shutdown => "shutdown".into(),
                 CloseCause::TimedOut => "timed out closing".into(),
+                CloseCause::Tls(failure) => {
+                    self.shard.counters().families.tls_failed(failure);
+                    let loud = self.shard.config.log_connections;
+                    let peer = entry.conn.peer();
+                    events::tls_failed(loud, self.shard.index(), peer, failure.name());
+                    format!("tls: {failure}").into()
+                }
                 CloseCause::Error(errno) => {
                     std::io::Error::from_raw_os_error(errno).to_string().into()
                 }

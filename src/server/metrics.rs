@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::runtime::TlsFailure;
+
 /// Declares the counters once: the atomics a shard writes, the snapshot's fields, and the
 /// Prometheus rows, so that a counter cannot be added to one and forgotten in another.
 macro_rules! counters {
@@ -40,6 +42,8 @@ macro_rules! counters {
             /// the subscriber's queue (deliveries through a per-connection compressor are
             /// not measured).
             pub delivery_latency: LatencySnapshot,
+            /// TLS connections that failed (most in their handshake), by why.
+            pub tls_failures: Vec<(TlsFailure, u64)>,
             $($(#[doc = $doc])* pub $field: u64,)*
         }
 
@@ -67,17 +71,23 @@ macro_rules! counters {
                 let (mut handshakes, mut closes) = (first.handshakes.zeroes(), first.closes.zeroes());
                 let mut publish_api = first.publish_api.zeroes();
                 let mut delivery_latency = LatencySnapshot::default();
+                let mut tls_failures: Vec<(TlsFailure, u64)> =
+                    TlsFailure::ALL.iter().map(|&kind| (kind, 0)).collect();
                 for counters in self.shards.iter() {
                     counters.families.handshakes.add_into(&mut handshakes);
                     counters.families.closes.add_into(&mut closes);
                     counters.families.publish_api.add_into(&mut publish_api);
                     counters.delivery_latency.add_into(&mut delivery_latency);
+                    for (sum, count) in tls_failures.iter_mut().zip(&counters.families.tls_failures) {
+                        sum.1 += count.load(Ordering::Relaxed);
+                    }
                 }
                 Metrics {
                     delivery_latency,
                     handshakes,
                     closes,
                     publish_api,
+                    tls_failures,
                     per_shard: self.shards[..shards]
                         .iter()
                         .map(|c| ShardMetrics {
@@ -143,6 +153,10 @@ counters! {
     client_publish_refused: counter, "pubsub_client_publish_refused_total", "Messages from clients not allowed to publish";
     /// Messages published through `POST /publish`.
     api_published: counter, "publish_api_messages_total", "Messages published through the publish API";
+    /// TLS handshakes completed.
+    tls_handshakes: counter, "tls_handshakes_total", "TLS handshakes completed";
+    /// TLS handshakes that resumed an earlier session (a ticket) rather than start afresh.
+    tls_resumed: counter, "tls_resumed_total", "TLS handshakes that resumed a session";
 }
 
 /// Counters with one label: a fixed set of values, the last one standing for any other.
@@ -266,6 +280,8 @@ pub(crate) struct Families {
     pub handshakes: Family<13>,
     pub closes: Family<12>,
     pub publish_api: Family<13>,
+    /// By [`TlsFailure::ALL`]'s order.
+    tls_failures: [AtomicU64; TlsFailure::ALL.len()],
 }
 
 impl Default for Families {
@@ -274,7 +290,18 @@ impl Default for Families {
             handshakes: Family::new(HANDSHAKE_STATUSES),
             closes: Family::new(CLOSE_CODES),
             publish_api: Family::new(PUBLISH_API_STATUSES),
+            tls_failures: Default::default(),
         }
+    }
+}
+
+impl Families {
+    pub fn tls_failed(&self, failure: TlsFailure) {
+        let at = TlsFailure::ALL
+            .iter()
+            .position(|&kind| kind == failure)
+            .unwrap_or(0);
+        self.tls_failures[at].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -397,6 +424,13 @@ impl Counters {
     pub fn api_published(&self, messages: usize) {
         Self::add(&self.api_published, messages as u64);
     }
+
+    pub fn tls_handshake(&self, resumed: bool) {
+        Self::add(&self.tls_handshakes, 1);
+        if resumed {
+            Self::add(&self.tls_resumed, 1);
+        }
+    }
 }
 
 /// Every shard's counters, and one set for publishers outside the shards.
@@ -475,6 +509,14 @@ impl Metrics {
             "delivery_latency_seconds",
             "Pub/sub delivery latency, from publish to the kernel taking the frame",
         );
+        let _ = write!(
+            out,
+            "# HELP ringws_tls_failures_total TLS connections that failed, by why (most in their handshake).\n\
+             # TYPE ringws_tls_failures_total counter\n"
+        );
+        for (kind, count) in &self.tls_failures {
+            let _ = writeln!(out, "ringws_tls_failures_total{{kind=\"{kind}\"}} {count}");
+        }
         for (name, help, value) in per_shard {
             let _ = write!(
                 out,
@@ -508,6 +550,7 @@ mod tests {
         assert!(text.contains("ringws_pubsub_topics 1\n"));
         assert!(text.contains("ringws_shard_subscriptions{shard=\"1\"} 1\n"));
         assert!(text.contains("# TYPE ringws_pubsub_published_total counter\n"));
+        assert!(text.contains("ringws_tls_failures_total{kind=\"not_tls\"} 0\n"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod publish_api;
 pub mod pubsub;
 pub mod serve_app;
 mod shard_state;
+mod tls;
 mod transport;
 mod ws;
 
@@ -39,7 +40,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub use app::{Accept, App, Closed, Message, Refusal, Upgrade};
-pub use config::{BackpressurePolicy, ConfigError, ServerConfig, SlowSubscriberPolicy};
+pub use config::{
+    BackpressurePolicy, ConfigError, ServerConfig, SlowSubscriberPolicy, TlsError, TlsFiles,
+};
 pub use metrics::{Metrics, ShardMetrics};
 pub use pubsub::{PublishError, Publisher, SubscribeError};
 pub use ws::Ws;
@@ -64,6 +67,7 @@ pub struct Server {
     lifecycle: Arc<Lifecycle>,
     /// The link to the cluster's broker, when the server is a node of one.
     cluster: Option<cluster::Link>,
+    certificates: Option<Arc<tls::Certificates>>,
 }
 
 impl Server {
@@ -81,7 +85,19 @@ impl Server {
             .map(Arc::new)
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         let shards = config.shards;
-        let runtime_config = config.runtime_config();
+        let mut runtime_config = config.runtime_config();
+        let certificates = config
+            .tls
+            .as_ref()
+            .map(tls::Certificates::load)
+            .transpose()
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        if let Some(certificates) = &certificates {
+            let acceptor = certificates
+                .acceptor()
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+            runtime_config.tls = Some(acceptor);
+        }
         let config = Arc::new(config);
         let cluster = config
             .cluster
@@ -136,7 +152,18 @@ impl Server {
             registry,
             lifecycle,
             cluster,
+            certificates,
         })
+    }
+
+    /// Reads the TLS certificate and key files again: new handshakes use the new pair,
+    /// connections already open carry on. On an error the old pair stays. Does nothing
+    /// without TLS listeners.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.certificates {
+            Some(certificates) => certificates.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Starts draining: `/readyz` answers 503 from now on, so load balancers take this
@@ -161,9 +188,14 @@ impl Server {
         self.registry.snapshot(self.hub.directory.len() as u64)
     }
 
-    /// The addresses being listened on.
+    /// The plain addresses being listened on.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         self.runtime.local_addrs()
+    }
+
+    /// The TLS addresses being listened on.
+    pub fn tls_local_addrs(&self) -> &[SocketAddr] {
+        self.runtime.tls_local_addrs()
     }
 
     /// Stops accepting and sends 1001 to every client (spread over the drain window), then
@@ -185,20 +217,28 @@ impl Server {
 }
 
 /// `ringws serve`: pub/sub on `/pubsub/<topic>`, echo on every other path, until SIGINT or
-/// SIGTERM.
+/// SIGTERM; SIGHUP reloads the TLS certificate.
 pub fn serve(config: ServerConfig) -> io::Result<()> {
     // Shard threads inherit this mask: only `wait_for_signal` sees the signals.
-    let signals = block_termination_signals()?;
+    let signals = block_signals()?;
     let app_config = config.clone();
     let (drain_delay, drain_spread) = (config.drain_delay, config.drain_spread);
+    if let Some(files) = &config.tls {
+        log_kernel_tls(files);
+    }
     let plain_listeners = config.listen.len();
+    let proxy_listeners = config.admission.proxy_protocol_listen.len();
     let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let mut addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     for (index, addr) in addrs.iter().enumerate() {
-        match index >= plain_listeners {
+        match index >= plain_listeners && index < plain_listeners + proxy_listeners {
             false => println!("ringws: listening on {addr}"),
             true => println!("ringws: listening on {addr} (PROXY protocol)"),
         }
+    }
+    for addr in server.tls_local_addrs() {
+        println!("ringws: listening on {addr} (TLS)");
+        addrs.push(format!("{addr} (TLS)"));
     }
     use std::io::Write as _;
     io::stdout().flush()?;
@@ -218,7 +258,15 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     if let (Some(interval), Some(notifier)) = (notify::watchdog_interval(), notifier.as_ref()) {
         watch(&server, notifier, interval)?;
     }
-    let signal = wait_for_signal(&signals)?;
+    let signal = loop {
+        match wait_for_signal(&signals)? {
+            libc::SIGHUP => match server.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(err) => tracing::error!("SIGHUP: TLS certificate kept: {err}"),
+            },
+            signal => break signal,
+        }
+    };
     tracing::info!(
         "signal {signal}: draining; accepting stops in {drain_delay:?}, connections close over {drain_spread:?}"
     );
@@ -250,7 +298,24 @@ fn watch(server: &Server, notifier: &notify::Notifier, interval: Duration) -> io
     Ok(())
 }
 
-fn block_termination_signals() -> io::Result<libc::sigset_t> {
+/// Says whether the kernel offers TLS, and that records are encrypted in user space.
+fn log_kernel_tls(files: &TlsFiles) {
+    let kernel = runtime::tls::probe_kernel_tls();
+    let offered = if kernel.available {
+        "offered, not used yet"
+    } else {
+        "not offered"
+    };
+    tracing::info!(
+        cert = %files.cert.display(),
+        "TLS records are encrypted in user space (kernel TLS: {offered}; {})",
+        kernel.detail
+    );
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts, so that
+/// only `wait_for_signal` sees them.
+fn block_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset; pthread_sigmask
     // changes only the calling thread's mask.
     unsafe {
@@ -258,6 +323,7 @@ fn block_termination_signals() -> io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));

@@ -3,13 +3,26 @@
 // http://127.0.0.1:PAGE_PORT, the origin the server is told to allow; a page from another
 // origin must be refused.
 //
+// With --cert and --key the page is served over https (from https://127.0.0.1:PAGE_PORT) and
+// the WebSocket URL is wss://: Chromium must trust the certificate's CA on its own (the test
+// puts it in the NSS database under $HOME).
+//
 // usage: node browser.mjs ws://HOST:PORT PAGE_PORT
+//        node browser.mjs wss://HOST:PORT PAGE_PORT --cert CHAIN.pem --key KEY.pem
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { chromium } from 'playwright-core';
 
 const [wsUrl, pagePort] = [process.argv[2], Number(process.argv[3])];
+const option = (name) => {
+  const at = process.argv.indexOf(name);
+  return at > 0 ? process.argv[at + 1] : undefined;
+};
+const tls = option('--cert') ? { cert: readFileSync(option('--cert')), key: readFileSync(option('--key')) } : null;
+const pageUrl = `${tls ? 'https' : 'http'}://127.0.0.1:${pagePort}/`;
 
 const page = `<!doctype html><meta charset="utf-8"><title>ringws browser test</title>
 <script>
@@ -47,7 +60,8 @@ window.refused = (url) => new Promise((resolve) => {
 });
 </script><p>ringws</p>`;
 
-const server = http.createServer((_, res) => res.end(page));
+const serve = (_, res) => res.end(page);
+const server = tls ? https.createServer(tls, serve) : http.createServer(serve);
 server.listen(pagePort, '127.0.0.1');
 await once(server, 'listening');
 
@@ -58,7 +72,11 @@ const browser = await chromium.launch({
 });
 try {
   const tab = await browser.newPage();
-  await tab.goto(`http://127.0.0.1:${pagePort}/`);
+  await tab.goto(pageUrl);
+  if (tls) {
+    assert.equal(await tab.evaluate(() => window.isSecureContext), true, 'the page is not a secure context');
+    console.log(`ok: ${pageUrl} loaded over https, trusted`);
+  }
   const report = await tab.evaluate((url) => window.exchange(url), wsUrl + '/browser');
   assert.match(report.extensions, /permessage-deflate/, `Chromium did not negotiate compression: ${report.extensions}`);
   console.log(`ok: Chromium negotiated ${report.extensions}`);

@@ -3,23 +3,28 @@
 // non-zero.
 //
 // usage: node client.mjs ws://HOST:PORT [--deflate]
+//        node client.mjs wss://HOST:PORT --ca CA.pem [--deflate]
 //
 // With --deflate the server runs with permessage-deflate on, and the scenarios run over
-// window sizes and context-takeover modes.
+// window sizes and context-takeover modes. Over wss:// the server's certificate must chain to
+// the CA in --ca.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 
 const URL = process.argv[2];
 const DEFLATE = process.argv.includes('--deflate');
 const BIG = 16 * 1024 * 1024;
+const caAt = process.argv.indexOf('--ca');
+const TLS = caAt > 0 ? { ca: readFileSync(process.argv[caAt + 1]) } : {};
 
 function ok(name) {
   console.log(`ok: ${name}`);
 }
 
 async function connect(path, protocols, options = {}) {
-  const ws = new WebSocket(URL + path, protocols, { maxPayload: BIG + 1024, ...options });
+  const ws = new WebSocket(URL + path, protocols, { maxPayload: BIG + 1024, ...TLS, ...options });
   const messages = [];
   const waiters = [];
   ws.on('message', (data, isBinary) => {

@@ -3,6 +3,8 @@
 //! byte on the wire.
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod certs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,6 +21,8 @@ pub const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The first `--tls-listen` address, when the server has one.
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -73,16 +77,33 @@ impl Server {
         let stdout = child.stdout.take().expect("server stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
+        let tls_wanted = args.contains(&"--tls-listen");
+        let (mut addr, mut tls_addr) = (None, None);
         while Instant::now() < deadline {
             let Some(Ok(line)) = lines.next() else { break };
             if let Some(at) = line.find("listening on ") {
-                let addr = line[at + "listening on ".len()..]
-                    .trim()
-                    .parse()
+                let rest = &line[at + "listening on ".len()..];
+                let parsed: SocketAddr = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|word| word.parse().ok())
                     .expect("address after `listening on`");
+                if rest.ends_with("(TLS)") {
+                    tls_addr = tls_addr.or(Some(parsed));
+                } else {
+                    addr = addr.or(Some(parsed));
+                }
+            }
+            if let Some(addr) = addr
+                && (tls_addr.is_some() || !tls_wanted)
+            {
                 // Keep draining stdout so the server never blocks on a full pipe.
                 std::thread::spawn(move || lines.for_each(drop));
-                return Server { child, addr };
+                return Server {
+                    child,
+                    addr,
+                    tls_addr,
+                };
             }
         }
         let _ = child.kill();
@@ -194,7 +215,7 @@ pub fn open(addr: SocketAddr, path: &str) -> TcpStream {
 }
 
 /// Reads an HTTP response head, byte by byte so that nothing after it is consumed.
-pub fn read_head(stream: &mut TcpStream) -> String {
+pub fn read_head(stream: &mut impl Read) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -205,7 +226,7 @@ pub fn read_head(stream: &mut TcpStream) -> String {
 }
 
 /// Reads everything until the server closes the connection.
-pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+pub fn read_to_close(stream: &mut impl Read) -> Vec<u8> {
     let mut all = Vec::new();
     stream
         .read_to_end(&mut all)
@@ -229,14 +250,14 @@ pub fn frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn send(stream: &mut TcpStream, opcode: OpCode, fin: bool, payload: &[u8]) {
+pub fn send(stream: &mut impl Write, opcode: OpCode, fin: bool, payload: &[u8]) {
     stream
         .write_all(&frame(opcode, fin, payload))
         .expect("send a frame");
 }
 
 /// Reads one server frame: its header and its payload.
-pub fn read_frame(stream: &mut TcpStream) -> (FrameHeader, Vec<u8>) {
+pub fn read_frame(stream: &mut impl Read) -> (FrameHeader, Vec<u8>) {
     let mut buf = Vec::with_capacity(14);
     let (header, used) = loop {
         match decode_header(&buf).expect("a valid frame header from the server") {
@@ -261,7 +282,7 @@ pub fn read_frame(stream: &mut TcpStream) -> (FrameHeader, Vec<u8>) {
 }
 
 /// Reads the next frame and checks it is a close with `code`; returns the reason.
-pub fn expect_close(stream: &mut TcpStream, code: u16) -> String {
+pub fn expect_close(stream: &mut impl Read, code: u16) -> String {
     let (header, payload) = read_frame(stream);
     assert_eq!(header.opcode, OpCode::Close, "expected a close frame");
     assert!(payload.len() >= 2, "close frame without a code");

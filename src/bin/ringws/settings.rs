@@ -17,7 +17,7 @@ use ringws::runtime::{Keepalive, defaults as runtime_defaults};
 use ringws::server::admission::{IpNet, JwtConfig, JwtKey, PublishMode, Secret};
 use ringws::server::cluster::{ClusterConfig, defaults as cluster_defaults};
 use ringws::server::config::{
-    BackpressurePolicy, ServerConfig, Size, SlowSubscriberPolicy, Span, defaults,
+    BackpressurePolicy, ServerConfig, Size, SlowSubscriberPolicy, Span, TlsFiles, defaults,
 };
 
 /// Every setting of `ringws serve`: a flag each, and a key each in the `--config` file (the
@@ -29,9 +29,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on (repeatable).
-    #[arg(long = "listen", value_name = "HOST:PORT", default_value = defaults::LISTEN)]
+    /// Address to listen on (repeatable) [default: 127.0.0.1:9001 unless --tls-listen is
+    /// given].
+    #[arg(long = "listen", value_name = "HOST:PORT")]
     listen: Vec<SocketAddr>,
+    /// Address to listen on with TLS, for wss:// and https:// (repeatable); needs
+    /// --tls-cert and --tls-key.
+    #[arg(long = "tls-listen", value_name = "HOST:PORT")]
+    tls_listen: Vec<SocketAddr>,
+    /// The TLS certificate chain, PEM, the server's certificate first. Read again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key, PEM: PKCS#8, RSA or EC. Read again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
     /// Shard threads, each pinned to a core [default: one per core].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -311,7 +324,18 @@ enum Deflate {
 impl ServeArgs {
     pub fn into_config(self) -> ServerConfig {
         let mut config = ServerConfig::default();
-        config.listen = self.listen;
+        if !self.listen.is_empty() || !self.tls_listen.is_empty() {
+            config.listen = self.listen;
+        }
+        config.tls_listen = self.tls_listen;
+        config.tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            // One without the other: an empty path, which the server refuses by name.
+            (cert, key) => Some(TlsFiles {
+                cert: cert.unwrap_or_default(),
+                key: key.unwrap_or_default(),
+            }),
+        };
         if let Some(shards) = self.shards {
             config.shards = shards;
         }
@@ -587,6 +611,8 @@ mod tests {
             cluster_tls_ca: file.clone(),
             cluster_tls_cert: file.clone(),
             cluster_tls_key: file,
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
             ..ServeArgs::default()
         };
         let keys: std::collections::BTreeSet<String> = toml::Table::try_from(&args)

@@ -36,8 +36,9 @@ const REALM: &str = "ringws";
 
 /// What every shard consults when a request is complete.
 pub(crate) struct Admission {
-    /// Listening sockets from this index on expect a PROXY header.
-    first_proxy_listener: usize,
+    /// The listening sockets that expect a PROXY header (after the plain ones, before any
+    /// TLS ones).
+    proxy_listeners: std::ops::Range<usize>,
     trusted_proxies: Vec<IpNet>,
     per_ip: PerIp,
     max_websockets: usize,
@@ -154,7 +155,8 @@ impl Admission {
             })?),
         };
         Ok(Self {
-            first_proxy_listener: config.listen.len(),
+            proxy_listeners: config.listen.len()
+                ..config.listen.len() + settings.proxy_protocol_listen.len(),
             trusted_proxies: settings.trusted_proxies.clone(),
             per_ip: PerIp::new(Bounds {
                 max_connections: settings.max_connections_per_ip,
@@ -171,7 +173,7 @@ impl Admission {
     /// Whether a connection accepted on listening socket `listener` starts with a PROXY
     /// header.
     pub fn expects_proxy_header(&self, listener: Option<usize>) -> bool {
-        listener.is_some_and(|index| index >= self.first_proxy_listener)
+        listener.is_some_and(|index| self.proxy_listeners.contains(&index))
     }
 
     /// The client's address: `peer`, or what `X-Forwarded-For` says when `peer` is a

@@ -662,6 +662,11 @@ impl<S> Connection<S> {
 
     /// The runtime closed the connection (`cause` says how the transport ended); the
     /// application gets its state back.
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A, cause: &str) {
         shard.incomplete_bytes -= self.incomplete;
         if self.admitted {
