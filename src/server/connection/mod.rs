@@ -11,8 +11,11 @@
 //! progress within the idle timeout ([`Timer::SendStall`]), and once the runtime is told to
 //! close, its own deadlines bound the rest.
 
+mod deadlines;
+mod flow;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod harness;
+mod http;
 mod timers;
 mod upgrade;
 
@@ -22,17 +25,17 @@ mod tests;
 use std::net::SocketAddr;
 
 use crate::proto::deflate::Compressor;
-use crate::proto::handshake::{self, Refusal, RequestParser};
+use crate::proto::handshake::{Refusal, RequestParser};
 use crate::proto::session::{Reader, Writer};
-use crate::proto::{CloseCode, Event, ProtocolError};
+use crate::proto::{CloseCode, Event};
 use crate::runtime::{CHUNK_OVERHEAD, ConnId, Tag};
 
 use super::admission::proxy::{self, ProxyReader};
 use super::app::{App, Closed, Message};
-use super::config::{BackpressurePolicy, ServerConfig, SlowSubscriberPolicy};
+use super::config::SlowSubscriberPolicy;
 use super::events;
 use super::frames::write_message;
-use super::publish_api::{self, PublishBody};
+use super::publish_api::PublishBody;
 use super::pubsub::Published;
 use super::shard_state::ShardState;
 use super::transport::Transport;
@@ -111,16 +114,6 @@ enum Pause {
     Backlog,
 }
 
-/// Where a complete request head left the connection.
-enum Answered {
-    /// A WebSocket: frames may follow in the same read.
-    Open,
-    /// A request body follows.
-    Body,
-    /// Answered; nothing more is read.
-    Done,
-}
-
 /// What a callback asked of the connection beyond sending, applied when it returns.
 #[derive(Default)]
 pub(crate) struct Asked {
@@ -128,15 +121,6 @@ pub(crate) struct Asked {
     pub close_sent: bool,
     /// A publish was refused by a shard that is behind.
     pub publish_refused: bool,
-}
-
-/// A parser for the next request head.
-fn request_parser(config: &ServerConfig) -> Box<RequestParser> {
-    let limits = handshake::Limits {
-        max_head_bytes: config.max_header_bytes,
-        ..Default::default()
-    };
-    Box::new(RequestParser::new(limits))
 }
 
 impl<S> Connection<S> {
@@ -197,7 +181,7 @@ impl<S> Connection<S> {
                         let deadline = cx.now.after(cx.shard.config.handshake_timeout);
                         self.timers.set(Timer::Handshake, deadline);
                     }
-                    self.stage = Stage::Handshake(request_parser(&cx.shard.config));
+                    self.stage = Stage::Handshake(http::request_parser(&cx.shard.config));
                 }
                 Stage::Proxy(reader) => match reader.feed(data) {
                     Ok(None) => return,
@@ -206,7 +190,7 @@ impl<S> Connection<S> {
                         if let Some(client) = header.source {
                             self.peer = client;
                         }
-                        self.stage = Stage::Handshake(request_parser(&cx.shard.config));
+                        self.stage = Stage::Handshake(http::request_parser(&cx.shard.config));
                         data = &mut std::mem::take(&mut data)[used..];
                     }
                 },
@@ -218,9 +202,9 @@ impl<S> Connection<S> {
                         data = &mut std::mem::take(&mut data)[consumed..];
                         match self.answer(cx, app, data.is_empty()) {
                             // Frames may follow the request in the same read.
-                            Answered::Open => break,
-                            Answered::Body => {}
-                            Answered::Done => return,
+                            http::Answered::Open => break,
+                            http::Answered::Body => {}
+                            http::Answered::Done => return,
                         }
                     }
                 },
@@ -241,109 +225,6 @@ impl<S> Connection<S> {
             }
         }
         self.read_frames(cx, app, data);
-    }
-
-    /// Answers the complete request the parser holds; `head_only` says no byte followed it
-    /// in this read.
-    fn answer<A: App<State = S>>(
-        &mut self,
-        cx: &mut Cx<'_>,
-        app: &mut A,
-        head_only: bool,
-    ) -> Answered {
-        let Stage::Handshake(parser) = std::mem::replace(&mut self.stage, Stage::Responded) else {
-            return Answered::Done;
-        };
-        let Some(request) = parser.request() else {
-            cx.io.abort(cx.id);
-            return Answered::Done;
-        };
-        // With the API off, only a POST there is answered (naming the setting): other
-        // requests get what they always got.
-        let api_on = cx.shard.admission.publish_api_on();
-        if publish_api::is_api_request(request) && (api_on || request.method() == "POST") {
-            return match publish_api::start(request, &cx.shard.admission, &cx.shard.config) {
-                Ok(body) => {
-                    if body.expects_continue() && head_only {
-                        cx.io.send(cx.id, publish_api::CONTINUE.into());
-                    }
-                    let deadline = cx.now.after(cx.shard.config.handshake_timeout);
-                    self.timers.set(Timer::Handshake, deadline);
-                    self.stage = Stage::Body(body);
-                    self.account_incomplete(cx);
-                    Answered::Body
-                }
-                Err(answer) => {
-                    self.respond_to_api(cx, &answer);
-                    Answered::Done
-                }
-            };
-        }
-        // Behind trusted proxies, the client is who `X-Forwarded-For` says.
-        self.peer = cx.shard.admission.client_addr(self.peer, request);
-        match upgrade::answer(request, self.peer, app, cx.shard, cx.now) {
-            upgrade::Answer::Page(response) => {
-                self.respond_and_close(cx, response);
-                Answered::Done
-            }
-            upgrade::Answer::Refuse(refusal) => {
-                self.refuse(cx, &refusal);
-                Answered::Done
-            }
-            upgrade::Answer::Accept { response, open } => {
-                self.admitted = true;
-                cx.shard.counters().websocket_opened();
-                cx.shard.counters().families.handshakes.count(101);
-                let loud = cx.shard.config.log_connections;
-                events::opened(loud, cx.shard.index(), self.peer, request.path());
-                cx.io.send(cx.id, response.into());
-                self.stage = Stage::Open(open);
-                let idle = cx.shard.config.idle_timeout;
-                if !idle.is_zero() {
-                    self.timers.set(Timer::Idle, cx.now.after(idle));
-                }
-                self.callback(cx, app, |ws, app| app.on_open(ws));
-                Answered::Open
-            }
-        }
-    }
-
-    /// Publishes the complete body of a publish API request and answers it. Returns whether
-    /// the connection stays open for another request.
-    fn publish(&mut self, cx: &mut Cx<'_>) -> bool {
-        let Stage::Body(body) = std::mem::replace(&mut self.stage, Stage::Responded) else {
-            return false;
-        };
-        self.timers.stop(Timer::Handshake);
-        let answer = body.publish(&mut cx.shard.topics, cx.shard.config.max_topic_len);
-        self.account_incomplete(cx);
-        self.respond_to_api(cx, &answer);
-        answer.keep_alive
-    }
-
-    /// Sends a publish API answer; keeps the connection for the next request if the answer
-    /// says so (closing it once an idle timeout passes with none), else closes it.
-    fn respond_to_api(&mut self, cx: &mut Cx<'_>, answer: &publish_api::Answer) {
-        cx.shard
-            .counters()
-            .families
-            .publish_api
-            .count(answer.status);
-        let mut response = Vec::new();
-        answer.write(&mut response);
-        if !answer.keep_alive {
-            return self.respond_and_close(cx, response);
-        }
-        cx.io.send(cx.id, response.into());
-        self.stage = Stage::Waiting { kept_alive: true };
-        let config = &cx.shard.config;
-        let idle = match config.idle_timeout.is_zero() {
-            true => config.handshake_timeout,
-            false => config.idle_timeout,
-        };
-        self.timers.set(Timer::Handshake, cx.now.after(idle));
-        // A backend that sends requests and never reads the answers stops being read.
-        self.after_sending(cx);
     }
 
     /// Decodes frames and hands whole messages to the application.
@@ -386,7 +267,8 @@ impl<S> Connection<S> {
                     ended = true;
                 }
                 Some(Event::Pong(payload)) => {
-                    if answers_ping(&self.timers, payload, cx.shard.config.idle_timeout) {
+                    if deadlines::answers_ping(&self.timers, payload, cx.shard.config.idle_timeout)
+                    {
                         self.timers.stop(Timer::Pong);
                         let idle = cx.shard.config.idle_timeout;
                         self.timers.set(Timer::Idle, cx.now.after(idle));
@@ -491,105 +373,6 @@ impl<S> Connection<S> {
         self.callback(cx, app, |ws, app| app.on_drain(ws));
     }
 
-    /// Handles every deadline that has passed.
-    pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
-        let config = cx.shard.config.clone();
-        while let Some(timer) = self.timers.expired(cx.now) {
-            match timer {
-                Timer::Handshake => {
-                    match self.stage {
-                        // A kept-alive connection that sent nothing more: close it quietly.
-                        Stage::Waiting { kept_alive: true } => {
-                            self.stage = Stage::Responded;
-                            return self.finish(cx);
-                        }
-                        Stage::Body(_) => {
-                            let refusal = Refusal::new(408, "request body not completed in time");
-                            let answer = publish_api::Answer::refused(refusal);
-                            self.respond_to_api(cx, &answer);
-                            return self.account_incomplete(cx);
-                        }
-                        _ => {}
-                    }
-                    let refusal = Refusal::new(408, "request not completed in time");
-                    return self.refuse(cx, &refusal);
-                }
-                // Our close frame went unanswered.
-                Timer::Close => return self.abort(cx),
-                Timer::Pong => {
-                    cx.shard.counters().ping_timeout();
-                    let reason = "idle timeout: no pong to the server's ping";
-                    return self.close(cx, CloseCode::GOING_AWAY, reason);
-                }
-                Timer::SendStall => {
-                    if cx.io.queued_bytes(cx.id) == 0 {
-                        continue;
-                    }
-                    let written = cx.io.written_bytes(cx.id);
-                    if written != self.stall_mark {
-                        self.stall_mark = written;
-                        self.timers
-                            .set(Timer::SendStall, cx.now.after(config.idle_timeout));
-                        continue;
-                    }
-                    // The peer reads nothing: a close frame would never reach it.
-                    tracing::debug!(peer = %self.peer, "send queue made no progress: aborting");
-                    cx.shard.counters().stalled_closed();
-                    note_ending(
-                        &mut self.ending,
-                        CloseCode::ABNORMAL,
-                        "the peer stopped reading",
-                    );
-                    return self.abort(cx);
-                }
-                Timer::Idle => self.on_idle(cx),
-                Timer::Drain => {
-                    return self.close(cx, CloseCode::GOING_AWAY, "server shutting down");
-                }
-                Timer::Backlog => {
-                    let bound = cx.shard.config.max_shard_backlog;
-                    if cx.shard.topics.largest_backlog() > bound / 2 {
-                        self.timers
-                            .set(Timer::Backlog, cx.now.after(BACKLOG_RECHECK));
-                    } else if self.paused == Some(Pause::Backlog) {
-                        self.paused = None;
-                        cx.io.resume_recv(cx.id);
-                        // Bytes may have piled up meanwhile: the queue bound applies again.
-                        self.apply(cx, Asked::default());
-                    }
-                }
-            }
-        }
-    }
-
-    /// The idle check: ping a peer silent for the idle timeout, else check again when it
-    /// would have been.
-    fn on_idle(&mut self, cx: &mut Cx<'_>) {
-        let idle = cx.shard.config.idle_timeout;
-        let Stage::Open(open) = &mut self.stage else {
-            return;
-        };
-        if idle.is_zero() || !open.parts.writer.is_open() {
-            return;
-        }
-        let quiet_until = self.last_seen.after(idle);
-        if cx.now < quiet_until {
-            return self.timers.set(Timer::Idle, quiet_until);
-        }
-        // The ping carries the time it was sent; only a pong echoing it proves the peer reads.
-        let sent = cx.now.as_millis().to_be_bytes();
-        if open
-            .parts
-            .writer
-            .ping(&sent, cx.shard.arena.room(16))
-            .is_ok()
-        {
-            cx.shard.flush(cx.io, cx.id);
-            self.timers.set(Timer::Pong, cx.now.after(idle));
-            self.watch_send_queue(cx);
-        }
-    }
-
     /// Starts the close handshake from the server's side (shutdown, a policy); the peer
     /// has the close timeout to answer.
     pub fn close(&mut self, cx: &mut Cx<'_>, code: CloseCode, reason: &str) {
@@ -615,58 +398,13 @@ impl<S> Connection<S> {
         }
     }
 
-    /// The server is draining: an open connection is closed with 1001 at `at`, a handshake
-    /// in progress is refused with 503 now.
-    pub fn drain_at(&mut self, cx: &mut Cx<'_>, at: Time) {
-        match &self.stage {
-            Stage::Open(_) => self.timers.set(Timer::Drain, at),
-            Stage::Waiting { kept_alive: true } => {
-                self.stage = Stage::Responded;
-                self.finish(cx);
-            }
-            Stage::Waiting { .. } | Stage::Proxy(_) | Stage::Handshake(_) | Stage::Body(_) => {
-                let refusal = Refusal::new(503, "the server is shutting down");
-                self.refuse(cx, &refusal.with_header("Retry-After", "5"));
-            }
-            Stage::Responded => {}
-        }
-    }
-
-    /// Closes with 1009 to give back the memory of the message this connection is
-    /// assembling: the shard's budget for incomplete messages is spent and it holds the most.
-    pub fn shed_incomplete(&mut self, cx: &mut Cx<'_>) {
-        if let Stage::Body(_) = self.stage {
-            cx.shard.counters().incomplete_closed();
-            let refusal = Refusal::new(
-                503,
-                "the server's memory for incomplete messages is spent: this body is the largest",
-            );
-            let answer = publish_api::Answer::refused(refusal.with_header("Retry-After", "1"));
-            self.respond_to_api(cx, &answer);
-            return self.account_incomplete(cx);
-        }
-        let Stage::Open(open) = &mut self.stage else {
-            return;
-        };
-        const SHED: ProtocolError = ProtocolError::too_big(
-            "the server's memory for incomplete messages is spent: this one is the largest",
-        );
-        cx.shard.counters().incomplete_closed();
-        open.parts.writer.fail(SHED, cx.shard.arena.room(128));
-        open.reader.discard();
-        note_ending(&mut self.ending, SHED.code, SHED.reason);
-        cx.shard.flush(cx.io, cx.id);
-        self.account_incomplete(cx);
-        self.finish(cx);
-    }
-
-    /// The runtime closed the connection (`cause` says how the transport ended); the
-    /// application gets its state back.
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
+    /// The runtime closed the connection (`cause` says how the transport ended); the
+    /// application gets its state back.
     pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A, cause: &str) {
         shard.incomplete_bytes -= self.incomplete;
         if self.admitted {
@@ -687,56 +425,6 @@ impl<S> Connection<S> {
                 },
             );
         }
-    }
-
-    /// After anything that may have queued bytes: the queue's bound, and its progress.
-    fn after_sending(&mut self, cx: &mut Cx<'_>) {
-        self.apply_backpressure(cx);
-        self.watch_send_queue(cx);
-    }
-
-    /// Past the bound on queued bytes, pause reading or close, as configured.
-    fn apply_backpressure(&mut self, cx: &mut Cx<'_>) {
-        if self.paused.is_some() || cx.io.queued_bytes(cx.id) <= cx.shard.config.max_queued_bytes {
-            return;
-        }
-        cx.shard.counters().queue_bound_hit();
-        match cx.shard.config.backpressure {
-            BackpressurePolicy::PauseReading => {
-                self.paused = Some(Pause::Backpressure);
-                cx.io.pause_recv(cx.id);
-            }
-            BackpressurePolicy::Close => {
-                let reason = "send queue over its limit: the client reads too slowly";
-                self.close(cx, CloseCode::POLICY_VIOLATION, reason);
-            }
-        }
-    }
-
-    /// Bytes are queued: make sure someone checks they move.
-    fn watch_send_queue(&mut self, cx: &mut Cx<'_>) {
-        let idle = cx.shard.config.idle_timeout;
-        if idle.is_zero() || self.timers.is_set(Timer::SendStall) {
-            return;
-        }
-        if cx.io.queued_bytes(cx.id) > 0 {
-            self.stall_mark = cx.io.written_bytes(cx.id);
-            self.timers.set(Timer::SendStall, cx.now.after(idle));
-        }
-    }
-
-    /// Applies what a callback asked for.
-    fn apply(&mut self, cx: &mut Cx<'_>, asked: Asked) {
-        if asked.close_sent {
-            self.await_close(cx);
-        }
-        if asked.publish_refused && self.paused.is_none() {
-            self.paused = Some(Pause::Backlog);
-            cx.io.pause_recv(cx.id);
-            self.timers
-                .set(Timer::Backlog, cx.now.after(BACKLOG_RECHECK));
-        }
-        self.after_sending(cx);
     }
 
     /// Our close frame is out: only its answer (or the close timeout) matters now.
@@ -764,17 +452,6 @@ impl<S> Connection<S> {
         self.apply(cx, asked);
     }
 
-    /// Counts what the reader holds for incomplete messages in the shard's budget.
-    fn account_incomplete(&mut self, cx: &mut Cx<'_>) {
-        let held = match &self.stage {
-            Stage::Open(open) => open.reader.held_bytes(),
-            Stage::Body(body) => body.held_bytes(),
-            _ => 0,
-        };
-        cx.shard.incomplete_bytes = cx.shard.incomplete_bytes - self.incomplete + held;
-        self.incomplete = held;
-    }
-
     /// The WebSocket is done: the runtime writes out what is queued, then closes, within
     /// its own deadlines.
     fn finish(&mut self, cx: &mut Cx<'_>) {
@@ -786,31 +463,6 @@ impl<S> Connection<S> {
         self.timers.stop_all();
         cx.io.abort(cx.id);
     }
-
-    fn refuse(&mut self, cx: &mut Cx<'_>, refusal: &Refusal) {
-        cx.shard
-            .counters()
-            .families
-            .handshakes
-            .count(refusal.status);
-        let loud = cx.shard.config.log_connections;
-        events::refused(
-            loud,
-            cx.shard.index(),
-            self.peer,
-            refusal.status,
-            &refusal.message,
-        );
-        let mut response = Vec::new();
-        refusal.write(&mut response);
-        self.respond_and_close(cx, response);
-    }
-
-    fn respond_and_close(&mut self, cx: &mut Cx<'_>, response: Vec<u8>) {
-        self.stage = Stage::Responded;
-        cx.io.send(cx.id, response.into());
-        self.finish(cx);
-    }
 }
 
 /// Records why the connection ends, unless a cause was recorded first.
@@ -818,14 +470,4 @@ fn note_ending(ending: &mut Option<Box<(CloseCode, Box<str>)>>, code: CloseCode,
     if ending.is_none() {
         *ending = Some(Box::new((code, reason.into())));
     }
-}
-
-/// Whether a pong carries the payload of the ping we are waiting on: the time it was sent.
-fn answers_ping(timers: &Timers, payload: &[u8], idle: std::time::Duration) -> bool {
-    let Some(deadline) = timers.get(Timer::Pong) else {
-        return false;
-    };
-    let idle_millis = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    let sent = deadline.as_millis().saturating_sub(idle_millis);
-    payload == sent.to_be_bytes()
 }
