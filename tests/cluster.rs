@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringws::proto::OpCode;
-use support::{Server, metrics, open, read_frame, send, wait_for_metrics};
+use support::{Server, metrics, open, read_frame, send, wait_for_metrics, within};
 
 const SETTLE: Duration = Duration::from_secs(15);
 /// A topic holding characters a NATS subject would misread.
@@ -633,6 +633,19 @@ fn one_way(url: &str, ca: &str) {
     let mut subscriber = open(b.addr, "/pubsub/secure");
     wait_for_metrics(b.addr, SETTLE, |m| m["ringws_cluster_subscriptions"] == 1);
     let mut publisher = open(a.addr, "/pubsub/secure");
+    // B's subscription reaches the broker on its own time (a slow TLS link on a busy
+    // machine may take longer than the node waits for its confirmation): probe until a
+    // message crosses, then count.
+    subscriber
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    within(SETTLE, "a probe crossing the broker", || {
+        send(&mut publisher, OpCode::Text, true, PROBE);
+        subscriber.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0)
+    });
+    subscriber
+        .set_read_timeout(Some(SETTLE))
+        .expect("a read timeout");
     for seq in 0..10 {
         send(
             &mut publisher,
@@ -641,11 +654,17 @@ fn one_way(url: &str, ca: &str) {
             format!("a:{seq}").as_bytes(),
         );
     }
-    for seq in 0..10 {
+    let mut seq = 0;
+    while seq < 10 {
         let (_, payload) = read_frame(&mut subscriber);
-        assert_eq!(parse(&payload).1, seq);
+        if payload != PROBE {
+            assert_eq!(parse(&payload).1, seq);
+            seq += 1;
+        }
     }
 }
+
+const PROBE: &[u8] = b"probe";
 
 #[test]
 fn nats_and_redis_links_use_tls_and_passwords() {
