@@ -1,0 +1,374 @@
+//! The receiving half: frames decoded, unmasked, validated and reassembled into events.
+
+use bytes::BufMut;
+
+use crate::proto::deflate::{Decompressor, DeflateParams, Direction};
+use crate::proto::frame::decode_header;
+use crate::proto::frame::{Decoded, FrameHeader, MAX_HEADER_LEN, OpCode};
+use crate::proto::mask::apply_mask;
+use crate::proto::utf8::{self, Utf8Validator};
+use crate::proto::{ProtocolError, Role};
+
+use super::*;
+
+impl Reader {
+    pub(super) fn new(role: Role, config: SessionConfig) -> Self {
+        Self {
+            role,
+            max_message_size: config.max_message_size as u64,
+            header: [0; MAX_HEADER_LEN],
+            header_len: 0,
+            frame: None,
+            message: None,
+            compressed: false,
+            compressed_len: 0,
+            deflate: config.deflate,
+            inflater: None,
+            assembled: Vec::new(),
+            utf8: Utf8Validator::new(),
+            control: Vec::new(),
+            lent: None,
+        }
+    }
+
+    /// Bytes of a partly received message held in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        self.assembled.len() + self.control.len() + usize::from(self.header_len)
+    }
+
+    /// Heap memory held for messages still arriving: their buffers' capacity, and the
+    /// inflater while a compressed message is in progress.
+    pub fn held_bytes(&self) -> usize {
+        let inflating = match (&self.inflater, self.compressed) {
+            (Some(inflater), true) => inflater.memory(),
+            _ => 0,
+        };
+        self.assembled.capacity() + self.control.capacity() + inflating
+    }
+
+    /// Frees the buffer the last event lent out, once the caller is done with the event
+    /// (the next [`Reader::read`] does this too).
+    pub fn release_delivered(&mut self) {
+        self.free_delivered_buffer();
+    }
+
+    /// Decodes `input` until an event is ready or the input is used up, unmasking in place.
+    ///
+    /// Returns how many bytes were used; call again with the rest. Replies the protocol
+    /// requires go to `out` through `writer`. On a protocol error the close frame with its
+    /// code is written to `out`, the session is closed, and the error says what the peer did
+    /// wrong. Bytes that arrive once the session is closed are discarded.
+    pub fn read<'a, B: BufMut>(
+        &'a mut self,
+        input: &'a mut [u8],
+        writer: &mut Writer,
+        out: &mut B,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        self.free_delivered_buffer();
+        if writer.state == State::Closed {
+            return Ok((input.len(), None));
+        }
+        let mut used = 0;
+        while used < input.len() {
+            match self.step(&mut input[used..], writer, out) {
+                Ok(Step::Consumed(n)) => used += n,
+                Ok(Step::Ready { used: n, kind, at }) => {
+                    let start = used;
+                    used += n;
+                    self.lent = Some(at.clone());
+                    let payload: &'a [u8] = match at {
+                        Location::Input(range) => &input[start + range.start..start + range.end],
+                        Location::Message => &self.assembled,
+                        Location::Control => &self.control,
+                    };
+                    return Ok((used, Some(event(kind, payload))));
+                }
+                Err(err) => {
+                    writer.fail(err, out);
+                    self.reset();
+                    return Err(err);
+                }
+            }
+        }
+        Ok((used, None))
+    }
+
+    /// Drops any partial message after the connection failed.
+    /// Drops whatever message or frame was in progress, with its buffers.
+    pub fn discard(&mut self) {
+        self.reset();
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.frame = None;
+        self.message = None;
+        self.compressed = false;
+        self.inflater = None;
+        self.assembled = Vec::new();
+        self.control = Vec::new();
+    }
+
+    /// Frees the buffer the last event lent out (a message's or a control frame's, never
+    /// the other: a control frame may arrive in the middle of a message).
+    fn free_delivered_buffer(&mut self) {
+        match self.lent.take() {
+            Some(Location::Message) => self.assembled = Vec::new(),
+            Some(Location::Control) => self.control = Vec::new(),
+            Some(Location::Input(_)) | None => {}
+        }
+    }
+
+    /// Decodes one header, or one run of payload, from the front of `input`.
+    fn step<B: BufMut>(
+        &mut self,
+        input: &mut [u8],
+        writer: &mut Writer,
+        out: &mut B,
+    ) -> Result<Step, ProtocolError> {
+        let mut used = 0;
+        let frame = match self.frame {
+            Some(frame) => frame,
+            None => {
+                let Some((header, n)) = self.take_header(input)? else {
+                    return Ok(Step::Consumed(input.len()));
+                };
+                used = n;
+                self.begin_frame(header)?
+            }
+        };
+        // A header decoded in this step always used at least one byte of this input, so the
+        // frame's payload starts here exactly when `used > 0`.
+        let fresh = used > 0;
+
+        let available = input.len() - used;
+        let take = usize::try_from(frame.remaining).map_or(available, |rem| rem.min(available));
+        let chunk = &mut input[used..used + take];
+        if let Some(key) = frame.mask {
+            apply_mask(chunk, key, frame.phase);
+        }
+        let done = take as u64 == frame.remaining;
+        self.frame = if done {
+            None
+        } else {
+            Some(Frame {
+                remaining: frame.remaining - take as u64,
+                phase: (frame.phase + take) & 3,
+                ..frame
+            })
+        };
+        let chunk_at = used..used + take;
+        used += take;
+
+        if frame.opcode.is_control() {
+            if !done {
+                self.control.extend_from_slice(chunk);
+                return Ok(Step::Consumed(used));
+            }
+            let at = if self.control.is_empty() {
+                Location::Input(chunk_at)
+            } else {
+                self.control.extend_from_slice(chunk);
+                Location::Control
+            };
+            let payload = match &at {
+                Location::Input(range) => &input[range.clone()],
+                _ => &self.control[..],
+            };
+            let kind = writer.answer_control(frame.opcode, payload, out)?;
+            return Ok(Step::Ready { used, kind, at });
+        }
+
+        let opcode = self.message.unwrap_or(frame.opcode);
+        let text = opcode == OpCode::Text;
+        let last = done && frame.fin;
+        if self.compressed {
+            self.inflate(chunk, text, last)?;
+            if !last {
+                self.message = Some(opcode);
+                return Ok(Step::Consumed(used));
+            }
+            self.compressed = false;
+            self.compressed_len = 0;
+            return self.message_complete(used, text);
+        }
+        let whole_message_here = fresh && last && self.message.is_none();
+        if whole_message_here {
+            if opcode == OpCode::Text {
+                utf8::validate(chunk)
+                    .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
+            }
+            let kind = if opcode == OpCode::Text {
+                Ready::Text
+            } else {
+                Ready::Binary
+            };
+            return Ok(Step::Ready {
+                used,
+                kind,
+                at: Location::Input(chunk_at),
+            });
+        }
+
+        if opcode == OpCode::Text {
+            self.utf8
+                .feed(chunk)
+                .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
+        }
+        self.assembled.extend_from_slice(chunk);
+        if !last {
+            // The rest comes in a later frame or read.
+            self.message = Some(opcode);
+            return Ok(Step::Consumed(used));
+        }
+        self.message_complete(used, text)
+    }
+
+    /// The last byte of a message arrived: deliver it from the assembly buffer.
+    fn message_complete(&mut self, used: usize, text: bool) -> Result<Step, ProtocolError> {
+        self.message = None;
+        if text {
+            self.utf8.finish().map_err(|_| {
+                ProtocolError::invalid_payload("text message ends inside a UTF-8 sequence")
+            })?;
+        }
+        let kind = if text { Ready::Text } else { Ready::Binary };
+        Ok(Step::Ready {
+            used,
+            kind,
+            at: Location::Message,
+        })
+    }
+
+    /// Inflates a piece of a compressed message into the assembly buffer, validating text
+    /// as it grows so invalid UTF-8 fails before the message ends.
+    fn inflate(&mut self, chunk: &[u8], text: bool, last: bool) -> Result<(), ProtocolError> {
+        let direction = self.peer_direction();
+        let limit = self.max_message_size as usize;
+        let inflater = self
+            .inflater
+            .get_or_insert_with(|| Box::new(Decompressor::new(direction)));
+        let before = self.assembled.len();
+        inflater.inflate(chunk, &mut self.assembled, limit)?;
+        if last {
+            inflater.finish_message(&mut self.assembled, limit)?;
+            if direction.no_context_takeover {
+                // Nothing carries over to the next message: free the inflate state.
+                self.inflater = None;
+            }
+        }
+        if text {
+            self.utf8
+                .feed(&self.assembled[before..])
+                .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
+        }
+        Ok(())
+    }
+
+    /// How the peer compresses: the client's direction for a server, and the reverse.
+    fn peer_direction(&self) -> Direction {
+        let params = self.deflate.unwrap_or(DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        });
+        match self.role {
+            Role::Server => params.client(),
+            Role::Client => params.server(),
+        }
+    }
+
+    /// Reads a header from the front of `input`, holding on to a header split across reads.
+    fn take_header(&mut self, input: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+        let have = usize::from(self.header_len);
+        if have == 0 {
+            return match decode_header(input)? {
+                Decoded::Header(header, n) => Ok(Some((header, n))),
+                Decoded::NeedBytes(_) => {
+                    // A header is at most 14 bytes, so this partial one fits.
+                    self.header[..input.len()].copy_from_slice(input);
+                    self.header_len = input.len() as u8;
+                    Ok(None)
+                }
+            };
+        }
+        let copied = (MAX_HEADER_LEN - have).min(input.len());
+        self.header[have..have + copied].copy_from_slice(&input[..copied]);
+        match decode_header(&self.header[..have + copied])? {
+            Decoded::Header(header, n) => {
+                self.header_len = 0;
+                Ok(Some((header, n - have)))
+            }
+            Decoded::NeedBytes(_) => {
+                self.header_len = (have + copied) as u8;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Applies the session's rules to a new frame.
+    fn begin_frame(&mut self, header: FrameHeader) -> Result<Frame, ProtocolError> {
+        match (self.role, header.mask.is_some()) {
+            (Role::Server, false) => {
+                return Err(ProtocolError::protocol("unmasked frame from a client"));
+            }
+            (Role::Client, true) => {
+                return Err(ProtocolError::protocol("masked frame from a server"));
+            }
+            _ => {}
+        }
+        if header.rsv1 {
+            if self.deflate.is_none() {
+                return Err(ProtocolError::protocol(
+                    "RSV1 set without a negotiated extension",
+                ));
+            }
+            if !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                return Err(ProtocolError::protocol(
+                    "RSV1 set on a control or continuation frame",
+                ));
+            }
+        }
+        if !header.opcode.is_control() {
+            match (header.opcode, self.message) {
+                (OpCode::Continuation, None) => {
+                    return Err(ProtocolError::protocol(
+                        "continuation frame with no message to continue",
+                    ));
+                }
+                (OpCode::Text | OpCode::Binary, Some(_)) => {
+                    return Err(ProtocolError::protocol(
+                        "new message before the fragmented one ended",
+                    ));
+                }
+                _ => {}
+            }
+            if header.rsv1 {
+                self.compressed = true;
+            }
+            if self.compressed {
+                // Inflated bytes are checked as they appear; the compressed stream itself may
+                // not be much larger than the limit either (stored blocks add 5 bytes per 64 KiB).
+                self.compressed_len += header.payload_len;
+                let allowance = self.max_message_size + self.max_message_size / 1024 + 1024;
+                if self.compressed_len > allowance {
+                    return Err(ProtocolError::too_big(
+                        "compressed message larger than the maximum message size",
+                    ));
+                }
+            } else if self.assembled.len() as u64 + header.payload_len > self.max_message_size {
+                return Err(ProtocolError::too_big(
+                    "message larger than the maximum message size",
+                ));
+            }
+        }
+        let frame = Frame {
+            opcode: header.opcode,
+            fin: header.fin,
+            mask: header.mask,
+            remaining: header.payload_len,
+            phase: 0,
+        };
+        Ok(frame)
+    }
+}
