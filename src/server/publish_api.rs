@@ -383,20 +383,12 @@ fn parse_batch(body: &[u8], max_topic_len: usize) -> Result<Vec<(String, Payload
 
 #[cfg(test)]
 mod tests {
-    use crate::proto::handshake::{Limits, RequestParser};
 
     use super::*;
 
-    fn request(head: &str) -> Request {
-        let mut parser = RequestParser::new(Limits::default());
-        let text = format!("{head}\r\n\r\n");
-        assert!(parser.feed(text.as_bytes()).expect("a request").is_some());
-        parser.request().expect("complete").clone()
-    }
-
     #[test]
     fn bodies_need_one_length_within_the_bound() {
-        let length = |head: &str| body_length(&request(head), 100).map_err(|r| r.status);
+        let length = |head: &str| body_length(&Request::from_head(head), 100).map_err(|r| r.status);
         assert_eq!(
             length("POST /publish/a HTTP/1.1\r\nContent-Length: 5"),
             Ok(5)
@@ -448,12 +440,18 @@ mod tests {
 
     #[test]
     fn api_paths_are_plain_requests_only() {
-        assert!(is_api_request(&request("POST /publish/a HTTP/1.1")));
-        assert!(is_api_request(&request("POST /publish?x=1 HTTP/1.1")));
-        assert!(!is_api_request(&request("POST /publisher HTTP/1.1")));
+        assert!(is_api_request(&Request::from_head(
+            "POST /publish/a HTTP/1.1"
+        )));
+        assert!(is_api_request(&Request::from_head(
+            "POST /publish?x=1 HTTP/1.1"
+        )));
+        assert!(!is_api_request(&Request::from_head(
+            "POST /publisher HTTP/1.1"
+        )));
         let upgrade = "GET /publish/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade";
         assert!(
-            !is_api_request(&request(upgrade)),
+            !is_api_request(&Request::from_head(upgrade)),
             "a WebSocket there still echoes"
         );
     }

@@ -78,6 +78,15 @@ pub struct Request {
 }
 
 impl Request {
+    /// The request whose head is `head` (without its blank line), for tests.
+    #[cfg(test)]
+    pub(crate) fn from_head(head: &str) -> Request {
+        let mut parser = RequestParser::new(Limits::default());
+        let text = format!("{head}\r\n\r\n");
+        assert!(parser.feed(text.as_bytes()).expect("a request").is_some());
+        parser.request().expect("complete").clone()
+    }
+
     fn parse(head: Vec<u8>, max_headers: usize) -> Result<Self, Refusal> {
         let head = String::from_utf8(head)
             .map_err(|_| Refusal::new(400, "request head is not valid UTF-8"))?;

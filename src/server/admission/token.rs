@@ -194,8 +194,6 @@ mod tests {
 
     use jsonwebtoken::{EncodingKey, Header, encode};
 
-    use crate::proto::handshake::{Limits, RequestParser};
-
     use super::super::config::Secret;
     use super::*;
 
@@ -224,17 +222,10 @@ mod tests {
         .expect("encode")
     }
 
-    fn request(head: &str) -> Request {
-        let mut parser = RequestParser::new(Limits::default());
-        let text = format!("{head}\r\n\r\n");
-        assert!(parser.feed(text.as_bytes()).expect("a request").is_some());
-        parser.request().expect("complete").clone()
-    }
-
     #[test]
     fn tokens_come_from_the_header_the_query_or_the_cookie() {
         let v = verifier(Some("session"));
-        let token_of = |head: &str| v.token_of(&request(head)).map(Cow::into_owned);
+        let token_of = |head: &str| v.token_of(&Request::from_head(head)).map(Cow::into_owned);
         assert_eq!(
             token_of("GET /x HTTP/1.1\r\nAuthorization: bearer  abc.def.ghi "),
             Some("abc.def.ghi".into())
@@ -259,7 +250,7 @@ mod tests {
         assert_eq!(token_of("GET /x?tokens=no HTTP/1.1"), None);
         assert!(
             verifier(None)
-                .token_of(&request("GET / HTTP/1.1\r\nCookie: session=c"))
+                .token_of(&Request::from_head("GET / HTTP/1.1\r\nCookie: session=c"))
                 .is_none()
         );
         assert!(v.where_tokens_go().contains("`session` cookie"));
