@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::cli::{Args, Common, UsageError};
 use crate::display::Display;
-use crate::nodes::{self, Layout, NodeReport, Servers};
 use crate::drive::{self, Control, DriveError, Outcome};
+use crate::nodes::{self, Layout, NodeReport, Servers};
 use crate::processes::{self, ProcessError, Schedule};
 use crate::profile::Mix;
 use crate::report::{ProfileReport, Report};
@@ -226,7 +226,11 @@ pub fn measure(
         url: servers.label(),
         outcome,
         stats,
-        nodes: urls.zip(assigned).zip(by_node).map(|((u, a), s)| (u, a, s)).collect(),
+        nodes: urls
+            .zip(assigned)
+            .zip(by_node)
+            .map(|((u, a), s)| (u, a, s))
+            .collect(),
         connections,
         threads,
         server_rss_before,

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::client::{Behaviour, Conn};
-use crate::link::Rng;
 use crate::clock::Clock;
+use crate::link::Rng;
 use crate::open::{Opened, open_recorded, open_recorded_on};
 use crate::plan::{Phase, Plan};
 use crate::stats::Stats;

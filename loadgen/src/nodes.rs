@@ -59,7 +59,10 @@ impl Servers {
 
     /// The command-line arguments that give these servers again (for worker processes).
     pub fn to_args(&self) -> Vec<String> {
-        let urls = self.urls.iter().flat_map(|u| ["--url".to_owned(), u.clone()]);
+        let urls = self
+            .urls
+            .iter()
+            .flat_map(|u| ["--url".to_owned(), u.clone()]);
         let publish = self
             .publish_urls
             .iter()
@@ -124,7 +127,11 @@ impl Nodes {
 
     /// The node of the `nth` connection (not counting publishers) or of publisher `nth`.
     pub fn node_of(&self, nth: u32, publisher: bool) -> usize {
-        let turns = if publisher { &self.publish } else { &self.connect };
+        let turns = if publisher {
+            &self.publish
+        } else {
+            &self.connect
+        };
         turns[nth as usize % turns.len()]
     }
 
@@ -262,14 +269,20 @@ mod tests {
 
     #[test]
     fn fanout_nodes_must_name_one_topic() {
-        let error = servers(&["ws://127.0.0.1:1/pubsub/t"], &["ws://127.0.0.1:2/pubsub/u"])
-            .resolve(true)
-            .expect_err("two topics");
+        let error = servers(
+            &["ws://127.0.0.1:1/pubsub/t"],
+            &["ws://127.0.0.1:2/pubsub/u"],
+        )
+        .resolve(true)
+        .expect_err("two topics");
         assert!(error.to_string().contains("same topic"), "{error}");
         assert!(
-            servers(&["ws://127.0.0.1:1/pubsub/t"], &["ws://127.0.0.1:2/pubsub/t?x=1"])
-                .resolve(true)
-                .is_ok()
+            servers(
+                &["ws://127.0.0.1:1/pubsub/t"],
+                &["ws://127.0.0.1:2/pubsub/t?x=1"]
+            )
+            .resolve(true)
+            .is_ok()
         );
     }
 

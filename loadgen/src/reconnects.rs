@@ -125,9 +125,9 @@ impl ReconnectLog {
         if self.is_empty() {
             return;
         }
-        let all_back = self
-            .all_back_ms()
-            .map_or(String::new(), |ms| format!("; all back {ms:.0} ms after the first drop"));
+        let all_back = self.all_back_ms().map_or(String::new(), |ms| {
+            format!("; all back {ms:.0} ms after the first drop")
+        });
         let p99 = match self.handshake_us.is_empty() {
             true => 0,
             false => self.handshake_us.value_at_quantile(0.99),

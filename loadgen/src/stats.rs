@@ -184,7 +184,10 @@ pub enum WireError {
     },
 }
 
-pub(crate) fn histogram_from_json(value: &Value, field: &'static str) -> Result<Histogram<u64>, WireError> {
+pub(crate) fn histogram_from_json(
+    value: &Value,
+    field: &'static str,
+) -> Result<Histogram<u64>, WireError> {
     let mut histogram = histogram();
     for pair in value.as_array().ok_or(WireError::Missing(field))? {
         let (Some(value), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) else {
