@@ -71,20 +71,23 @@ impl Plan {
     /// Which statistics bucket, and which link profile, connection `id` gets: a profile of
     /// the mix, or (for a fanout publisher) the unshaped bucket after them; on its node.
     pub fn profile_of(&self, id: u32) -> (usize, Option<&Profile>) {
-        let (profile, link) = match &self.workload {
-            Workload::Fanout(fanout) if fanout.is_publisher(id) => (self.mix.len(), None),
-            _ => {
-                let index = self.mix.assign(id);
-                (index, self.mix.profiles().nth(index))
-            }
-        };
+        let (profile, link) = self.profile_index(id);
         (self.layout().bucket(profile, self.node_of(id)), link)
     }
 
     /// Connection `id`'s bucket when it is connected to `node` (a client that moved).
     pub fn bucket_on(&self, id: u32, node: usize) -> usize {
-        let bucket = self.profile_of(id).0;
-        bucket - bucket % self.nodes.len() + node
+        self.layout().bucket(self.profile_index(id).0, node)
+    }
+
+    fn profile_index(&self, id: u32) -> (usize, Option<&Profile>) {
+        match &self.workload {
+            Workload::Fanout(fanout) if fanout.is_publisher(id) => (self.mix.len(), None),
+            _ => {
+                let index = self.mix.assign(id);
+                (index, self.mix.profiles().nth(index))
+            }
+        }
     }
 
     /// How the statistics buckets are laid out: per profile (and unshaped publishers), per
