@@ -244,6 +244,8 @@ pub enum UsageError {
         option: &'static str,
         scenarios: &'static str,
     },
+    #[error("--publish-url places fanout publishers: it needs --scenario fanout")]
+    PublishUrl,
     #[error(transparent)]
     Url(#[from] UrlError),
     #[error(transparent)]
@@ -306,10 +308,7 @@ impl Args {
             return Err(UsageError::MessageSize);
         }
         if !self.publish_urls.is_empty() && self.scenario != Scenario::Fanout {
-            return Err(UsageError::Scenario {
-                option: "publish-url",
-                scenarios: "fanout",
-            });
+            return Err(UsageError::PublishUrl);
         }
         if self.find_max_rate && !matches!(self.scenario, Scenario::Echo | Scenario::Fanout) {
             return Err(UsageError::Scenario {

@@ -214,6 +214,7 @@ impl NodeReport<'_> {
         let s = self.stats;
         let publishers = match self.publishers {
             0 => String::new(),
+            1 => " + 1 publisher".to_owned(),
             n => format!(" + {n} publishers"),
         };
         println!(

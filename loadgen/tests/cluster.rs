@@ -312,3 +312,30 @@ fn churn_clients_of_a_draining_node_reconnect_to_the_next() {
     );
     assert!(count(rate, "peak_per_interval") < CLIENTS / 2, "{rate}");
 }
+
+#[test]
+fn servers_that_cannot_make_one_run_are_refused_with_why() {
+    let cases = [
+        (
+            vec!["--publish-url", "ws://127.0.0.1:9/x"],
+            "--publish-url places fanout publishers",
+        ),
+        (
+            vec![
+                "--scenario",
+                "fanout",
+                "--url",
+                "ws://127.0.0.1:9/pubsub/a",
+                "--publish-url",
+                "ws://127.0.0.1:9/pubsub/b",
+            ],
+            "must name the same topic",
+        ),
+    ];
+    for (args, why) in cases {
+        let (output, _) = run_loadgen(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+}
