@@ -19,7 +19,7 @@ spreads=("$@")
 [ ${#spreads[@]} -gt 0 ] || spreads=(0s 5s)
 out=target/bench-drain
 mkdir -p "$out"
-cargo build --release --quiet --bins
+cargo build --release --quiet -p ringws -p ringws-loadgen --bins
 
 pids=()
 cleanup() {
@@ -64,8 +64,8 @@ for spread in "${spreads[@]}"; do
     --duration "$duration" --json "$json" >"$out/spread-$spread.txt" &
   loadgen=$!
   pids+=("$loadgen")
-  for _ in $(seq 600); do
-    [ "$(metric "$a_addr" ringws_websockets)" = "$((clients / 2))" ] && break
+  until [ "$(metric "$a_addr" ringws_websockets)" = "$((clients / 2))" ]; do
+    kill -0 "$loadgen" 2>/dev/null || { echo "bench-drain: the generator ended early" >&2; exit 1; }
     sleep 0.1
   done
   sleep 1
