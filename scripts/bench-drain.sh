@@ -60,7 +60,7 @@ for spread in "${spreads[@]}"; do
   duration=$(python3 -c "print($(seconds "$spread") + 6)")
   target/release/ringws-loadgen --quiet --scenario churn \
     --url "ws://$a_addr/drain" --url "ws://$b_addr/drain" \
-    --connections "$clients" --lifetime 100000 --storm-after -1 \
+    --connections "$clients" --lifetime 1000000000 --storm-after -1 \
     --duration "$duration" --json "$json" >"$out/spread-$spread.txt" &
   loadgen=$!
   pids+=("$loadgen")

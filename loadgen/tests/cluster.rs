@@ -265,8 +265,9 @@ fn churn_clients_of_a_draining_node_reconnect_to_the_next() {
         &urls[1],
         "--connections",
         &CLIENTS.to_string(),
+        // Lifetimes far beyond the run: the drain makes every reconnect.
         "--lifetime",
-        "1000",
+        "1000000000",
         "--storm-after",
         "-1",
         "--duration",
