@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::cli::{Args, Common, UsageError};
 use crate::display::Display;
 use crate::drive::{self, Control, DriveError, Outcome};
+use crate::nodes::{self, Layout, NodeReport, Servers};
 use crate::processes::{self, ProcessError, Schedule};
 use crate::profile::Mix;
 use crate::report::{ProfileReport, Report};
@@ -69,13 +70,16 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         return compare::run(args, &common, other);
     }
     let display = Display::new(args.quiet);
-    let measured = measure(args, &common, &args.url, args.rate, &display)?;
+    let measured = measure(args, &common, &args.servers(), args.rate, &display)?;
     display.finish();
     let report = measured.report(args, &common.mix);
     report.print_table();
+    let nodes = measured.node_reports();
+    nodes.iter().for_each(NodeReport::print);
     warn_if_saturated(&report);
     let verdicts = judge(&args.thresholds, |metric| report.metric(metric));
     let mut json = report.to_json();
+    json["nodes"] = nodes.iter().map(NodeReport::to_json).collect();
     add_verdicts(&mut json, &verdicts);
     write_outputs(args, &json, || {
         html::page(&html::Page::single(&report, &measured.outcome.timeline))
@@ -83,11 +87,15 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     Ok(exit(&args.thresholds, &verdicts, measured.clean()))
 }
 
-/// One run against `url` at `rate` (the open loop's total, or fanout's publish rate).
+/// One run against `servers` at `rate` (the open loop's total, or fanout's publish rate).
 pub struct Measured {
+    /// The servers, as the report names them.
     pub url: String,
+    /// Its buckets are per profile (the nodes added up).
     pub outcome: Outcome,
     pub stats: Stats,
+    /// Per node: its URL, the connections and publishers put on it, what they measured.
+    pub nodes: Vec<(String, (u64, u64), Stats)>,
     pub connections: u32,
     pub threads: usize,
     pub server_rss_before: Option<u64>,
@@ -130,6 +138,19 @@ impl Measured {
         }
     }
 
+    /// Each node's share.
+    pub fn node_reports(&self) -> Vec<NodeReport<'_>> {
+        self.nodes
+            .iter()
+            .map(|(url, (connections, publishers), stats)| NodeReport {
+                url,
+                connections: *connections,
+                publishers: *publishers,
+                stats,
+            })
+            .collect()
+    }
+
     /// Every connection opened and stayed, every message came back once, intact, in order.
     pub fn clean(&self) -> bool {
         let s = &self.stats;
@@ -143,19 +164,22 @@ impl Measured {
     }
 }
 
-/// Runs the scenario once against `url` at `rate`, in this process or in worker processes.
+/// Runs the scenario once against `servers` at `rate`, in this process or in worker
+/// processes.
 pub fn measure(
     args: &Args,
     common: &Common,
-    url: &str,
+    servers: &Servers,
     rate: Option<f64>,
     display: &Display,
 ) -> Result<Measured, Error> {
     let connections = args.total_connections()?;
     let processes = args.processes()?;
+    let fanout = args.scenario == crate::cli::Scenario::Fanout;
+    let nodes = servers.resolve(fanout).map_err(UsageError::from)?;
     let server_rss_before = args.server_pid.and_then(cpu::rss_bytes);
-    let (outcome, threads) = if processes > 1 {
-        let forwarded = worker_args(url, rate);
+    let (mut outcome, threads) = if processes > 1 {
+        let forwarded = worker_args(servers, rate);
         let schedule = Schedule {
             total: u64::from(connections),
             publishers: match args.scenario {
@@ -172,7 +196,7 @@ pub fn measure(
         let threads = args.threads_per_process(processes) * processes as usize;
         (outcome, threads)
     } else {
-        let plan = Arc::new(args.plan(common, url, rate, args.share()?)?);
+        let plan = Arc::new(args.plan(common, servers, rate, args.share()?)?);
         let threads = plan.threads;
         let control = Control::Local {
             duration: common.duration,
@@ -182,14 +206,31 @@ pub fn measure(
         };
         (drive::drive(plan, control)?, threads)
     };
+    let layout = Layout {
+        profiles: common.mix.len() + 1,
+        nodes: nodes.len(),
+    };
+    let (by_profile, by_node) = layout.fold(&outcome.buckets);
+    outcome.buckets = by_profile;
     let mut stats = Stats::default();
     for bucket in &outcome.buckets {
         stats.merge(bucket);
     }
+    let (subscribers, publishers) = match fanout {
+        true => (args.connections, args.publishers),
+        false => (connections, 0),
+    };
+    let assigned = nodes::assigned(&nodes, subscribers, publishers);
+    let urls = servers.distinct().into_iter().map(str::to_owned);
     Ok(Measured {
-        url: url.to_owned(),
+        url: servers.label(),
         outcome,
         stats,
+        nodes: urls
+            .zip(assigned)
+            .zip(by_node)
+            .map(|((u, a), s)| (u, a, s))
+            .collect(),
         connections,
         threads,
         server_rss_before,
@@ -198,7 +239,7 @@ pub fn measure(
 
 /// A worker process: runs its share, steered by the parent, and hands back its result.
 fn worker(args: &Args, common: &Common) -> Result<Exit, Error> {
-    let plan = Arc::new(args.plan(common, &args.url, args.rate, args.share()?)?);
+    let plan = Arc::new(args.plan(common, &args.servers(), args.rate, args.share()?)?);
     let outcome = drive::drive(plan, Control::Parent)?;
     let line = outcome.to_wire().to_string();
     let mut out = std::io::stdout().lock();
@@ -207,10 +248,10 @@ fn worker(args: &Args, common: &Common) -> Result<Exit, Error> {
 }
 
 /// The arguments a worker process runs with: this process's own, minus what only the
-/// parent does (reports, thresholds, searches, comparisons), with `url` and `rate` as this
-/// run has them.
-fn worker_args(url: &str, rate: Option<f64>) -> Vec<String> {
-    const PARENT_VALUES: [&str; 10] = [
+/// parent does (reports, thresholds, searches, comparisons), with `servers` and `rate` as
+/// this run has them.
+fn worker_args(servers: &Servers, rate: Option<f64>) -> Vec<String> {
+    const PARENT_VALUES: [&str; 11] = [
         "--json",
         "--html",
         "--processes",
@@ -220,6 +261,7 @@ fn worker_args(url: &str, rate: Option<f64>) -> Vec<String> {
         "--steps",
         "--threshold",
         "--url",
+        "--publish-url",
         "--rate",
     ];
     const PARENT_FLAGS: [&str; 2] = ["--quiet", "--find-max-rate"];
@@ -236,7 +278,8 @@ fn worker_args(url: &str, rate: Option<f64>) -> Vec<String> {
             forwarded.push(arg);
         }
     }
-    forwarded.extend(["--quiet".to_owned(), "--url".to_owned(), url.to_owned()]);
+    forwarded.push("--quiet".to_owned());
+    forwarded.extend(servers.to_args());
     if let Some(rate) = rate {
         forwarded.extend(["--rate".to_owned(), rate.to_string()]);
     }

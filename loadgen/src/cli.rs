@@ -11,6 +11,7 @@ use ringws::proto::deflate::DeflateConfig;
 use crate::client::{Fanout, Load};
 use crate::cycle::Churn;
 use crate::messages::Payloads;
+use crate::nodes::{Servers, ServersError};
 use crate::payload;
 use crate::plan::{Plan, Share, Workload};
 use crate::processes;
@@ -59,9 +60,18 @@ impl Scenario {
 #[derive(Parser, Debug)]
 #[command(version)]
 pub struct Args {
-    /// The server: ws://HOST:PORT/PATH.
-    #[arg(long, default_value = "ws://127.0.0.1:9001/loadgen")]
-    pub url: String,
+    /// The server: ws://HOST:PORT/PATH. Repeat it for several servers (the nodes of a
+    /// cluster): connections take them in turn, and the report gives each node's share.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:9001/loadgen"
+    )]
+    pub urls: Vec<String>,
+    /// `fanout`: a server for the publishers (repeatable, taken in turn), while the
+    /// subscribers connect to the --url servers [default: the --url servers].
+    #[arg(long = "publish-url", value_name = "URL")]
+    pub publish_urls: Vec<String>,
     #[arg(long, value_enum, default_value = "echo")]
     pub scenario: Scenario,
     #[arg(long, default_value_t = 100)]
@@ -234,8 +244,12 @@ pub enum UsageError {
         option: &'static str,
         scenarios: &'static str,
     },
+    #[error("--publish-url places fanout publishers: it needs --scenario fanout")]
+    PublishUrl,
     #[error(transparent)]
     Url(#[from] UrlError),
+    #[error(transparent)]
+    Servers(#[from] ServersError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
     #[error(transparent)]
@@ -274,6 +288,14 @@ impl Args {
         }
     }
 
+    /// The servers of the run, as given.
+    pub fn servers(&self) -> Servers {
+        Servers {
+            urls: self.urls.clone(),
+            publish_urls: self.publish_urls.clone(),
+        }
+    }
+
     /// Checks what does not depend on the server, and builds it.
     pub fn common(&self) -> Result<Common, UsageError> {
         if self.connections == 0 {
@@ -284,6 +306,9 @@ impl Args {
         }
         if self.message_size < payload::MIN_SIZE {
             return Err(UsageError::MessageSize);
+        }
+        if !self.publish_urls.is_empty() && self.scenario != Scenario::Fanout {
+            return Err(UsageError::PublishUrl);
         }
         if self.find_max_rate && !matches!(self.scenario, Scenario::Echo | Scenario::Fanout) {
             return Err(UsageError::Scenario {
@@ -381,16 +406,16 @@ impl Args {
             .max(1)
     }
 
-    /// The run against `url`, at `rate` (messages a second in all, for the open loop), for
-    /// this process's `share`.
+    /// The run against `servers`, at `rate` (messages a second in all, for the open loop),
+    /// for this process's `share`.
     pub fn plan(
         &self,
         common: &Common,
-        url: &str,
+        servers: &Servers,
         rate: Option<f64>,
         share: Share,
     ) -> Result<Plan, UsageError> {
-        let target = Target::parse(url)?;
+        let nodes = servers.resolve(self.scenario == Scenario::Fanout)?;
         let connections = self.total_connections()?;
         let workload = match self.scenario {
             Scenario::Echo => Workload::Echo(Arc::new(Load {
@@ -423,8 +448,8 @@ impl Args {
             .threads_per_process(share.count)
             .clamp(1, connections as usize);
         Ok(Plan {
-            source_ips: self.source_ips(&target, connections),
-            target,
+            source_ips: self.source_ips(nodes.targets(), connections),
+            nodes,
             connections,
             threads,
             process: share,
@@ -438,13 +463,18 @@ impl Args {
     }
 
     /// The addresses to connect from: as given, or spread over loopback addresses when one
-    /// would run out of ephemeral ports.
-    fn source_ips(&self, target: &Target, connections: u32) -> Vec<IpAddr> {
+    /// would run out of ephemeral ports (toward any one of the `targets`).
+    fn source_ips(&self, targets: &[Target], connections: u32) -> Vec<IpAddr> {
         if !self.source_ips.is_empty() {
             return self.source_ips.clone();
         }
-        let needed = u64::from(connections).div_ceil(PORTS_PER_SOURCE);
-        if !target.addr.ip().is_loopback() || !target.addr.is_ipv4() || needed <= 1 {
+        let mut addrs: Vec<_> = targets.iter().map(|t| t.addr).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let per_target = u64::from(connections).div_ceil(addrs.len().max(1) as u64);
+        let needed = per_target.div_ceil(PORTS_PER_SOURCE);
+        let loopback = |t: &Target| t.addr.ip().is_loopback() && t.addr.is_ipv4();
+        if !targets.iter().all(loopback) || needed <= 1 {
             return Vec::new();
         }
         (0..needed.min(250) as u8)

@@ -9,18 +9,20 @@ use crate::app::{self, Error, Exit, Measured, add_verdicts, judge, measure, writ
 use crate::cli::{Args, Common};
 use crate::display::Display;
 use crate::html::{self, Curve, Line, Page};
+use crate::nodes::Servers;
 use crate::report::Report;
 use crate::stats::Stats;
 use crate::threshold::Metric;
 
 pub fn run(args: &Args, common: &Common, other: &str) -> Result<Exit, Error> {
-    let urls = [args.url.as_str(), other];
+    let servers = [args.servers(), Servers::single(other)];
+    let labels = servers.each_ref().map(Servers::label);
     let display = Display::new(args.quiet);
     let mut runs: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=args.rounds.max(1) {
         let mut rates = [0.0; 2];
-        for (side, url) in urls.iter().enumerate() {
-            let measured = measure(args, common, url, args.rate, &display)?;
+        for (side, servers) in servers.iter().enumerate() {
+            let measured = measure(args, common, servers, args.rate, &display)?;
             display.finish();
             rates[side] = measured.report(args, &common.mix).throughput();
             runs[side].push(measured);
@@ -49,7 +51,7 @@ pub fn run(args: &Args, common: &Common, other: &str) -> Result<Exit, Error> {
     let reports: Vec<Report<'_>> = merged
         .iter()
         .zip(&runs)
-        .zip(urls)
+        .zip(&labels)
         .map(|(((stats, seconds, cpu), rounds), url)| {
             let threads = rounds.first().map_or(1, |r| r.threads);
             Report {
@@ -107,8 +109,8 @@ pub fn run(args: &Args, common: &Common, other: &str) -> Result<Exit, Error> {
             summary: format!(
                 "A = {}, B = {}: {} interleaved rounds; throughput ratio A/B {median:.3} \
                  (median; {low:.3} to {high:.3}).",
-                urls[0],
-                urls[1],
+                labels[0],
+                labels[1],
                 ratios.len()
             ),
             curves: reports

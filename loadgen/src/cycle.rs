@@ -11,8 +11,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::client::{Behaviour, Conn};
+use crate::clock::Clock;
 use crate::link::Rng;
-use crate::open::{Opened, open_recorded};
+use crate::open::{Opened, open_recorded, open_recorded_on};
 use crate::plan::{Phase, Plan};
 use crate::stats::Stats;
 use crate::tasks;
@@ -69,32 +70,49 @@ pub async fn handshakes(
 }
 
 /// `churn`: connect, live a random lifetime, close, reconnect; at the storm, drop at once
-/// and come back with jittered backoff. Records how long each client took to be back.
+/// and come back with jittered backoff. A client its server drops (a drain's 1001, a reset)
+/// or refuses moves on to the next node, as a client with a list of servers or behind a load
+/// balancer does, and reconnects at once. Records how long each client took to be back, and
+/// when (the reconnect rate), in the bucket of the node it reached.
 pub async fn churn(
     plan: Arc<Plan>,
     id: u32,
     churn: Churn,
     mut phase: watch::Receiver<Phase>,
-    stats: Rc<RefCell<Stats>>,
+    buckets: Vec<Rc<RefCell<Stats>>>,
     mut on_first: Option<Box<dyn FnOnce(bool)>>,
 ) {
     let rng = Rng::new(u64::from(id) + 1);
+    let mut node = plan.node_of(id);
     let mut storm_at: Option<Instant> = None;
     let mut dropped_at: Option<Instant> = None;
     let mut backoff = FIRST_BACKOFF;
+    let mut opened_before = false;
     loop {
         if *phase.borrow() == Phase::Draining {
             return;
         }
-        let Some(opened) = open_recorded(&plan, id, &stats).await else {
+        let stats = buckets[plan.bucket_on(id, node)].clone();
+        let started = std::time::Instant::now();
+        let Some(opened) = open_recorded_on(&plan, id, node, &stats).await else {
             if let Some(first) = on_first.take() {
                 first(false);
             }
+            node = plan.nodes.after(node);
             sleep(backoff.mul_f64(0.5 + rng.unit())).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         };
         backoff = FIRST_BACKOFF;
+        if std::mem::replace(&mut opened_before, true) {
+            let mut stats = stats.borrow_mut();
+            stats.reconnects += 1;
+            let handshake_us = started.elapsed().as_micros() as u64;
+            let after_drop = dropped_at.is_some();
+            stats
+                .reconnect_log
+                .reconnected(Clock.now_ns(), handshake_us, after_drop);
+        }
         if let Some(at) = dropped_at.take() {
             let mut stats = stats.borrow_mut();
             stats.storm_recovery_us = stats.storm_recovery_us.max(at.elapsed().as_micros() as u64);
@@ -115,20 +133,22 @@ pub async fn churn(
         let storm = storm_at.filter(|at| *at > Instant::now());
         tokio::select! {
             _ = &mut connection => {
-                // The server ended it (counted as dropped): reconnect.
+                // The server ended it (counted as dropped): the next node, at once.
+                dropped_at = Some(Instant::now());
+                stats.borrow_mut().reconnect_log.dropped(Clock.now_ns());
+                node = plan.nodes.after(node);
             }
             _ = sleep(lifetime) => {
                 let _ = closing.send(Phase::Draining);
                 connection.await;
-                stats.borrow_mut().reconnects += 1;
             }
             _ = sleep_until(storm.unwrap_or_else(far_future)), if storm.is_some() => {
                 // Everyone at once, without a close handshake, as when a load balancer dies:
                 // dropping the connection's future cuts it.
                 drop(connection);
                 dropped_at = Some(Instant::now());
+                stats.borrow_mut().reconnect_log.dropped(Clock.now_ns());
                 sleep(churn.storm_jitter.mul_f64(rng.unit())).await;
-                stats.borrow_mut().reconnects += 1;
             }
             _ = phase.wait_for(|p| *p == Phase::Draining) => {
                 let _ = closing.send(Phase::Draining);

@@ -39,7 +39,8 @@ pub enum DriveError {
 
 /// What one process measured.
 pub struct Outcome {
-    /// One per profile of the mix, then one for unshaped publishers.
+    /// One per profile of the mix, then one for unshaped publishers; each per node (see
+    /// [`Layout`](crate::nodes::Layout)).
     pub buckets: Vec<Stats>,
     pub measured: Duration,
     /// CPU time the process used while the run was measured.
@@ -131,7 +132,7 @@ pub fn drive(plan: Arc<Plan>, control: Control<'_>) -> Result<Outcome, DriveErro
         Control::Parent => run_for_parent(&plan, &progress, &phase_tx)?,
     };
 
-    let mut buckets = vec![Stats::default(); plan.mix.len() + 1];
+    let mut buckets = vec![Stats::default(); plan.layout().buckets()];
     for worker in workers {
         let parts = worker.join().map_err(|_| DriveError::Panicked)?;
         for (bucket, part) in buckets.iter_mut().zip(&parts) {

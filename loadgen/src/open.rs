@@ -41,16 +41,17 @@ pub enum OpenError {
     Upgrade(#[from] UpgradeError),
 }
 
-/// Connects connection `id` from its source address over its link profile and upgrades.
-pub async fn open(plan: &Plan, id: u32) -> Result<Opened, OpenError> {
+/// Connects connection `id` to `node` from its source address over its link profile and
+/// upgrades.
+pub async fn open(plan: &Plan, id: u32, node: usize) -> Result<Opened, OpenError> {
+    let target = plan.nodes.target(node);
     // The connect is started here and completes under the upgrade request's write, which
     // waits for it (tokio-uring connects only from an address the kernel picks).
-    let socket =
-        socket_to(plan.target.addr, plan.source_ip(id), true).map_err(OpenError::Connect)?;
+    let socket = socket_to(target.addr, plan.source_ip(id), true).map_err(OpenError::Connect)?;
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket));
     let link = Link::new(stream, plan.profile_of(id).1).map_err(OpenError::Link)?;
     let mut request = Vec::with_capacity(256);
-    let mut pending = plan.upgrade.request(&plan.target, &mut request);
+    let mut pending = plan.upgrade.request(target, &mut request);
     let (result, _) = link.write_all(request).await;
     result.map_err(|error| match error.raw_os_error() {
         Some(libc::ECONNREFUSED | libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
@@ -78,11 +79,21 @@ pub async fn open(plan: &Plan, id: u32) -> Result<Opened, OpenError> {
     }
 }
 
-/// Opens connection `id` and records the outcome in `stats`: established, with its
-/// handshake latency, or failed, with why.
+/// Opens connection `id` to its node and records the outcome in `stats`: established, with
+/// its handshake latency, or failed, with why.
 pub async fn open_recorded(plan: &Plan, id: u32, stats: &RefCell<Stats>) -> Option<Opened> {
+    open_recorded_on(plan, id, plan.node_of(id), stats).await
+}
+
+/// [`open_recorded`] to `node`.
+pub async fn open_recorded_on(
+    plan: &Plan,
+    id: u32,
+    node: usize,
+    stats: &RefCell<Stats>,
+) -> Option<Opened> {
     let started = Instant::now();
-    match open(plan, id).await {
+    match open(plan, id, node).await {
         Ok(opened) => {
             record_opened(&mut stats.borrow_mut(), started, &opened.agreed);
             Some(opened)

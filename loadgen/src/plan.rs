@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::client::{Behaviour, Echo, Fanout, Load, Publisher, Subscriber};
 use crate::cycle::Churn;
+use crate::nodes::{Layout, Nodes};
 use crate::profile::{Mix, Profile};
 use crate::target::Target;
 use crate::upgrade::Upgrade;
@@ -37,7 +38,8 @@ pub enum Workload {
 }
 
 pub struct Plan {
-    pub target: Target,
+    /// The servers, and which connection goes to which.
+    pub nodes: Nodes,
     pub connections: u32,
     pub threads: usize,
     /// This process's share: the connections whose id is `index` modulo `count`.
@@ -67,8 +69,18 @@ impl Plan {
     }
 
     /// Which statistics bucket, and which link profile, connection `id` gets: a profile of
-    /// the mix, or (for a fanout publisher) the unshaped bucket after them.
+    /// the mix, or (for a fanout publisher) the unshaped bucket after them; on its node.
     pub fn profile_of(&self, id: u32) -> (usize, Option<&Profile>) {
+        let (profile, link) = self.profile_index(id);
+        (self.layout().bucket(profile, self.node_of(id)), link)
+    }
+
+    /// Connection `id`'s bucket when it is connected to `node` (a client that moved).
+    pub fn bucket_on(&self, id: u32, node: usize) -> usize {
+        self.layout().bucket(self.profile_index(id).0, node)
+    }
+
+    fn profile_index(&self, id: u32) -> (usize, Option<&Profile>) {
         match &self.workload {
             Workload::Fanout(fanout) if fanout.is_publisher(id) => (self.mix.len(), None),
             _ => {
@@ -76,6 +88,29 @@ impl Plan {
                 (index, self.mix.profiles().nth(index))
             }
         }
+    }
+
+    /// How the statistics buckets are laid out: per profile (and unshaped publishers), per
+    /// node.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            profiles: self.mix.len() + 1,
+            nodes: self.nodes.len(),
+        }
+    }
+
+    /// The node connection `id` connects to first.
+    pub fn node_of(&self, id: u32) -> usize {
+        match &self.workload {
+            Workload::Fanout(fanout) if fanout.is_publisher(id) => self.nodes.node_of(id, true),
+            Workload::Fanout(fanout) => self.nodes.node_of(id - fanout.publishers, false),
+            _ => self.nodes.node_of(id, false),
+        }
+    }
+
+    /// The server connection `id` connects to first.
+    pub fn target_of(&self, id: u32) -> &Target {
+        self.nodes.target(self.node_of(id))
     }
 
     /// The connection ids worker thread `index` of this process runs.

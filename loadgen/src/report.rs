@@ -133,6 +133,7 @@ impl Report<'_> {
             "reconnects": s.reconnects,
             "server_rss_bytes_per_connection": self.server_bytes_per_connection.map(f64::round),
             "storm_recovery_ms": s.storm_recovery_us as f64 / 1000.0,
+            "reconnect_rate": (!s.reconnect_log.is_empty()).then(|| s.reconnect_log.to_json()),
             "wire": {
                 "bytes_sent": s.bytes_sent,
                 "bytes_received": s.bytes_received,
@@ -215,11 +216,12 @@ impl Report<'_> {
         }
         if s.reconnects > 0 {
             println!(
-                "churn           {} reconnects; after the storm all were back in {:.1} ms",
+                "churn           {} reconnects; a dropped client was back within {:.1} ms",
                 s.reconnects,
                 s.storm_recovery_us as f64 / 1000.0
             );
         }
+        s.reconnect_log.print();
         for p in &self.profiles {
             let l = &p.stats.latency_us;
             let q = |q: f64| {

@@ -65,7 +65,7 @@ async fn run_tasks(
     phase: watch::Receiver<Phase>,
     progress: Arc<Progress>,
 ) -> Vec<Stats> {
-    let buckets: Vec<Rc<RefCell<Stats>>> = (0..=plan.mix.len())
+    let buckets: Vec<Rc<RefCell<Stats>>> = (0..plan.layout().buckets())
         .map(|_| Rc::new(RefCell::new(Stats::default())))
         .collect();
     let gate = Rc::new(Semaphore::new(plan.connect_concurrency));
@@ -85,9 +85,10 @@ async fn run_tasks(
     for (position, id) in ids.into_iter().enumerate() {
         let start_after = ramp.map(|rate| Duration::from_secs_f64(position as f64 / rate));
         let (bucket, _) = plan.profile_of(id);
-        let (plan, stats, gate, phase, progress) = (
+        let (plan, stats, all, gate, phase, progress) = (
             plan.clone(),
             buckets[bucket].clone(),
+            buckets.clone(),
             gate.clone(),
             phase.clone(),
             progress.clone(),
@@ -110,7 +111,7 @@ async fn run_tasks(
                 Workload::Churn(churn) => {
                     let churn = *churn;
                     let first = Box::new(settled);
-                    cycle::churn(plan.clone(), id, churn, phase, stats, Some(first)).await;
+                    cycle::churn(plan.clone(), id, churn, phase, all, Some(first)).await;
                 }
                 Workload::Echo(_) | Workload::Hold | Workload::Fanout(_) => {
                     let opened = {

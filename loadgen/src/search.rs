@@ -36,7 +36,7 @@ pub fn run(args: &Args, common: &Common) -> Result<Exit, Error> {
     let (mut passed, mut failed): (Option<f64>, Option<f64>) = (None, None);
     let mut rate = args.rate.unwrap_or(1000.0);
     for number in 1..=args.steps.max(1) {
-        let measured = measure(args, common, &args.url, Some(rate), &display)?;
+        let measured = measure(args, common, &args.servers(), Some(rate), &display)?;
         display.finish();
         let report = measured.report(args, &common.mix);
         let p99_us = report.metric(Metric::Latency(Latency::Percentile(990_000)));

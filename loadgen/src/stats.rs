@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::reconnects::ReconnectLog;
 use crate::sequence::Arrival;
 
 /// Latencies are recorded in microseconds, from 1 µs to 10 minutes, at 3 significant digits.
@@ -34,10 +35,13 @@ pub struct Stats {
     /// the generator batches.
     pub writes: u64,
     pub reads: u64,
-    /// `churn`: connections closed to be opened again.
+    /// `churn`: connections opened again, after a close, a drop or a refusal.
     pub reconnects: u64,
-    /// `churn`: the longest a client took to reconnect after the storm.
+    /// `churn`: the longest a client took to reconnect after the storm (or its server's
+    /// drop).
     pub storm_recovery_us: u64,
+    /// `churn`: when clients came back, for the reconnect rate.
+    pub reconnect_log: ReconnectLog,
     pub latency_us: Histogram<u64>,
     pub handshake_us: Histogram<u64>,
     /// What the server agreed to in its upgrade (the first one seen): subprotocol and
@@ -52,7 +56,7 @@ pub struct Stats {
 const MAX_ERROR_KINDS: usize = 32;
 const OTHER_ERRORS: &str = "other errors";
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds are valid")
 }
 
@@ -75,6 +79,7 @@ impl Default for Stats {
             reads: 0,
             reconnects: 0,
             storm_recovery_us: 0,
+            reconnect_log: ReconnectLog::default(),
             latency_us: histogram(),
             handshake_us: histogram(),
             protocol: None,
@@ -139,6 +144,7 @@ impl Stats {
         self.reads += other.reads;
         self.reconnects += other.reconnects;
         self.storm_recovery_us = self.storm_recovery_us.max(other.storm_recovery_us);
+        self.reconnect_log.merge(&other.reconnect_log);
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
         let _ = self.handshake_us.add(&other.handshake_us);
@@ -155,7 +161,7 @@ impl Stats {
 }
 
 /// A histogram as (value, count) pairs: exact to rebuild, since every value names its bucket.
-fn histogram_to_json(histogram: &Histogram<u64>) -> Value {
+pub(crate) fn histogram_to_json(histogram: &Histogram<u64>) -> Value {
     histogram
         .iter_recorded()
         .map(|v| json!([v.value_iterated_to(), v.count_at_value()]))
@@ -178,7 +184,10 @@ pub enum WireError {
     },
 }
 
-fn histogram_from_json(value: &Value, field: &'static str) -> Result<Histogram<u64>, WireError> {
+pub(crate) fn histogram_from_json(
+    value: &Value,
+    field: &'static str,
+) -> Result<Histogram<u64>, WireError> {
     let mut histogram = histogram();
     for pair in value.as_array().ok_or(WireError::Missing(field))? {
         let (Some(value), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) else {
@@ -245,6 +254,7 @@ impl Stats {
             "errors": self.errors,
             "protocol": self.protocol,
             "extensions": self.extensions,
+            "reconnect_log": self.reconnect_log.to_wire(),
         })
     }
 
@@ -269,6 +279,7 @@ impl Stats {
         }
         stats.protocol = value["protocol"].as_str().map(str::to_owned);
         stats.extensions = value["extensions"].as_str().map(str::to_owned);
+        stats.reconnect_log = ReconnectLog::from_wire(&value["reconnect_log"])?;
         Ok(stats)
     }
 }

@@ -116,7 +116,7 @@ pub fn run(
         ring,
         slots,
         buffers,
-        stats: vec![Stats::default(); plan.mix.len() + 1],
+        stats: vec![Stats::default(); plan.layout().buckets()],
         timers: BinaryHeap::new(),
         ready: VecDeque::new(),
         upgrading: 0,
@@ -248,7 +248,8 @@ impl Engine<'_> {
             self.slots[slot as usize].id,
             self.slots[slot as usize].bucket,
         );
-        let fd = match socket_to(plan.target.addr, plan.source_ip(id), true) {
+        let target = plan.target_of(id);
+        let fd = match socket_to(target.addr, plan.source_ip(id), true) {
             Ok(fd) => fd,
             Err(error) => {
                 record_failed(&mut self.stats[bucket], &OpenError::Connect(error));
@@ -261,7 +262,7 @@ impl Engine<'_> {
         let s = &mut self.slots[slot as usize];
         s.started = Instant::now();
         s.sending.clear();
-        let pending = plan.upgrade.request(&plan.target, &mut s.sending);
+        let pending = plan.upgrade.request(target, &mut s.sending);
         s.sending_request = true;
         s.stage = Stage::Upgrading(Box::new(pending));
         s.fd = Some(fd);
