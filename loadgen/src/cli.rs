@@ -18,6 +18,7 @@ use crate::profile::{self, Mix, Profile, ProfileError};
 use crate::target::{Target, UrlError};
 use crate::templates::{Order, TemplateError, Templates};
 use crate::threshold::{Threshold, ThresholdError};
+use crate::tls::{TlsArgs, TlsClient, TlsSetupError};
 use crate::upgrade::Upgrade;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -193,6 +194,8 @@ pub struct Args {
     /// With --compare: rounds against each server.
     #[arg(long, default_value_t = 3, requires = "compare")]
     pub rounds: u32,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Internal: this process is worker INDEX of COUNT, steered through stdin and stdout.
     #[arg(long, hide = true, requires = "worker_count")]
     pub worker_index: Option<u32>,
@@ -242,6 +245,8 @@ pub enum UsageError {
     Payload(#[from] TemplateError),
     #[error(transparent)]
     Threshold(#[from] ThresholdError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
 
 fn parse_duration(value: &str) -> Result<Duration, ProfileError> {
@@ -260,6 +265,7 @@ pub struct Common {
     pub mix: Mix,
     pub upgrade: Upgrade,
     pub payloads: Payloads,
+    pub tls: TlsClient,
 }
 
 impl Args {
@@ -312,6 +318,7 @@ impl Args {
             mix,
             upgrade: self.upgrade()?,
             payloads,
+            tls: TlsClient::new(&self.tls, self.total_connections()?),
         })
     }
 
@@ -422,8 +429,13 @@ impl Args {
         let threads = self
             .threads_per_process(share.count)
             .clamp(1, connections as usize);
+        let tls = match target.tls {
+            true => Some(common.tls.connector(&target)?),
+            false => None,
+        };
         Ok(Plan {
             source_ips: self.source_ips(&target, connections),
+            tls,
             target,
             connections,
             threads,

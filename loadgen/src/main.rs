@@ -34,6 +34,7 @@ mod target;
 mod tasks;
 mod templates;
 mod threshold;
+mod tls;
 mod upgrade;
 
 use std::process::ExitCode;

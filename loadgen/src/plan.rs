@@ -8,6 +8,7 @@ use crate::client::{Behaviour, Echo, Fanout, Load, Publisher, Subscriber};
 use crate::cycle::Churn;
 use crate::profile::{Mix, Profile};
 use crate::target::Target;
+use crate::tls::Connector;
 use crate::upgrade::Upgrade;
 
 /// Where the run stands; every connection watches it.
@@ -45,6 +46,8 @@ pub struct Plan {
     pub workload: Workload,
     /// What every upgrade request asks for.
     pub upgrade: Upgrade,
+    /// `wss://`: how each connection starts its TLS session.
+    pub tls: Option<Connector>,
     /// Local addresses to connect from, in turn (empty: the kernel picks).
     pub source_ips: Vec<IpAddr>,
     /// The network each connection sees (fanout publishers excepted: they sit next to the
@@ -108,10 +111,10 @@ impl Plan {
         })
     }
 
-    /// Whether every connection runs unshaped, so the io_uring engine can run it rather
-    /// than the link model's tasks.
+    /// Whether every connection runs unshaped and in the clear, so the io_uring engine can
+    /// run it rather than the link model's tasks (which also carry TLS).
     pub fn unshaped(&self) -> bool {
-        self.mix.profiles().all(Profile::is_ideal)
+        self.mix.profiles().all(Profile::is_ideal) && self.tls.is_none()
     }
 
     /// Whether connections open once and then do what their [`Behaviour`] says (`echo`,
