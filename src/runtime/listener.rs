@@ -100,3 +100,30 @@ pub(crate) fn local_addr(socket: &OwnedFd) -> io::Result<SocketAddr> {
     }
     socket::from_sockaddr(&storage).ok_or_else(|| io::Error::other("unknown address family"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::runtime::socket::get_int_option;
+
+    /// Accepted sockets inherit TCP_NODELAY from their listener (Linux copies the listening
+    /// socket's options into each child): a TLS listener's connections have it, a plain
+    /// one's do not.
+    #[test]
+    fn tls_listeners_hand_tcp_nodelay_to_their_connections() {
+        let config = Config::default();
+        for tls in [false, true] {
+            let socket = listen(SocketAddr::from(([127, 0, 0, 1], 0)), tls, &config)
+                .expect("a listening socket");
+            let addr = local_addr(&socket).expect("its address");
+            let listener = TcpListener::from(socket);
+            let _client = TcpStream::connect(addr).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            let nodelay = get_int_option(&accepted, libc::IPPROTO_TCP, libc::TCP_NODELAY)
+                .expect("read TCP_NODELAY");
+            assert_eq!(nodelay != 0, tls, "tls listener: {tls}");
+        }
+    }
+}
