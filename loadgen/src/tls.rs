@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -277,9 +277,6 @@ pub struct Session {
     outgoing: Cell<Vec<u8>>,
 }
 
-/// The most plaintext one read hands out when the caller's buffer has no room.
-const MIN_READ: usize = 4 << 10;
-
 impl Session {
     /// Reads plaintext into `buf` (after what it holds), as a socket read does: `Ok(0)` at
     /// the end (the server's close_notify, or its socket's end).
@@ -308,26 +305,33 @@ impl Session {
         }
     }
 
-    /// Plaintext already decrypted, or decrypted from records already read; `None` when
-    /// the socket must be read.
+    /// Plaintext already decrypted, or decrypted from records already read, appended to
+    /// `buf` (copied from rustls' buffer once, never zero-filled first); `None` when the
+    /// socket must be read.
     fn plaintext(&self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         let mut conn = self.conn.borrow_mut();
         let mut incoming = self.incoming.borrow_mut();
         let (records, taken) = &mut *incoming;
         loop {
             let start = buf.len();
-            buf.resize(buf.capacity().max(start + MIN_READ), 0);
-            let read = conn.reader().read(&mut buf[start..]);
-            match read {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    return Ok(Some(n));
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
-                Err(error) => {
-                    buf.truncate(start);
-                    return Err(error);
-                }
+            let mut reader = conn.reader();
+            loop {
+                let n = match reader.fill_buf() {
+                    // The server's close_notify, once everything before it was read.
+                    Ok([]) if buf.len() == start => return Ok(Some(0)),
+                    Ok([]) => break,
+                    Ok(chunk) => {
+                        buf.extend_from_slice(chunk);
+                        chunk.len()
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) if buf.len() > start => break,
+                    Err(error) => return Err(error),
+                };
+                reader.consume(n);
+            }
+            if buf.len() > start {
+                return Ok(Some(buf.len() - start));
             }
             if *taken >= records.len() {
                 return Ok(None);
