@@ -5,6 +5,7 @@
 #   scripts/autobahn.sh                 groups 1-11 (no compression)
 #   scripts/autobahn.sh --all           all 517 cases, with permessage-deflate on
 #   scripts/autobahn.sh --cases '6.*,7.*'
+#   scripts/autobahn.sh --cases '9.*' --exclude '9.3.1,9.4.1'    (after --cases)
 #   scripts/autobahn.sh --url ws://127.0.0.1:9001    against a server already running
 #   scripts/autobahn.sh --tls           over wss: the server on a TLS listener, with a
 #                                       certificate made here (openssl)
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --all) exclude=""; deflate="shared"; label="all groups" ;;
     --cases) shift; cases=$(printf '%s' "$1" | sed 's/[^,][^,]*/"&"/g'); exclude=""; label="cases $1" ;;
+    --exclude) shift; exclude=$(printf '%s' "$1" | sed 's/[^,][^,]*/"&"/g'); label="$label but $1" ;;
     --url) shift; url="$1" ;;
     --write-docs) write_docs=1 ;;
     --tls) tls=1 ;;

@@ -19,6 +19,7 @@ use crate::profile::{self, Mix, Profile, ProfileError};
 use crate::target::{Target, UrlError};
 use crate::templates::{Order, TemplateError, Templates};
 use crate::threshold::{Threshold, ThresholdError};
+use crate::tls::{TlsArgs, TlsClient, TlsSetupError};
 use crate::upgrade::Upgrade;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -203,6 +204,8 @@ pub struct Args {
     /// With --compare: rounds against each server.
     #[arg(long, default_value_t = 3, requires = "compare")]
     pub rounds: u32,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Internal: this process is worker INDEX of COUNT, steered through stdin and stdout.
     #[arg(long, hide = true, requires = "worker_count")]
     pub worker_index: Option<u32>,
@@ -256,6 +259,8 @@ pub enum UsageError {
     Payload(#[from] TemplateError),
     #[error(transparent)]
     Threshold(#[from] ThresholdError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
 
 fn parse_duration(value: &str) -> Result<Duration, ProfileError> {
@@ -274,6 +279,7 @@ pub struct Common {
     pub mix: Mix,
     pub upgrade: Upgrade,
     pub payloads: Payloads,
+    pub tls: TlsClient,
 }
 
 impl Args {
@@ -337,6 +343,7 @@ impl Args {
             mix,
             upgrade: self.upgrade()?,
             payloads,
+            tls: TlsClient::new(&self.tls, self.total_connections()?),
         })
     }
 
@@ -447,8 +454,14 @@ impl Args {
         let threads = self
             .threads_per_process(share.count)
             .clamp(1, connections as usize);
+        let tls = nodes
+            .targets()
+            .iter()
+            .map(|target| target.tls.then(|| common.tls.connector(target)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Plan {
             source_ips: self.source_ips(nodes.targets(), connections),
+            tls,
             nodes,
             connections,
             threads,

@@ -15,8 +15,11 @@
 //! mobile link does while it retransmits or changes cells.
 //!
 //! Jitter never reorders bytes: like TCP, a piece is never delivered before the one ahead.
+//!
+//! Over `wss://` the link carries TLS records: the session sits above the shaping, as a
+//! client's TLS sits above its network.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -28,6 +31,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_uring::net::TcpStream;
 
 use crate::profile::Profile;
+use crate::tls::Session;
 
 /// Pieces the downlink holds between the socket and the client: bounds memory, and beyond
 /// it the pump stops reading, which is what backpressure is.
@@ -40,6 +44,8 @@ type Arriving = io::Result<(Instant, Vec<u8>)>;
 pub struct Link {
     stream: Rc<TcpStream>,
     shaping: Option<Shaping>,
+    /// `wss://`: the TLS session, once its handshake is done.
+    tls: OnceCell<Session>,
 }
 
 struct Shaping {
@@ -64,6 +70,7 @@ impl Link {
             return Ok(Rc::new(Link {
                 stream,
                 shaping: None,
+                tls: OnceCell::new(),
             }));
         };
         if let Some(bytes) = profile.receive_buffer {
@@ -92,11 +99,35 @@ impl Link {
                 stalls,
                 rng,
             }),
+            tls: OnceCell::new(),
         }))
     }
 
+    /// From now on, reads and writes go through `session` (whose handshake is done).
+    pub fn start_tls(&self, session: Session) {
+        let first = self.tls.set(session).is_ok();
+        debug_assert!(first, "one TLS handshake per link");
+    }
+
     /// Reads what has reached the client, as `TcpStream::read` does: `Ok(0)` at the end.
-    pub async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self.tls.get() {
+            Some(tls) => tls.read(self, buf).await,
+            None => self.read_raw(buf).await,
+        }
+    }
+
+    /// Writes everything, as `TcpStream::write_all` does, after the uplink's latency and at
+    /// its bandwidth.
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self.tls.get() {
+            Some(tls) => tls.write_all(self, buf).await,
+            None => self.write_raw(buf).await,
+        }
+    }
+
+    /// Reads the socket's bytes (TLS records on `wss://`) as they reach the client.
+    pub async fn read_raw(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let Some(shaping) = &self.shaping else {
             return self.stream.read(buf).await;
         };
@@ -133,9 +164,8 @@ impl Link {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Writes everything, as `TcpStream::write_all` does, after the uplink's latency and at
-    /// its bandwidth.
-    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    /// Writes bytes to the socket (TLS records on `wss://`) over the uplink.
+    pub async fn write_raw(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let Some(shaping) = &self.shaping else {
             return self.stream.write_all(buf).await;
         };

@@ -36,6 +36,7 @@ mod target;
 mod tasks;
 mod templates;
 mod threshold;
+mod tls;
 mod upgrade;
 
 use std::process::ExitCode;

@@ -1,11 +1,12 @@
 //! Opening a connection over its link (for the task-driven connections and the scenarios
-//! that reconnect): connect, upgrade, and the record of how it went.
+//! that reconnect): connect, the TLS handshake on `wss://`, upgrade, and the record of how it
+//! went.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_uring::net::TcpStream;
 
@@ -14,6 +15,7 @@ use crate::link::Link;
 use crate::plan::Plan;
 use crate::stats::Stats;
 use crate::target::socket_to;
+use crate::tls::{self, TlsError};
 use crate::upgrade::UpgradeError;
 
 /// An upgraded connection: its link, what the server sent after its 101, and what the
@@ -22,6 +24,16 @@ pub struct Opened {
     pub link: Rc<Link>,
     pub leftover: Vec<u8>,
     pub agreed: Agreed,
+    /// `wss://`: how the TLS handshake went.
+    pub tls: Option<TlsOpened>,
+}
+
+/// A TLS handshake's time (from the connect's start) and the upgrade's after it.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsOpened {
+    pub handshake: Duration,
+    pub resumed: bool,
+    pub upgrade: Duration,
 }
 
 /// Why a connection could not be opened.
@@ -38,6 +50,8 @@ pub enum OpenError {
     #[error("the server closed during the handshake")]
     ClosedInHandshake,
     #[error(transparent)]
+    Tls(TlsError),
+    #[error(transparent)]
     Upgrade(#[from] UpgradeError),
 }
 
@@ -50,14 +64,23 @@ pub async fn open(plan: &Plan, id: u32, node: usize) -> Result<Opened, OpenError
     let socket = socket_to(target.addr, plan.source_ip(id), true).map_err(OpenError::Connect)?;
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket));
     let link = Link::new(stream, plan.profile_of(id).1).map_err(OpenError::Link)?;
+    let mut tls_done = None;
+    if let Some(connector) = plan.tls_of(node) {
+        let done = tls::handshake(&link, connector)
+            .await
+            .map_err(|error| match error {
+                TlsError::Write(error) if refused(&error) => OpenError::Connect(error),
+                error => OpenError::Tls(error),
+            })?;
+        link.start_tls(done.session);
+        tls_done = Some((done.took, done.resumed, Instant::now()));
+    }
     let mut request = Vec::with_capacity(256);
     let mut pending = plan.upgrade.request(target, &mut request);
     let (result, _) = link.write_all(request).await;
-    result.map_err(|error| match error.raw_os_error() {
-        Some(libc::ECONNREFUSED | libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
-            OpenError::Connect(error)
-        }
-        _ => OpenError::SendRequest(error),
+    result.map_err(|error| match refused(&error) {
+        true => OpenError::Connect(error),
+        false => OpenError::SendRequest(error),
     })?;
     let mut buf = Vec::with_capacity(1024);
     loop {
@@ -74,9 +97,22 @@ pub async fn open(plan: &Plan, id: u32, node: usize) -> Result<Opened, OpenError
                 link,
                 leftover: buf[consumed..].to_vec(),
                 agreed,
+                tls: tls_done.map(|(handshake, resumed, at)| TlsOpened {
+                    handshake,
+                    resumed,
+                    upgrade: at.elapsed(),
+                }),
             });
         }
     }
+}
+
+/// Whether a write failed because the connect did.
+fn refused(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH)
+    )
 }
 
 /// Opens connection `id` to its node and records the outcome in `stats`: established, with
@@ -95,7 +131,12 @@ pub async fn open_recorded_on(
     let started = Instant::now();
     match open(plan, id, node).await {
         Ok(opened) => {
-            record_opened(&mut stats.borrow_mut(), started, &opened.agreed);
+            let mut stats = stats.borrow_mut();
+            record_opened(&mut stats, started, &opened.agreed);
+            if let Some(tls) = &opened.tls {
+                stats.record_tls(tls);
+            }
+            drop(stats);
             Some(opened)
         }
         Err(error) => {

@@ -9,6 +9,7 @@ use crate::cycle::Churn;
 use crate::nodes::{Layout, Nodes};
 use crate::profile::{Mix, Profile};
 use crate::target::Target;
+use crate::tls::Connector;
 use crate::upgrade::Upgrade;
 
 /// Where the run stands; every connection watches it.
@@ -47,6 +48,9 @@ pub struct Plan {
     pub workload: Workload,
     /// What every upgrade request asks for.
     pub upgrade: Upgrade,
+    /// How connections to each node start their TLS session: `Some` for a `wss://` node,
+    /// in the order of `nodes`.
+    pub tls: Vec<Option<Connector>>,
     /// Local addresses to connect from, in turn (empty: the kernel picks).
     pub source_ips: Vec<IpAddr>,
     /// The network each connection sees (fanout publishers excepted: they sit next to the
@@ -113,6 +117,11 @@ impl Plan {
         self.nodes.target(self.node_of(id))
     }
 
+    /// How a connection to `node` starts TLS, if the node is a `wss://` one.
+    pub fn tls_of(&self, node: usize) -> Option<&Connector> {
+        self.tls.get(node).and_then(Option::as_ref)
+    }
+
     /// The connection ids worker thread `index` of this process runs.
     pub fn ids_of_thread(&self, index: usize) -> Vec<u32> {
         let share = self.process;
@@ -143,10 +152,10 @@ impl Plan {
         })
     }
 
-    /// Whether every connection runs unshaped, so the io_uring engine can run it rather
-    /// than the link model's tasks.
+    /// Whether every connection runs unshaped and in the clear, so the io_uring engine can
+    /// run it rather than the link model's tasks (which also carry TLS).
     pub fn unshaped(&self) -> bool {
-        self.mix.profiles().all(Profile::is_ideal)
+        self.mix.profiles().all(Profile::is_ideal) && self.tls.iter().all(Option::is_none)
     }
 
     /// Whether connections open once and then do what their [`Behaviour`] says (`echo`,

@@ -127,6 +127,12 @@ impl Report<'_> {
             "throughput_msgs_per_sec": self.throughput().round(),
             "latency_us": percentiles(&s.latency_us),
             "handshake_latency_us": percentiles(&s.handshake_us),
+            "tls": (s.tls_handshakes > 0).then(|| json!({
+                "handshakes": s.tls_handshakes,
+                "resumed": s.tls_resumed,
+                "handshake_latency_us": percentiles(&s.tls_handshake_us),
+                "upgrade_latency_us": percentiles(&s.upgrade_us),
+            })),
             "loadgen_cpu_percent": (self.cpu_percent * 10.0).round() / 10.0,
             "loadgen_threads": self.threads,
             "errors": s.errors,
@@ -209,6 +215,19 @@ impl Report<'_> {
                 s.handshake_us.value_at_quantile(0.5),
                 s.handshake_us.value_at_quantile(0.99),
                 s.handshake_us.max()
+            );
+        }
+        if s.tls_handshakes > 0 {
+            let q = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q);
+            println!(
+                "tls             {} handshakes, {} resumed; handshake µs p50 {}  p99 {}, \
+                 then upgrade µs p50 {}  p99 {}",
+                s.tls_handshakes,
+                s.tls_resumed,
+                q(&s.tls_handshake_us, 0.5),
+                q(&s.tls_handshake_us, 0.99),
+                q(&s.upgrade_us, 0.5),
+                q(&s.upgrade_us, 0.99),
             );
         }
         if let Some(bytes) = self.server_bytes_per_connection {

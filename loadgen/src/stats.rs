@@ -44,6 +44,12 @@ pub struct Stats {
     pub reconnect_log: ReconnectLog,
     pub latency_us: Histogram<u64>,
     pub handshake_us: Histogram<u64>,
+    /// `wss://`: TLS handshakes, those that resumed a session, and the times from the
+    /// connect's start to the TLS handshake's end and from there to the 101.
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
+    pub tls_handshake_us: Histogram<u64>,
+    pub upgrade_us: Histogram<u64>,
     /// What the server agreed to in its upgrade (the first one seen): subprotocol and
     /// Sec-WebSocket-Extensions.
     pub protocol: Option<String>,
@@ -82,6 +88,10 @@ impl Default for Stats {
             reconnect_log: ReconnectLog::default(),
             latency_us: histogram(),
             handshake_us: histogram(),
+            tls_handshakes: 0,
+            tls_resumed: 0,
+            tls_handshake_us: histogram(),
+            upgrade_us: histogram(),
             protocol: None,
             extensions: None,
             errors: BTreeMap::new(),
@@ -111,6 +121,15 @@ impl Stats {
 
     pub fn record_handshake(&mut self, micros: u64) {
         self.handshake_us.saturating_record(micros.max(1));
+    }
+
+    pub fn record_tls(&mut self, tls: &crate::open::TlsOpened) {
+        self.tls_handshakes += 1;
+        self.tls_resumed += u64::from(tls.resumed);
+        let micros = |d: std::time::Duration| (d.as_micros() as u64).max(1);
+        self.tls_handshake_us
+            .saturating_record(micros(tls.handshake));
+        self.upgrade_us.saturating_record(micros(tls.upgrade));
     }
 
     /// Counts one error under its message.
@@ -148,6 +167,10 @@ impl Stats {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
         let _ = self.handshake_us.add(&other.handshake_us);
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_resumed += other.tls_resumed;
+        let _ = self.tls_handshake_us.add(&other.tls_handshake_us);
+        let _ = self.upgrade_us.add(&other.upgrade_us);
         for (error, count) in &other.errors {
             self.note_errors(error.clone(), *count);
         }
@@ -202,7 +225,7 @@ pub(crate) fn histogram_from_json(
 
 /// The counters a worker process hands to its parent, in the order of [`Stats::to_wire`]
 /// (the names document the order).
-const WIRE_COUNTERS: [&str; 16] = [
+const WIRE_COUNTERS: [&str; 18] = [
     "connections_established",
     "connect_errors",
     "connections_dropped",
@@ -219,10 +242,12 @@ const WIRE_COUNTERS: [&str; 16] = [
     "reads",
     "reconnects",
     "storm_recovery_us",
+    "tls_handshakes",
+    "tls_resumed",
 ];
 
 impl Stats {
-    fn counters_mut(&mut self) -> [&mut u64; 16] {
+    fn counters_mut(&mut self) -> [&mut u64; 18] {
         [
             &mut self.connections_established,
             &mut self.connect_errors,
@@ -240,6 +265,8 @@ impl Stats {
             &mut self.reads,
             &mut self.reconnects,
             &mut self.storm_recovery_us,
+            &mut self.tls_handshakes,
+            &mut self.tls_resumed,
         ]
     }
 
@@ -251,6 +278,8 @@ impl Stats {
             "counters": counters,
             "latency_us": histogram_to_json(&self.latency_us),
             "handshake_us": histogram_to_json(&self.handshake_us),
+            "tls_handshake_us": histogram_to_json(&self.tls_handshake_us),
+            "upgrade_us": histogram_to_json(&self.upgrade_us),
             "errors": self.errors,
             "protocol": self.protocol,
             "extensions": self.extensions,
@@ -274,6 +303,9 @@ impl Stats {
         }
         stats.latency_us = histogram_from_json(&value["latency_us"], "latency_us")?;
         stats.handshake_us = histogram_from_json(&value["handshake_us"], "handshake_us")?;
+        stats.tls_handshake_us =
+            histogram_from_json(&value["tls_handshake_us"], "tls_handshake_us")?;
+        stats.upgrade_us = histogram_from_json(&value["upgrade_us"], "upgrade_us")?;
         for (error, count) in value["errors"].as_object().into_iter().flatten() {
             stats.note_errors(error.clone(), count.as_u64().unwrap_or(1));
         }

@@ -1,4 +1,4 @@
-//! The server under test: a `ws://` URL, resolved once; and sockets to it.
+//! The server under test: a `ws://` or `wss://` URL, resolved once; and sockets to it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -13,12 +13,14 @@ pub struct Target {
     pub host: String,
     /// Path and query.
     pub path: String,
+    /// `wss://`: WebSocket over TLS.
+    pub tls: bool,
 }
 
 /// Why a URL names no server this generator can reach.
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
-    #[error("`{0}`: only ws:// URLs are supported")]
+    #[error("`{0}`: only ws:// and wss:// URLs are supported")]
     Scheme(String),
     #[error("`{0}` has no host")]
     NoHost(String),
@@ -30,9 +32,11 @@ pub enum UrlError {
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, UrlError> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| UrlError::Scheme(url.to_owned()))?;
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(UrlError::Scheme(url.to_owned())),
+        };
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, "/"),
@@ -46,7 +50,7 @@ impl Target {
         {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         let addr = with_port
             .to_socket_addrs()
@@ -60,6 +64,7 @@ impl Target {
             addr,
             host: authority.to_owned(),
             path: path.to_owned(),
+            tls,
         })
     }
 }

@@ -13,13 +13,15 @@ use super::socket::{self, set_int_option};
 /// for the first shard and shared by the rest.
 pub(crate) fn bind_all(config: &Config) -> io::Result<Vec<Vec<OwnedFd>>> {
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..config.shards).map(|_| Vec::new()).collect();
-    for &addr in config.listen.iter().chain(&config.tls_listen) {
+    let plain = config.listen.iter().map(|addr| (addr, false));
+    let tls = config.tls_listen.iter().map(|addr| (addr, true));
+    for (&addr, tls) in plain.chain(tls) {
         ensure_free(addr)?;
-        let first = listen(addr, config)?;
+        let first = listen(addr, tls, config)?;
         let bound = local_addr(&first)?;
         per_shard[0].push(first);
         for sockets in per_shard.iter_mut().skip(1) {
-            sockets.push(listen(bound, config)?);
+            sockets.push(listen(bound, tls, config)?);
         }
     }
     Ok(per_shard)
@@ -27,8 +29,15 @@ pub(crate) fn bind_all(config: &Config) -> io::Result<Vec<Vec<OwnedFd>>> {
 
 /// Creates a listening socket bound to `addr` with SO_REUSEPORT, carrying the options
 /// accepted sockets inherit.
-fn listen(addr: SocketAddr, config: &Config) -> io::Result<OwnedFd> {
+///
+/// A TLS socket also gets TCP_NODELAY: a server's session tickets and its 101 leave in two
+/// writes, and Nagle would hold the second until the client's delayed ACK of the first
+/// (40 ms on Linux), in every wss handshake.
+fn listen(addr: SocketAddr, tls: bool, config: &Config) -> io::Result<OwnedFd> {
     let socket = bind(addr, true)?;
+    if tls {
+        set_int_option(&socket, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    }
     if !config.tcp_user_timeout.is_zero() {
         socket::set_user_timeout(&socket, config.tcp_user_timeout)?;
     }
@@ -90,4 +99,31 @@ pub(crate) fn local_addr(socket: &OwnedFd) -> io::Result<SocketAddr> {
         return Err(io::Error::last_os_error());
     }
     socket::from_sockaddr(&storage).ok_or_else(|| io::Error::other("unknown address family"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::runtime::socket::get_int_option;
+
+    /// Accepted sockets inherit TCP_NODELAY from their listener (Linux copies the listening
+    /// socket's options into each child): a TLS listener's connections have it, a plain
+    /// one's do not.
+    #[test]
+    fn tls_listeners_hand_tcp_nodelay_to_their_connections() {
+        let config = Config::default();
+        for tls in [false, true] {
+            let socket = listen(SocketAddr::from(([127, 0, 0, 1], 0)), tls, &config)
+                .expect("a listening socket");
+            let addr = local_addr(&socket).expect("its address");
+            let listener = TcpListener::from(socket);
+            let _client = TcpStream::connect(addr).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            let nodelay = get_int_option(&accepted, libc::IPPROTO_TCP, libc::TCP_NODELAY)
+                .expect("read TCP_NODELAY");
+            assert_eq!(nodelay != 0, tls, "tls listener: {tls}");
+        }
+    }
 }
