@@ -44,6 +44,29 @@ fn closed_loop_against_ringws_is_clean() {
 }
 
 #[test]
+fn messages_larger_than_the_send_bound_go_one_at_a_time() {
+    // 1 MiB is four times what a connection queues before it waits for its socket: such
+    // a message must still go, alone, whenever nothing else is queued.
+    let server = ringws_serve();
+    let (output, report) = loadgen(
+        &server.addr,
+        &[
+            "--connections",
+            "2",
+            "--pipeline",
+            "2",
+            "--duration",
+            "1",
+            "--message-size",
+            "1048576",
+        ],
+    );
+    assert!(output.status.success(), "exit {}", output.status);
+    assert_clean(&report, 2);
+    assert!(count(&report, "messages_received") > 0, "{report}");
+}
+
+#[test]
 fn open_loop_sends_at_the_rate_asked() {
     let server = ringws_serve();
     let (output, report) = loadgen(

@@ -278,7 +278,9 @@ impl Conn {
         let Some(frame) = self.behaviour.payloads().map(|p| p.typical_len() + 14) else {
             return;
         };
-        let room = (MAX_QUEUED.saturating_sub(self.outbox.bytes.len()) / frame) as u64;
+        // A message larger than the bound still goes, alone, once the outbox is empty.
+        let queued = self.outbox.bytes.len();
+        let room = (MAX_QUEUED.saturating_sub(queued) / frame).max(usize::from(queued == 0)) as u64;
         let due = self.behaviour.due(ctx.now_ns, room);
         // Capped by the room left (or none at all): more is owed than fits.
         self.waiting_for_room = due.map_or(room == 0, |due| u64::from(due.count) == room);
