@@ -198,6 +198,11 @@ impl Server {
         self.runtime.tls_local_addrs()
     }
 
+    /// How connections are laid out over shards, rings and descriptor tables.
+    pub fn layout(&self) -> runtime::Layout {
+        self.runtime.layout()
+    }
+
     /// Stops accepting and sends 1001 to every client (spread over the drain window), then
     /// waits, boundedly, for them to close. Draining starts too, if it had not.
     pub fn shutdown(&self) {
@@ -228,7 +233,9 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     }
     let plain_listeners = config.listen.len();
     let proxy_listeners = config.admission.proxy_protocol_listen.len();
+    let max_connections = config.max_connections;
     let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
+    println!("ringws: {max_connections} connections: {}", server.layout());
     let mut addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     for (index, addr) in addrs.iter().enumerate() {
         match index >= plain_listeners && index < plain_listeners + proxy_listeners {
