@@ -156,28 +156,27 @@ impl Serve {
             .spawn()
             .expect("start ringws serve");
         let mut lines = BufReader::new(child.stdout.take().expect("server stdout")).lines();
-        let mut layout = String::new();
+        let mut addr = None;
         for line in lines.by_ref() {
             let line = line.expect("server output");
-            if line.contains(" connections: ") {
-                layout = line;
-            } else if let Some(at) = line.find("listening on ") {
-                let addr = line[at + "listening on ".len()..]
+            if let Some(at) = line.find("listening on ") {
+                addr = line[at + "listening on ".len()..]
                     .split_whitespace()
                     .next()
-                    .and_then(|word| word.parse().ok())
-                    .expect("address after `listening on`");
+                    .and_then(|word| word.parse().ok());
+            } else if let (Some(addr), true) = (addr, line.contains(" connections: ")) {
+                // The layout line follows the listening lines.
                 std::thread::spawn(move || lines.for_each(drop));
                 return Self {
                     child,
                     addr,
-                    layout,
+                    layout: line,
                 };
             }
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("ringws serve ended before listening");
+        panic!("ringws serve ended before saying how its connections are laid out");
     }
 }
 

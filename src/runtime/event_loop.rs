@@ -7,8 +7,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
@@ -70,6 +70,8 @@ pub(super) struct Setup {
     /// The rings and tables every shard has.
     pub layout: Layout,
     pub features: Features,
+    /// Told once the shard's rings exist, or why they could not be made.
+    pub ready: mpsc::Sender<io::Result<()>>,
 }
 
 /// Runs a shard until it is shut down.
@@ -78,6 +80,7 @@ pub(super) fn run<H: Handler>(
         index,
         layout,
         features,
+        ready,
     }: Setup,
     config: &Config,
     listeners: Vec<OwnedFd>,
@@ -85,23 +88,14 @@ pub(super) fn run<H: Handler>(
     handler: H,
     health: Health,
 ) -> io::Result<()> {
-    let rings_wake = eventfd()?;
-    let mut rings = Rings::new(
-        layout.rings,
-        config.ring_entries,
-        layout.table,
-        rings_wake.as_raw_fd(),
-    )?;
-    let buffers = (0..rings.len())
-        .map(|ring| {
-            BufRing::new(
-                &rings.get(ring).submitter(),
-                recv_buffers_of(ring, config.recv_buffers),
-                config.recv_buffer_size,
-                BUFFER_GROUP,
-            )
-        })
-        .collect::<io::Result<Vec<_>>>()?;
+    let opened = open_rings(config, layout);
+    // The shard is ready to accept: `start` returns (and the server says it listens) only
+    // once every shard's rings and buffers exist.
+    let _ = ready.send(match &opened {
+        Ok(_) => Ok(()),
+        Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+    });
+    let (rings, buffers, rings_wake) = opened?;
     let mut shard = Shard {
         io: Io::new(rings, index, config, features.setsockopt),
         buffers,
@@ -375,6 +369,28 @@ impl<H: Handler> Shard<H> {
         }
         waited >= self.grace + FORCED_CLOSE_WAIT
     }
+}
+
+/// A shard's rings, the receive buffers of each, and the eventfd the extra rings signal.
+fn open_rings(config: &Config, layout: Layout) -> io::Result<(Rings, Vec<BufRing>, OwnedFd)> {
+    let rings_wake = eventfd()?;
+    let mut rings = Rings::new(
+        layout.rings,
+        config.ring_entries,
+        layout.table,
+        rings_wake.as_raw_fd(),
+    )?;
+    let buffers = (0..rings.len())
+        .map(|ring| {
+            BufRing::new(
+                &rings.get(ring).submitter(),
+                recv_buffers_of(ring, config.recv_buffers),
+                config.recv_buffer_size,
+                BUFFER_GROUP,
+            )
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok((rings, buffers, rings_wake))
 }
 
 /// Receive buffers of a shard's ring: the configured count on the first ring, which carries

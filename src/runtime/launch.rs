@@ -133,11 +133,13 @@ where
     let make_handler = Arc::new(make_handler);
     let cpus = affinity::allowed_cpus();
     let mut threads = Vec::with_capacity(config.shards);
+    let (ready, shards_ready) = std::sync::mpsc::channel();
     for (index, (listeners, mailbox)) in listeners.into_iter().zip(mailboxes).enumerate() {
         let config = config.clone();
         let make_handler = make_handler.clone();
         let remotes = remotes.clone();
         let health = health.clone();
+        let ready = ready.clone();
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
         let thread = std::thread::Builder::new()
             .name(format!("ringws-shard-{index}"))
@@ -156,6 +158,7 @@ where
                         index,
                         layout,
                         features,
+                        ready,
                     };
                     event_loop::run(setup, &config, listeners, mailbox, handler, health)
                 }));
@@ -163,14 +166,27 @@ where
             })?;
         threads.push(thread);
     }
-    Ok(Runtime {
+    drop(ready);
+    let runtime = Runtime {
         remotes,
         health,
         threads,
         local_addrs,
         tls_local_addrs,
         layout,
-    })
+    };
+    // Every shard has its rings before anyone is told the server listens.
+    for _ in 0..config.shards {
+        let setup = shards_ready
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("a shard ended before it was ready")));
+        if let Err(err) = setup {
+            runtime.shutdown();
+            let _ = runtime.join();
+            return Err(err);
+        }
+    }
+    Ok(runtime)
 }
 
 /// A shard died: say which and why, and end the process.

@@ -235,7 +235,6 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     let proxy_listeners = config.admission.proxy_protocol_listen.len();
     let max_connections = config.max_connections;
     let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
-    println!("ringws: {max_connections} connections: {}", server.layout());
     let mut addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     for (index, addr) in addrs.iter().enumerate() {
         match index >= plain_listeners && index < plain_listeners + proxy_listeners {
@@ -247,6 +246,8 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
         println!("ringws: listening on {addr} (TLS)");
         addrs.push(format!("{addr} (TLS)"));
     }
+    // After the listening lines, which tools read first.
+    println!("ringws: {max_connections} connections: {}", server.layout());
     use std::io::Write as _;
     io::stdout().flush()?;
     let notifier = notify::Notifier::from_env().unwrap_or_else(|err| {
