@@ -171,6 +171,10 @@ fn holds_25000_connections_beyond_the_fd_limit() {
         "40000",
         "--idle-timeout",
         "0",
+        // Each worker opens its share before it sends a request: on a busy machine that
+        // takes longer than the default handshake timeout.
+        "--handshake-timeout",
+        "120s",
     ]);
     let addr = server.addr;
     let mut workers: Vec<Child> = (0..WORKERS).map(|i| spawn_worker(addr, i)).collect();

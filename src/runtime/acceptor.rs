@@ -2,9 +2,11 @@
 //!
 //! Each listening socket keeps 16 single-shot accepts in flight, each with its own address
 //! buffer (a direct descriptor cannot be passed to getpeername(2), and a multishot accept has
-//! one buffer for every connection). Accepts are armed only while the descriptor table has
-//! free slots: one armed with the table full would take a client off the backlog only to drop
-//! it. The rest park until a connection closes.
+//! one buffer for every connection). A shard with several rings arms each accept on its first
+//! ring whose descriptor table has free slots, so connections fill the first table before the
+//! next and a lightly loaded shard runs on one ring. With every table full no accept is
+//! armed: one would take a client off the backlog only to drop it. The rest park until a
+//! connection closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,8 +39,9 @@ pub(crate) struct Acceptor {
     bufs: Box<[AcceptBuf]>,
     /// Accepts waiting for a free descriptor slot.
     parked: Vec<u32>,
-    in_flight: usize,
-    /// The direct-descriptor table's size.
+    /// Accepts in flight on each ring.
+    in_flight: Vec<usize>,
+    /// The size of each ring's direct-descriptor table.
     table: usize,
     /// Listeners from this index on accept TLS connections.
     first_tls: usize,
@@ -46,8 +49,9 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    /// Accepts on `listeners`, of which those from `first_tls` on are TLS listeners.
-    pub fn new(listeners: Vec<OwnedFd>, table: usize, first_tls: usize) -> Self {
+    /// Accepts on `listeners`, of which those from `first_tls` on are TLS listeners, into
+    /// `rings` tables of `table` descriptors.
+    pub fn new(listeners: Vec<OwnedFd>, rings: usize, table: usize, first_tls: usize) -> Self {
         let bufs = (0..listeners.len() * ACCEPTS_PER_LISTENER)
             .map(|i| AcceptBuf {
                 listener: i / ACCEPTS_PER_LISTENER,
@@ -60,7 +64,7 @@ impl Acceptor {
             listeners,
             bufs,
             parked: Vec::new(),
-            in_flight: 0,
+            in_flight: vec![0; rings],
             table,
             first_tls,
             stopped: false,
@@ -74,16 +78,19 @@ impl Acceptor {
         }
     }
 
-    /// Arms accept `index`, or parks it while the table has no room.
+    /// Arms accept `index` on the first ring with room, or parks it while every table is
+    /// full.
     pub fn arm(&mut self, index: u32, io: &mut Io) {
         if self.stopped {
             return;
         }
-        if io.live + self.in_flight >= self.table {
+        let Some(ring) = (0..self.in_flight.len())
+            .find(|&ring| io.rings.live(ring) + self.in_flight[ring] < self.table)
+        else {
             self.parked.push(index);
             return;
-        }
-        self.in_flight += 1;
+        };
+        self.in_flight[ring] += 1;
         let buf = &mut self.bufs[index as usize];
         buf.length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         let listener = self.listeners[buf.listener].as_raw_fd();
@@ -95,25 +102,27 @@ impl Acceptor {
         // Direct descriptors are never in the fd table, so there is nothing to close on exec.
         .file_index(Some(DestinationSlot::auto_target()))
         .build()
-        .user_data(pack(Op::Accept, index, 0));
+        .user_data(pack(Op::Accept, index, ring as u32));
         // SAFETY: the kernel writes the peer's address into `bufs[index]`, which lives in a
-        // boxed slice never resized, owned by the shard, which drops it after its ring (and
+        // boxed slice never resized, owned by the shard, which drops it after its rings (and
         // so after every completion); the buffer is not touched again before this accept's
         // completion re-arms it. The listening socket stays open as long as the acceptor.
-        unsafe { io.ring.push(&entry) };
+        unsafe { io.rings.get(ring).push(&entry) };
     }
 
-    /// Accept `index` completed; on success, the direct-descriptor slot, the peer and the
-    /// listening socket's index ([`Acceptor::is_tls`] says whether it speaks TLS). Re-arms
-    /// or backs off on errors. A successful caller re-arms with [`Acceptor::arm`].
+    /// Accept `index`, armed on ring `ring`, completed; on success, the shard's slot for
+    /// the direct descriptor, the peer and the listening socket's index
+    /// ([`Acceptor::is_tls`] says whether it speaks TLS). Re-arms or backs off on errors. A
+    /// successful caller re-arms with [`Acceptor::arm`].
     pub fn on_complete(
         &mut self,
         index: u32,
+        ring: usize,
         result: i32,
         io: &mut Io,
     ) -> Option<(u32, SocketAddr, u16)> {
-        self.in_flight -= 1;
-        let Ok(slot) = u32::try_from(result) else {
+        self.in_flight[ring] = self.in_flight[ring].saturating_sub(1);
+        let Ok(local) = u32::try_from(result) else {
             match -result {
                 libc::ECANCELED => {}
                 // The table is full after all (slots freed late): wait for a close.
@@ -135,6 +144,7 @@ impl Acceptor {
             }
             return None;
         };
+        let slot = io.rings.slot_of(ring, local);
         let buf = &self.bufs[index as usize];
         let peer =
             socket::from_sockaddr(&buf.address).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -159,12 +169,14 @@ impl Acceptor {
     /// Stops accepting: cancels the accepts in flight and arms no more.
     pub fn stop(&mut self, io: &mut Io) {
         self.stopped = true;
-        for index in 0..self.bufs.len() as u32 {
-            let cancel = opcode::AsyncCancel::new(pack(Op::Accept, index, 0))
-                .build()
-                .user_data(pack(Op::Cancel, 0, 0));
-            // SAFETY: a cancel carries no pointers.
-            unsafe { io.ring.push(&cancel) };
+        for ring in 0..self.in_flight.len() {
+            for index in 0..self.bufs.len() as u32 {
+                let cancel = opcode::AsyncCancel::new(pack(Op::Accept, index, ring as u32))
+                    .build()
+                    .user_data(pack(Op::Cancel, 0, 0));
+                // SAFETY: a cancel carries no pointers.
+                unsafe { io.rings.get(ring).push(&cancel) };
+            }
         }
     }
 }

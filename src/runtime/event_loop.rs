@@ -6,9 +6,9 @@
 //! enter the kernel once to submit everything and wait for the next completion or timer tick.
 
 use std::io;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
@@ -18,8 +18,10 @@ use io_uring::types::Fd;
 use super::acceptor::Acceptor;
 use super::buf_ring::{BUFFER_GROUP, BufRing};
 use super::io_handle::Io;
+use super::layout::Layout;
 use super::mailbox::Mailbox;
-use super::ring::{self, Completion, Features, Ring};
+use super::ring::{Completion, Features};
+use super::rings::Rings;
 use super::slot::Phase;
 use super::timer;
 use super::user_data::{Op, pack, unpack};
@@ -28,17 +30,22 @@ use super::{Config, ConnId, Handler, Health, TlsAcceptor};
 /// How long past the shutdown grace a shard waits for the closes it forced.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// A shard's loop state. Field order matters: `io` (holding the ring, whose drop waits for
+/// A shard's loop state. Field order matters: `io` (holding the rings, whose drop waits for
 /// every request) drops before the memory requests point into: receive buffers, accept
-/// addresses, the wake-up counter.
+/// addresses, the wake-up counters.
 struct Shard<H: Handler> {
     io: Io,
-    buffers: BufRing,
+    /// Each ring's receive buffers, by ring.
+    buffers: Vec<BufRing>,
     acceptor: Acceptor,
     handler: H,
     mailbox: Arc<Mailbox<H::Message>>,
     /// Where the kernel writes the eventfd's counter on a wake-up.
     wake_buf: Box<u64>,
+    /// The eventfd the extra rings signal when they have work, and where the first ring
+    /// reads its counter.
+    rings_wake: OwnedFd,
+    rings_wake_buf: Box<u64>,
     mail: Vec<H::Message>,
     /// Mail is waiting: take a batch this turn, and do not block in the kernel.
     mail_ready: bool,
@@ -57,31 +64,52 @@ struct Shard<H: Handler> {
 /// The plaintext buffer is kept up to this size between receives.
 const PLAIN_KEEP: usize = 256 << 10;
 
-/// Runs shard `index` until it is shut down.
+/// What a shard is told about itself at start.
+pub(super) struct Setup {
+    pub index: usize,
+    /// The rings and tables every shard has.
+    pub layout: Layout,
+    pub features: Features,
+    /// Told once the shard's rings exist, or why they could not be made.
+    pub ready: mpsc::Sender<io::Result<()>>,
+}
+
+/// Runs a shard until it is shut down.
 pub(super) fn run<H: Handler>(
-    index: usize,
+    Setup {
+        index,
+        layout,
+        features,
+        ready,
+    }: Setup,
     config: &Config,
-    features: Features,
     listeners: Vec<OwnedFd>,
     mailbox: Arc<Mailbox<H::Message>>,
     handler: H,
     health: Health,
 ) -> io::Result<()> {
-    let table = ring::table_size(config.max_connections_per_shard);
-    let ring = Ring::new(config.ring_entries, table)?;
-    let buffers = BufRing::new(
-        &ring.submitter(),
-        config.recv_buffers,
-        config.recv_buffer_size,
-        BUFFER_GROUP,
-    )?;
+    let opened = open_rings(config, layout);
+    // The shard is ready to accept: `start` returns (and the server says it listens) only
+    // once every shard's rings and buffers exist.
+    let _ = ready.send(match &opened {
+        Ok(_) => Ok(()),
+        Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+    });
+    let (rings, buffers, rings_wake) = opened?;
     let mut shard = Shard {
-        io: Io::new(ring, index, config, features.setsockopt),
+        io: Io::new(rings, index, config, features.setsockopt),
         buffers,
-        acceptor: Acceptor::new(listeners, table as usize, config.listen.len()),
+        acceptor: Acceptor::new(
+            listeners,
+            layout.rings,
+            layout.table as usize,
+            config.listen.len(),
+        ),
         handler,
         mailbox,
         wake_buf: Box::new(0),
+        rings_wake,
+        rings_wake_buf: Box::new(0),
         mail: Vec::new(),
         mail_ready: false,
         mail_batch: config.mailbox_batch,
@@ -93,7 +121,12 @@ pub(super) fn run<H: Handler>(
         tls: config.tls.clone(),
         plain: Vec::new(),
     };
-    tracing::debug!(shard = index, table, "shard started");
+    tracing::debug!(
+        shard = index,
+        rings = layout.rings,
+        table = layout.table,
+        "shard started"
+    );
     shard.run()
 }
 
@@ -101,6 +134,9 @@ impl<H: Handler> Shard<H> {
     fn run(&mut self) -> io::Result<()> {
         self.acceptor.start(&mut self.io);
         self.arm_wake();
+        if self.io.rings.len() > 1 {
+            self.arm_rings_wake();
+        }
         loop {
             self.io.now = Instant::now();
             self.health.beat(self.io.shard(), self.io.now);
@@ -126,19 +162,22 @@ impl<H: Handler> Shard<H> {
                 }
             }
             self.io.flush();
-            self.buffers.publish();
-            let wait = if self.mail_ready {
+            for buffers in &mut self.buffers {
+                buffers.publish();
+            }
+            let extra_ready = self.io.rings.submit_extra()?;
+            let wait = if self.mail_ready || extra_ready {
                 Duration::ZERO
             } else {
                 self.io.timers.tick()
             };
-            self.io.ring.enter(wait)?;
+            self.io.rings.first().enter(wait)?;
         }
     }
 
     fn handle_completions(&mut self) {
         let mut completions = std::mem::take(&mut self.completions);
-        self.io.ring.reap(&mut completions);
+        self.io.rings.reap(&mut completions);
         // Sends first: a connection whose last sendmsg is done queues its new bytes without
         // a copy (see `SendQueue`).
         for completion in &completions {
@@ -147,6 +186,7 @@ impl<H: Handler> Shard<H> {
             }
         }
         for &Completion {
+            ring,
             user_data,
             result,
             flags,
@@ -157,7 +197,7 @@ impl<H: Handler> Shard<H> {
             };
             match op {
                 Op::Send | Op::Cancel => {}
-                Op::Accept => self.on_accept(index, result),
+                Op::Accept => self.on_accept(index, ring, result),
                 Op::Recv => self.on_recv(index, generation, result, flags),
                 Op::Close => {
                     if let Some((conn, cause)) = self.io.on_closed_fd(index, generation) {
@@ -169,14 +209,17 @@ impl<H: Handler> Shard<H> {
                     self.mail_ready = true;
                     self.arm_wake();
                 }
+                // The extra rings are looked at every turn; this only woke the shard.
+                Op::RingWake => self.arm_rings_wake(),
             }
         }
         completions.clear();
         self.completions = completions;
     }
 
-    fn on_accept(&mut self, index: u32, result: i32) {
-        let Some((slot, peer, listener)) = self.acceptor.on_complete(index, result, &mut self.io)
+    fn on_accept(&mut self, index: u32, ring: usize, result: i32) {
+        let Some((slot, peer, listener)) =
+            self.acceptor.on_complete(index, ring, result, &mut self.io)
         else {
             return;
         };
@@ -196,9 +239,10 @@ impl<H: Handler> Shard<H> {
             .io
             .slot_for(index, generation)
             .map(|s| (s.phase(), s.is_paused()));
+        let buffers = &mut self.buffers[self.io.rings.ring_of(index)];
         if let Some(id) = buffer {
             if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
-                let data = self.buffers.filled(id, len);
+                let data = buffers.filled(id, len);
                 match state {
                     (Phase::Open, false) => deliver(
                         &mut self.io,
@@ -213,7 +257,7 @@ impl<H: Handler> Shard<H> {
                     _ => {}
                 }
             }
-            self.buffers.recycle(id);
+            buffers.recycle(id);
         }
         // The handler may have closed the connection, but not freed its slot: that waits for
         // the close's completion.
@@ -281,7 +325,18 @@ impl<H: Handler> Shard<H> {
         // SAFETY: the kernel writes 8 bytes into `wake_buf`, a box the shard owns and drops
         // after its ring, and reads it nowhere else; it is re-armed only after this read
         // completes. The eventfd belongs to the mailbox the shard holds as long.
-        unsafe { self.io.ring.push(&read) };
+        unsafe { self.io.rings.first().push(&read) };
+    }
+
+    fn arm_rings_wake(&mut self) {
+        let buf: *mut u64 = &mut *self.rings_wake_buf;
+        let read = opcode::Read::new(Fd(self.rings_wake.as_raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(pack(Op::RingWake, 0, 0));
+        // SAFETY: the kernel writes 8 bytes into `rings_wake_buf`, a box the shard owns and
+        // drops after its rings, and reads it nowhere else; it is re-armed only after this
+        // read completes. The eventfd is owned by the shard as long.
+        unsafe { self.io.rings.first().push(&read) };
     }
 
     /// Handles one batch of mail; more waits for the next turn.
@@ -314,6 +369,50 @@ impl<H: Handler> Shard<H> {
         }
         waited >= self.grace + FORCED_CLOSE_WAIT
     }
+}
+
+/// A shard's rings, the receive buffers of each, and the eventfd the extra rings signal.
+fn open_rings(config: &Config, layout: Layout) -> io::Result<(Rings, Vec<BufRing>, OwnedFd)> {
+    let rings_wake = eventfd()?;
+    let mut rings = Rings::new(
+        layout.rings,
+        config.ring_entries,
+        layout.table,
+        rings_wake.as_raw_fd(),
+    )?;
+    let buffers = (0..rings.len())
+        .map(|ring| {
+            BufRing::new(
+                &rings.get(ring).submitter(),
+                recv_buffers_of(ring, config.recv_buffers),
+                config.recv_buffer_size,
+                BUFFER_GROUP,
+            )
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok((rings, buffers, rings_wake))
+}
+
+/// Receive buffers of a shard's ring: the configured count on the first ring, which carries
+/// all the traffic of a shard holding no more than one table, and a quarter of it (at least
+/// one) on each extra ring, so extra tables cost connections' worth of memory, not traffic's.
+fn recv_buffers_of(ring: usize, configured: u16) -> u16 {
+    if ring == 0 {
+        configured
+    } else {
+        (configured / 4).max(1)
+    }
+}
+
+/// A non-blocking eventfd.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) returns a new descriptor or -1, checked before it is owned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Hands what an open connection received to its handler: as it came, or, on a TLS

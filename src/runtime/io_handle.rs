@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::opcode;
-use io_uring::types::Fixed;
 
 use super::buf_ring::BUFFER_GROUP;
-use super::ring::{self, Ring};
+use super::ring;
+use super::rings::Rings;
 use super::send_queue::SendQueue;
 use super::send_queue::{Dropped, SendBuf, Tag};
 use super::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
@@ -26,9 +26,9 @@ const SEAL_BATCH: usize = 128 << 10;
 
 /// What a handler can do to connections; lent to every [`Handler`](super::Handler) call.
 pub struct Io {
-    /// Declared first: dropping the ring waits for the kernel to finish with the memory
+    /// Declared first: dropping the rings waits for the kernel to finish with the memory
     /// of the fields below (send queues and their headers).
-    pub(super) ring: Ring,
+    pub(super) rings: Rings,
     pub(super) slots: Vec<Slot>,
     pub(super) timers: TimerWheel,
     pub(super) now: Instant,
@@ -66,10 +66,10 @@ fn slot_of(slots: &mut [Slot], conn: ConnId) -> Option<&mut Slot> {
 }
 
 impl Io {
-    pub(super) fn new(ring: Ring, shard: usize, config: &super::Config, reset: bool) -> Self {
+    pub(super) fn new(rings: Rings, shard: usize, config: &super::Config, reset: bool) -> Self {
         let now = Instant::now();
         Self {
-            ring,
+            rings,
             slots: Vec::new(),
             timers: TimerWheel::new(config.timer_tick, now),
             now,
@@ -293,15 +293,18 @@ impl Io {
         }
         let conn = ConnId::new(index, slot.generation());
         self.live += 1;
+        self.rings.opened(index);
         self.apply(index, actions);
         Some(conn)
     }
 
     /// Closes a descriptor accepted into `index` that no connection will own.
     fn close_stray(&mut self, index: u32) {
-        let close = opcode::Close::new(Fixed(index)).build().user_data(0);
+        let close = opcode::Close::new(self.rings.fixed(index))
+            .build()
+            .user_data(0);
         // SAFETY: a close carries no pointers.
-        unsafe { self.ring.push(&close) };
+        unsafe { self.rings.push_for(index, &close) };
     }
 
     /// Bytes received on TLS connection `conn` (which must be open): decrypts what it can
@@ -402,6 +405,7 @@ impl Io {
             "descriptor closed"
         );
         self.live -= 1;
+        self.rings.closed(index);
         self.slots_freed = true;
         Some((ConnId::new(index, generation), cause))
     }
@@ -430,7 +434,7 @@ impl Io {
             }
             let buf = self.send_pool.pop().unwrap_or_else(SendBuf::new);
             let header = slot.queue.start_send(buf);
-            let send = opcode::SendMsg::new(Fixed(index), header)
+            let send = opcode::SendMsg::new(self.rings.fixed(index), header)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(pack(Op::Send, index, slot.generation()));
@@ -438,7 +442,7 @@ impl Io {
             // flight; it and the chunks its iovecs point into stay put and unchanged until
             // the completion hands the box back (`SendQueue::start_send`). The slot is not
             // freed before then: its close waits for the send to end.
-            unsafe { self.ring.push(&send) };
+            unsafe { self.rings.push_for(index, &send) };
         }
         self.dirty = dirty;
     }
@@ -456,7 +460,7 @@ impl Io {
     fn carry_out(&mut self, index: u32, actions: Actions) {
         let generation = self.slots[index as usize].generation();
         let conn = ConnId::new(index, generation);
-        let fd = Fixed(index);
+        let fd = self.rings.fixed(index);
         let of = |op: Op| pack(op, index, generation);
         for action in actions {
             let entry = match action {
@@ -506,7 +510,7 @@ impl Io {
             // ring, which is registered before and dropped after this ring; the setsockopt
             // reads the static LINGER_ZERO. The descriptor slot stays ours until the close
             // submitted last completes (the slot's transitions order it after the others).
-            unsafe { self.ring.push(&entry) };
+            unsafe { self.rings.push_for(index, &entry) };
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
+use super::layout::{self, Layout};
 use super::mailbox::{Mailbox, Remote};
 use super::{Config, Handler, Health, affinity, event_loop, listener, ring};
 
@@ -30,6 +31,7 @@ pub struct Runtime<M> {
     threads: Vec<JoinHandle<io::Result<()>>>,
     local_addrs: Vec<SocketAddr>,
     tls_local_addrs: Vec<SocketAddr>,
+    layout: Layout,
 }
 
 impl<M: Send + 'static> Runtime<M> {
@@ -41,6 +43,11 @@ impl<M: Send + 'static> Runtime<M> {
     /// The TLS addresses being listened on (`Config::tls_listen`, ports chosen).
     pub fn tls_local_addrs(&self) -> &[SocketAddr] {
         &self.tls_local_addrs
+    }
+
+    /// How the shards' connections are laid out over rings and descriptor tables.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     pub fn remotes(&self) -> &[Remote<M>] {
@@ -98,6 +105,11 @@ where
 {
     config.validate()?;
     let features = ring::check_kernel()?;
+    let layout = Layout::plan(
+        config.shards,
+        config.max_connections_per_shard,
+        layout::descriptor_cap(),
+    );
     let listeners = listener::bind_all(&config)?;
     let mut local_addrs = listeners
         .first()
@@ -121,11 +133,13 @@ where
     let make_handler = Arc::new(make_handler);
     let cpus = affinity::allowed_cpus();
     let mut threads = Vec::with_capacity(config.shards);
+    let (ready, shards_ready) = std::sync::mpsc::channel();
     for (index, (listeners, mailbox)) in listeners.into_iter().zip(mailboxes).enumerate() {
         let config = config.clone();
         let make_handler = make_handler.clone();
         let remotes = remotes.clone();
         let health = health.clone();
+        let ready = ready.clone();
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
         let thread = std::thread::Builder::new()
             .name(format!("ringws-shard-{index}"))
@@ -140,21 +154,39 @@ where
                         health: health.clone(),
                     };
                     let handler = make_handler(context);
-                    event_loop::run(
-                        index, &config, features, listeners, mailbox, handler, health,
-                    )
+                    let setup = event_loop::Setup {
+                        index,
+                        layout,
+                        features,
+                        ready,
+                    };
+                    event_loop::run(setup, &config, listeners, mailbox, handler, health)
                 }));
                 ran.unwrap_or_else(|payload| exit_on_panic(index, payload.as_ref()))
             })?;
         threads.push(thread);
     }
-    Ok(Runtime {
+    drop(ready);
+    let runtime = Runtime {
         remotes,
         health,
         threads,
         local_addrs,
         tls_local_addrs,
-    })
+        layout,
+    };
+    // Every shard has its rings before anyone is told the server listens.
+    for _ in 0..config.shards {
+        let setup = shards_ready
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("a shard ended before it was ready")));
+        if let Err(err) = setup {
+            runtime.shutdown();
+            let _ = runtime.join();
+            return Err(err);
+        }
+    }
+    Ok(runtime)
 }
 
 /// A shard died: say which and why, and end the process.

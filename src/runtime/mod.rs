@@ -1,7 +1,8 @@
 //! The io_uring driver: shards of connections that move bytes. It knows nothing of WebSocket.
 //!
-//! Each shard is a thread pinned to a core with its own ring, listening sockets
-//! (SO_REUSEPORT), direct-descriptor table and provided-buffer ring. A [`Handler`] per shard
+//! Each shard is a thread pinned to a core with its own rings (as many as its share of
+//! connections needs, each with a direct-descriptor table no larger than the open-file limit
+//! allows, and a provided-buffer ring), and listening sockets (SO_REUSEPORT). A [`Handler`] per shard
 //! hears about connections and their bytes and acts through [`Io`]. Shards share nothing on
 //! the hot path; other threads reach a shard through a [`Remote`], which queues a message
 //! and wakes the shard's ring.
@@ -21,9 +22,11 @@ mod event_loop;
 mod health;
 mod io_handle;
 mod launch;
+mod layout;
 mod listener;
 mod mailbox;
 mod ring;
+mod rings;
 mod send_queue;
 mod slot;
 pub mod socket;
@@ -37,6 +40,7 @@ pub use config::{Config, Keepalive, defaults};
 pub use health::Health;
 pub use io_handle::Io;
 pub use launch::{Runtime, ShardContext, start};
+pub use layout::Layout;
 pub use mailbox::Remote;
 pub use send_queue::{CHUNK_OVERHEAD, Dropped, Tag};
 pub use tls::{Secured, TlsAcceptor, TlsFailure};

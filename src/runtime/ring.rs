@@ -2,7 +2,7 @@
 //! lacks, and the one place requests are handed to the kernel.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use io_uring::types::{CancelBuilder, Fixed, SubmitArgs, Timespec};
@@ -120,6 +120,8 @@ pub(crate) fn linger_zero(fd: Fixed) -> squeue::Entry {
 /// One completion, copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Completion {
+    /// Which of the shard's rings posted it.
+    pub ring: usize,
     pub user_data: u64,
     pub result: i32,
     pub flags: u32,
@@ -139,16 +141,23 @@ impl Ring {
     /// A ring for one shard's thread, single issuer with deferred task running where the
     /// kernel has them (6.1), else the plain setup; and a sparse table of `table` direct
     /// descriptors.
-    pub fn new(entries: u32, table: u32) -> io::Result<Self> {
+    ///
+    /// A shard's extra rings (`wake` given) are never waited on: they signal the eventfd
+    /// `wake` when they have work, which wakes the shard's first ring, and raise the
+    /// task-run flag, which [`Ring::submit_pending`] reads to know whether to enter.
+    pub fn new(entries: u32, table: u32, wake: Option<RawFd>) -> io::Result<Self> {
         let cq = entries.saturating_mul(4);
-        let best = IoUring::builder()
+        let mut builder = IoUring::builder();
+        builder
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_coop_taskrun()
             .setup_submit_all()
-            .setup_cqsize(cq)
-            .build(entries);
-        let uring = match best {
+            .setup_cqsize(cq);
+        if wake.is_some() {
+            builder.setup_taskrun_flag();
+        }
+        let uring = match builder.build(entries) {
             Ok(ring) => ring,
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(
@@ -167,6 +176,9 @@ impl Ring {
                     format!("cannot register a direct-descriptor table of {table}: {e}"),
                 )
             })?;
+        if let Some(wake) = wake {
+            uring.submitter().register_eventfd(wake)?;
+        }
         Ok(Self {
             uring,
             in_flight: 0,
@@ -200,10 +212,11 @@ impl Ring {
         }
     }
 
-    /// Moves every completion the kernel posted into `into`.
-    pub fn reap(&mut self, into: &mut Vec<Completion>) {
+    /// Moves every completion the kernel posted into `into`, marked as ring `ring`'s.
+    pub fn reap(&mut self, ring: usize, into: &mut Vec<Completion>) {
         let start = into.len();
         into.extend(self.uring.completion().map(|c| Completion {
+            ring,
             user_data: c.user_data(),
             result: c.result(),
             flags: c.flags(),
@@ -233,6 +246,28 @@ impl Ring {
         }
     }
 
+    /// Submits what was pushed and runs the kernel's deferred work, without waiting: for a
+    /// shard's extra rings, entered only when they have something to do.
+    pub fn submit_pending(&mut self) -> io::Result<()> {
+        let pending = {
+            let submission = self.uring.submission();
+            !submission.is_empty() || submission.taskrun() || submission.cq_overflow()
+        };
+        if !pending {
+            return Ok(());
+        }
+        match self.uring.submitter().submit() {
+            Ok(_) => Ok(()),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Whether completions wait to be reaped.
+    pub fn has_completions(&mut self) -> bool {
+        !self.uring.completion().is_empty()
+    }
+
     /// Cancels every request and reaps completions until none is left or `bound` passes.
     fn cancel_everything(&mut self, bound: Duration) {
         if self.in_flight == 0 {
@@ -248,7 +283,7 @@ impl Ring {
                 break;
             }
             completions.clear();
-            self.reap(&mut completions);
+            self.reap(0, &mut completions);
         }
         if self.in_flight > 0 {
             tracing::warn!(
@@ -263,21 +298,4 @@ impl Drop for Ring {
     fn drop(&mut self) {
         self.cancel_everything(Duration::from_secs(1));
     }
-}
-
-/// The direct-descriptor table size: what was asked, within the kernel's cap (the process's
-/// RLIMIT_NOFILE).
-pub(crate) fn table_size(wanted: usize) -> u32 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the live struct we pass.
-    let cap = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    };
-    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    u32::try_from(wanted.min(cap).max(1)).unwrap_or(u32::MAX)
 }

@@ -6,7 +6,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Op {
-    /// `index` is the accept buffer.
+    /// `index` is the accept buffer; the generation field holds the ring it was armed on.
     Accept = 1,
     Recv,
     Send,
@@ -18,6 +18,8 @@ pub(crate) enum Op {
     Wake,
     /// setsockopt(2) on the connection.
     SockOpt,
+    /// The eventfd read that wakes the shard when one of its extra rings has work.
+    RingWake,
 }
 
 impl Op {
@@ -31,6 +33,7 @@ impl Op {
             6 => Self::Cancel,
             7 => Self::Wake,
             8 => Self::SockOpt,
+            9 => Self::RingWake,
             _ => return None,
         })
     }
@@ -72,6 +75,7 @@ mod tests {
             Op::Cancel,
             Op::Wake,
             Op::SockOpt,
+            Op::RingWake,
         ] {
             let packed = pack(op, 0xDEAD_BEEF, 0x12_3456);
             assert_eq!(unpack(packed), Some((op, 0xDEAD_BEEF, 0x12_3456)));

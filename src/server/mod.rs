@@ -198,6 +198,11 @@ impl Server {
         self.runtime.tls_local_addrs()
     }
 
+    /// How connections are laid out over shards, rings and descriptor tables.
+    pub fn layout(&self) -> runtime::Layout {
+        self.runtime.layout()
+    }
+
     /// Stops accepting and sends 1001 to every client (spread over the drain window), then
     /// waits, boundedly, for them to close. Draining starts too, if it had not.
     pub fn shutdown(&self) {
@@ -228,6 +233,7 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     }
     let plain_listeners = config.listen.len();
     let proxy_listeners = config.admission.proxy_protocol_listen.len();
+    let max_connections = config.max_connections;
     let server = Server::start(config, move |_| serve_app::ServeApp::new(&app_config))?;
     let mut addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     for (index, addr) in addrs.iter().enumerate() {
@@ -240,6 +246,8 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
         println!("ringws: listening on {addr} (TLS)");
         addrs.push(format!("{addr} (TLS)"));
     }
+    // After the listening lines, which tools read first.
+    println!("ringws: {max_connections} connections: {}", server.layout());
     use std::io::Write as _;
     io::stdout().flush()?;
     let notifier = notify::Notifier::from_env().unwrap_or_else(|err| {
