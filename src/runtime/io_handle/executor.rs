@@ -1,263 +1,24 @@
-//! [`Io`]: what a handler can do to its shard's connections, and how the shard carries out
-//! what a slot's transitions ask for.
+//! How the shard carries out what a slot's transitions ask for: opening and closing slots,
+//! completions of sends and descriptor operations, the flush, and TLS sealing.
 
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 use io_uring::opcode;
 
-use super::buf_ring::BUFFER_GROUP;
-use super::ring;
-use super::rings::Rings;
-use super::send_queue::SendQueue;
-use super::send_queue::{Dropped, SendBuf, Tag};
-use super::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
-use super::timer::{self, TimerWheel};
-use super::tls::{Seal, TlsAcceptor, TlsStream};
-use super::user_data::{Op, pack};
-use super::{CloseCause, ConnId, Secured};
+use crate::runtime::buf_ring::BUFFER_GROUP;
+use crate::runtime::ring;
+use crate::runtime::send_queue::{SendBuf, SendQueue};
+use crate::runtime::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
+use crate::runtime::timer;
+use crate::runtime::tls::{Seal, TlsAcceptor, TlsStream};
+use crate::runtime::user_data::{Op, pack};
+use crate::runtime::{CloseCause, ConnId, Secured};
 
-/// Spare sendmsg headers kept for reuse; each is about 1 KiB.
-const MAX_SPARE_SEND_BUFS: usize = 256;
-
-/// Plaintext a TLS connection seals per flush at most: eight full records. What it holds
-/// sealed and unsent is bounded by this, beside what its queue's bound allows.
-const SEAL_BATCH: usize = 128 << 10;
-
-/// What a handler can do to connections; lent to every [`Handler`](super::Handler) call.
-pub struct Io {
-    /// Declared first: dropping the rings waits for the kernel to finish with the memory
-    /// of the fields below (send queues and their headers).
-    pub(super) rings: Rings,
-    pub(super) slots: Vec<Slot>,
-    pub(super) timers: TimerWheel,
-    pub(super) now: Instant,
-    /// Connections with something to write this turn.
-    dirty: Vec<u32>,
-    /// Connections whose receive must be started again (resumed, or the buffers ran out).
-    pub(super) rearm: Vec<ConnId>,
-    /// Connections that wrote out their whole queue this turn.
-    pub(super) drained: Vec<ConnId>,
-    /// Tags of chunks the kernel finished taking this turn.
-    pub(super) sent_tags: Vec<Tag>,
-    /// A descriptor closed this turn: parked accepts may go ahead.
-    pub(super) slots_freed: bool,
-    /// Spare message headers for sendmsg, at most MAX_SPARE_SEND_BUFS.
-    #[allow(
-        clippy::vec_box,
-        reason = "the kernel reads a header by address while its send is in flight"
-    )]
-    send_pool: Vec<Box<SendBuf>>,
-    pub(super) live: usize,
-    shard: usize,
-    drain_timeout: Duration,
-    linger: Duration,
-    /// Aborts reset (SO_LINGER 0 through io_uring); without it they are plain closes.
-    reset: bool,
-    /// Where a TLS connection's small queued pieces are gathered to be sealed in one record.
-    seal_scratch: Vec<u8>,
-}
-
-/// The slot `conn` names, if that connection is still there.
-fn slot_of(slots: &mut [Slot], conn: ConnId) -> Option<&mut Slot> {
-    slots
-        .get_mut(conn.slot as usize)
-        .filter(|slot| slot.generation() == conn.generation && slot.is_live())
-}
+use super::*;
 
 impl Io {
-    pub(super) fn new(rings: Rings, shard: usize, config: &super::Config, reset: bool) -> Self {
-        let now = Instant::now();
-        Self {
-            rings,
-            slots: Vec::new(),
-            timers: TimerWheel::new(config.timer_tick, now),
-            now,
-            dirty: Vec::new(),
-            rearm: Vec::new(),
-            drained: Vec::new(),
-            sent_tags: Vec::new(),
-            slots_freed: false,
-            send_pool: Vec::new(),
-            live: 0,
-            shard,
-            drain_timeout: config.drain_timeout,
-            linger: config.linger,
-            reset,
-            seal_scratch: Vec::new(),
-        }
-    }
-
-    /// Queues `bytes` for `conn`. They are written in order, with everything else queued for
-    /// it, in one sendmsg at the end of the loop turn.
-    pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
-        self.enqueue(conn, bytes, false, None);
-    }
-
-    /// Like [`Io::send`], for a whole message that [`Io::drop_oldest`] may drop unsent. It
-    /// is never copied: share it between connections freely.
-    pub fn send_droppable(&mut self, conn: ConnId, bytes: Bytes) {
-        self.enqueue(conn, bytes, true, None);
-    }
-
-    /// Like [`Io::send_droppable`], with a tag the handler hears back
-    /// ([`Handler::on_sent`](super::Handler::on_sent)) once the kernel has taken the whole
-    /// message; a dropped message's tag never comes back.
-    pub fn send_tagged(&mut self, conn: ConnId, bytes: Bytes, tag: Tag) {
-        self.enqueue(conn, bytes, true, Some(tag));
-    }
-
-    fn enqueue(&mut self, conn: ConnId, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
-        let Some(slot) = slot_of(&mut self.slots, conn) else {
-            return;
-        };
-        if bytes.is_empty() || !slot.accepts_bytes() {
-            return;
-        }
-        slot.queue.push_tagged(bytes, droppable, tag);
-        if slot.mark_dirty() {
-            self.dirty.push(conn.slot);
-        }
-    }
-
-    /// Drops `conn`'s oldest droppable messages not yet being written, until its queue
-    /// costs at most `low_water` (or nothing droppable is left). The work is proportional to
-    /// what it drops, plus what it must keep in front (in flight, or not droppable).
-    pub fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped {
-        slot_of(&mut self.slots, conn)
-            .map_or(Dropped::default(), |slot| slot.queue.drop_oldest(low_water))
-    }
-
-    /// What `conn`'s queue costs: bytes not yet written, plus
-    /// [`CHUNK_OVERHEAD`](super::CHUNK_OVERHEAD) per queued chunk, plus the capacity of the
-    /// buffers the queue owns (bytes queued behind a sendmsg in flight are copied into
-    /// them).
-    pub fn queued_bytes(&self, conn: ConnId) -> usize {
-        self.slots
-            .get(conn.slot as usize)
-            .filter(|slot| slot.generation() == conn.generation)
-            .map_or(0, |slot| slot.queue.cost())
-    }
-
-    /// Bytes the kernel has accepted for `conn` since it opened: no progress over a while
-    /// means the peer is not reading.
-    pub fn written_bytes(&self, conn: ConnId) -> u64 {
-        self.slots
-            .get(conn.slot as usize)
-            .filter(|slot| slot.generation() == conn.generation)
-            .map_or(0, |slot| slot.queue.written())
-    }
-
-    /// Closes `conn` once its queue is written: FIN, a wait for the peer's, then the
-    /// descriptor. From here the runtime owns the connection's end: writing out the queue
-    /// may take [`Config::drain_timeout`](super::Config::drain_timeout), the wait
-    /// [`Config::linger`](super::Config::linger), and past either the connection is aborted,
-    /// so the handler hears `on_closed` within both plus a little whatever the peer does.
-    ///
-    /// On a TLS connection what is queued is sealed now, followed by a close_notify; bytes
-    /// queued after this would follow it, and are dropped. A TLS connection whose handshake
-    /// has not finished can send none of its plaintext: that is dropped, and the connection
-    /// ends with [`TlsFailure::Unfinished`](super::TlsFailure::Unfinished).
-    pub fn close(&mut self, conn: ConnId) {
-        let Some(slot) = slot_of(&mut self.slots, conn) else {
-            return;
-        };
-        if slot.phase() == Phase::Open
-            && let Some((tls, queue)) = slot.tls()
-        {
-            seal_for_close(tls, queue, &mut self.seal_scratch);
-            if !queue.is_empty() && slot.mark_dirty() {
-                self.dirty.push(conn.slot);
-            }
-        }
-        let actions = slot.close();
-        self.apply(conn.slot, actions);
-    }
-
-    /// Closes `conn` now, dropping whatever is queued: the kernel resets the connection
-    /// (SO_LINGER 0, where io_uring can set it) and frees its buffers at once.
-    pub fn abort(&mut self, conn: ConnId) {
-        if let Some(slot) = slot_of(&mut self.slots, conn) {
-            let actions = slot.abort(CloseCause::Local, self.reset);
-            self.apply(conn.slot, actions);
-        }
-    }
-
-    /// Stops delivering `conn`'s bytes until [`Io::resume_recv`]; what the kernel already
-    /// received is kept, not lost.
-    pub fn pause_recv(&mut self, conn: ConnId) {
-        if let Some(slot) = slot_of(&mut self.slots, conn) {
-            let actions = slot.pause();
-            self.apply(conn.slot, actions);
-        }
-    }
-
-    pub fn resume_recv(&mut self, conn: ConnId) {
-        if let Some(slot) = slot_of(&mut self.slots, conn)
-            && slot.resume()
-        {
-            self.rearm.push(conn);
-        }
-    }
-
-    /// Calls the handler's `on_deadline` for `conn` after `after` (rounded up to the timer
-    /// tick), replacing any earlier deadline. Delivered only while the connection is open.
-    pub fn set_deadline(&mut self, conn: ConnId, after: Duration) {
-        match self.now.checked_add(after) {
-            Some(at) => self.set_deadline_at(conn, at),
-            None => self.clear_deadline(conn),
-        }
-    }
-
-    /// Like [`Io::set_deadline`], at `at`.
-    pub fn set_deadline_at(&mut self, conn: ConnId, at: Instant) {
-        let Some(slot) = slot_of(&mut self.slots, conn) else {
-            return;
-        };
-        slot.deadline = self
-            .timers
-            .schedule(conn.slot, conn.generation, timer::Kind::Handler, at);
-    }
-
-    pub fn clear_deadline(&mut self, conn: ConnId) {
-        if let Some(slot) = slot_of(&mut self.slots, conn) {
-            slot.deadline = 0;
-        }
-    }
-
-    /// The time at the start of this loop turn.
-    pub fn now(&self) -> Instant {
-        self.now
-    }
-
-    pub fn shard(&self) -> usize {
-        self.shard
-    }
-
-    /// Connections this shard holds, closing ones included.
-    pub fn connections(&self) -> usize {
-        self.live
-    }
-
-    /// Which listening socket accepted `conn`: its index in `Config::listen`.
-    pub fn listener_of(&self, conn: ConnId) -> Option<usize> {
-        self.slots
-            .get(conn.slot as usize)
-            .filter(|slot| slot.generation() == conn.generation && slot.is_live())
-            .map(|slot| usize::from(slot.listener))
-    }
-
-    /// Whether `conn` came through a TLS listener.
-    pub fn is_tls(&self, conn: ConnId) -> bool {
-        self.slots
-            .get(conn.slot as usize)
-            .is_some_and(|slot| slot.generation() == conn.generation && slot.is_tls())
-    }
-
     /// A connection accepted into `index` by listening socket `listener`, through TLS when
     /// `tls` is given; `None` if the slot is somehow still in use (the newcomer is then
     /// closed), or TLS could not start.
-    pub(super) fn open(
+    pub(in crate::runtime) fn open(
         &mut self,
         index: u32,
         listener: u16,
@@ -311,7 +72,7 @@ impl Io {
     /// into `plain`, queues what the handshake answers, and on a failure closes the
     /// connection after the alert (or the not-TLS reply) is written. Returns the
     /// handshake's outcome when these bytes completed it.
-    pub(super) fn receive_tls(
+    pub(in crate::runtime) fn receive_tls(
         &mut self,
         conn: ConnId,
         data: &mut [u8],
@@ -338,18 +99,22 @@ impl Io {
     }
 
     /// Whether `conn` is still there and open (not closing).
-    pub(super) fn is_open(&self, conn: ConnId) -> bool {
+    pub(in crate::runtime) fn is_open(&self, conn: ConnId) -> bool {
         self.slots
             .get(conn.slot as usize)
             .is_some_and(|slot| slot.generation() == conn.generation && slot.phase() == Phase::Open)
     }
 
     /// The slot a completion of generation `generation` belongs to, if still there.
-    pub(super) fn slot_for(&mut self, index: u32, generation: u32) -> Option<&mut Slot> {
+    pub(in crate::runtime) fn slot_for(
+        &mut self,
+        index: u32,
+        generation: u32,
+    ) -> Option<&mut Slot> {
         slot_of(&mut self.slots, ConnId::new(index, generation))
     }
 
-    pub(super) fn on_send(&mut self, index: u32, generation: u32, result: i32) {
+    pub(in crate::runtime) fn on_send(&mut self, index: u32, generation: u32, result: i32) {
         let Some(slot) = slot_of(&mut self.slots, ConnId::new(index, generation)) else {
             return;
         };
@@ -365,7 +130,7 @@ impl Io {
     }
 
     /// A shutdown or setsockopt completed.
-    pub(super) fn on_fd_op_done(&mut self, index: u32, generation: u32) {
+    pub(in crate::runtime) fn on_fd_op_done(&mut self, index: u32, generation: u32) {
         if let Some(slot) = self.slot_for(index, generation) {
             let actions = slot.on_fd_op_done();
             self.apply(index, actions);
@@ -373,7 +138,12 @@ impl Io {
     }
 
     /// One of the runtime's closing deadlines passed.
-    pub(super) fn on_closing_timer(&mut self, index: u32, generation: u32, kind: timer::Kind) {
+    pub(in crate::runtime) fn on_closing_timer(
+        &mut self,
+        index: u32,
+        generation: u32,
+        kind: timer::Kind,
+    ) {
         let reset = self.reset;
         if let Some(slot) = self.slot_for(index, generation) {
             let actions = slot.on_timer(kind, reset);
@@ -391,7 +161,7 @@ impl Io {
     /// The descriptor is closed and the slot free: the kernel may hand it to the very next
     /// accept, even one completing in the same batch, so the handler must hear of this
     /// connection's end before anything else.
-    pub(super) fn on_closed_fd(
+    pub(in crate::runtime) fn on_closed_fd(
         &mut self,
         index: u32,
         generation: u32,
@@ -411,7 +181,7 @@ impl Io {
     }
 
     /// Closes every connection still here, as the shutdown grace ran out.
-    pub(super) fn close_all(&mut self) {
+    pub(in crate::runtime) fn close_all(&mut self) {
         for index in 0..self.slots.len() as u32 {
             let actions = self.slots[index as usize].abort(CloseCause::Shutdown, false);
             self.apply(index, actions);
@@ -419,7 +189,7 @@ impl Io {
     }
 
     /// One sendmsg for each connection with something queued and nothing in flight.
-    pub(super) fn flush(&mut self) {
+    pub(in crate::runtime) fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for index in dirty.drain(..) {
             let slot = &mut self.slots[index as usize];
@@ -449,7 +219,7 @@ impl Io {
 
     /// Carries out what a transition of slot `index` asked for.
     #[inline]
-    pub(super) fn apply(&mut self, index: u32, actions: Actions) {
+    pub(in crate::runtime) fn apply(&mut self, index: u32, actions: Actions) {
         if !actions.is_empty() {
             self.carry_out(index, actions);
         }
@@ -532,7 +302,7 @@ fn seal_batch(tls: &mut TlsStream, queue: &mut SendQueue, scratch: &mut Vec<u8>)
 
 /// A TLS connection is closing: seals all its plaintext and then a close_notify, or, if
 /// its handshake never finished, drops the plaintext it cannot send.
-fn seal_for_close(tls: &mut TlsStream, queue: &mut SendQueue, scratch: &mut Vec<u8>) {
+pub(super) fn seal_for_close(tls: &mut TlsStream, queue: &mut SendQueue, scratch: &mut Vec<u8>) {
     if !tls.is_established() {
         tls.close_unfinished();
         queue.discard_plaintext();
