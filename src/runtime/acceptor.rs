@@ -103,10 +103,10 @@ impl Acceptor {
         .file_index(Some(DestinationSlot::auto_target()))
         .build()
         .user_data(pack(Op::Accept, index, ring as u32));
-        // SAFETY: the kernel writes the peer's address into `bufs[index]`, which lives in a
-        // boxed slice never resized, owned by the shard, which drops it after its rings (and
-        // so after every completion); the buffer is not touched again before this accept's
-        // completion re-arms it. The listening socket stays open as long as the acceptor.
+        // The listening socket stays open as long as the acceptor, and `bufs[index]` is not
+        // touched again before this accept's completion re-arms it.
+        // SAFETY: the kernel writes the peer's address into `bufs[index]`, a never-resized
+        // boxed slice the shard drops only after its rings, so after every completion.
         unsafe { io.rings.get(ring).push(&entry) };
     }
 

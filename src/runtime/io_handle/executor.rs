@@ -208,10 +208,9 @@ impl Io {
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(pack(Op::Send, index, slot.generation()));
-            // SAFETY: `header` is the boxed SendBuf the slot's queue now holds as its send in
-            // flight; it and the chunks its iovecs point into stay put and unchanged until
-            // the completion hands the box back (`SendQueue::start_send`). The slot is not
-            // freed before then: its close waits for the send to end.
+            // The slot is not freed before the completion: its close waits for the send.
+            // SAFETY: `header` is the boxed SendBuf the queue holds as its send in flight; it
+            // and the chunks it points into stay put until the completion (`start_send`).
             unsafe { self.rings.push_for(index, &send) };
         }
         self.dirty = dirty;
@@ -275,11 +274,11 @@ impl Io {
                     continue;
                 }
             };
-            // SAFETY: none of these entries carries a pointer to our memory but two: the
-            // multishot receive writes into buffers the kernel picks from the shard's buffer
-            // ring, which is registered before and dropped after this ring; the setsockopt
-            // reads the static LINGER_ZERO. The descriptor slot stays ours until the close
-            // submitted last completes (the slot's transitions order it after the others).
+            // The multishot receive writes only into buffers of the shard's buffer ring,
+            // registered before and dropped after this ring; the descriptor slot stays ours
+            // until the close the slot's transitions submit last completes.
+            // SAFETY: besides that receive, only the setsockopt points at our memory: the
+            // static LINGER_ZERO.
             unsafe { self.rings.push_for(index, &entry) };
         }
     }
