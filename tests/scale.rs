@@ -10,133 +10,16 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringws::proto::OpCode;
-use ringws::proto::frame::{FrameHead, write_frame};
-use support::{read_head, upgrade_request};
+use support::{held, read_head, upgrade_request};
 
 const TOTAL: usize = 50_000;
 const WORKERS: usize = 4;
 const WORKER_ENV: &str = "RINGWS_SCALE_50K_WORKER";
 const TEST_NAME: &str = "one_shard_holds_50000_connections_in_several_tables";
-
-/// A worker: opens `count` connections from `source`, upgrades them all, reports, waits for
-/// the word, then echoes one message on every connection and reports again.
-fn worker(server: SocketAddr, source: Ipv4Addr, count: usize) {
-    let mut conns = Vec::with_capacity(count);
-    for i in 0..count {
-        let stream = connect_from(source, server).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        conns.push(stream);
-    }
-    // Pipeline every upgrade request first, then read the answers.
-    let request = upgrade_request(server, "/scale", &[]);
-    for stream in &mut conns {
-        stream.write_all(request.as_bytes()).expect("send upgrade");
-    }
-    for (i, stream) in conns.iter_mut().enumerate() {
-        let head = read_head(stream);
-        assert!(
-            head.starts_with("HTTP/1.1 101"),
-            "connection {i} not upgraded: {head}"
-        );
-    }
-    println!("scale-worker: open {count}");
-    let mut word = String::new();
-    std::io::stdin()
-        .read_line(&mut word)
-        .expect("wait for the parent");
-
-    for (i, stream) in conns.iter_mut().enumerate() {
-        let payload = format!("echo {i}");
-        let mut frame = Vec::new();
-        write_frame(
-            &mut frame,
-            FrameHead::whole(OpCode::Text),
-            payload.as_bytes(),
-            Some([7, 7, 7, 7]),
-        );
-        stream.write_all(&frame).expect("send message");
-    }
-    for (i, stream) in conns.iter_mut().enumerate() {
-        let expected = format!("echo {i}");
-        let mut header = [0u8; 2];
-        stream.read_exact(&mut header).expect("echo header");
-        assert_eq!(
-            header,
-            [0x81, expected.len() as u8],
-            "connection {i}: unexpected frame header"
-        );
-        let mut body = vec![0u8; expected.len()];
-        stream.read_exact(&mut body).expect("echo body");
-        assert_eq!(body, expected.as_bytes(), "connection {i}: wrong echo");
-    }
-    println!("scale-worker: echoed {count}");
-}
-
-fn connect_from(source: Ipv4Addr, server: SocketAddr) -> std::io::Result<TcpStream> {
-    // std cannot bind before connect; do it with libc and hand the fd to std.
-    // SAFETY: plain socket syscalls on a fresh descriptor this function owns; on success the
-    // descriptor is moved into the TcpStream exactly once, on failure it is closed here.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let bind_to = sockaddr(SocketAddrV4::new(source, 0));
-        let SocketAddr::V4(server) = server else {
-            unreachable!("the server listens on IPv4")
-        };
-        let to = sockaddr(server);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::bind(fd, (&raw const bind_to).cast(), len) != 0
-            || libc::connect(fd, (&raw const to).cast(), len) != 0
-        {
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            return Err(err);
-        }
-        Ok(<TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd))
-    }
-}
-
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-fn spawn_worker(server: SocketAddr, index: usize) -> Child {
-    Command::new(std::env::current_exe().expect("test binary path"))
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(
-            WORKER_ENV,
-            format!("{server} 127.0.0.{} {}", index + 2, TOTAL / WORKERS),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start worker")
-}
-
-/// Waits for a worker to report `word` (the test harness may print on the same line).
-fn expect_line(lines: &mut impl Iterator<Item = std::io::Result<String>>, word: &str) {
-    for line in lines.by_ref() {
-        let line = line.expect("worker output");
-        if line.contains(&format!("scale-worker: {word}")) {
-            return;
-        }
-    }
-    panic!("worker ended before saying `{word}`");
-}
 
 /// `ringws serve` on a port of the kernel's choice, killed on drop; with the line that says
 /// how its capacity was laid out.
@@ -200,7 +83,7 @@ fn one_shard_holds_50000_connections_in_several_tables() {
             .and_then(|s| s.parse().ok())
             .expect("source address");
         let count = parts.next().and_then(|s| s.parse().ok()).expect("count");
-        return worker(server, source, count);
+        return held::worker(server, source, count);
     }
 
     let fd_limit = rlimit_nofile();
@@ -238,18 +121,20 @@ fn one_shard_holds_50000_connections_in_several_tables() {
     );
     let addr = server.addr;
     let started = Instant::now();
-    let mut workers: Vec<Child> = (0..WORKERS).map(|i| spawn_worker(addr, i)).collect();
+    let mut workers: Vec<Child> = (0..WORKERS)
+        .map(|i| held::spawn_worker(addr, i, TEST_NAME, WORKER_ENV, TOTAL / WORKERS))
+        .collect();
     let mut outputs: Vec<_> = workers
         .iter_mut()
         .map(|w| BufReader::new(w.stdout.take().expect("worker stdout")).lines())
         .collect();
     for output in &mut outputs {
-        expect_line(output, "open");
+        held::expect_line(output, "open");
     }
     eprintln!("{TOTAL} connections open in {:?}", started.elapsed());
 
     // Every WebSocket the server allows is open: the next client is told so at once.
-    let mut late = connect_from(Ipv4Addr::new(127, 0, 0, 6), addr).expect("connect");
+    let mut late = held::connect_from(Ipv4Addr::new(127, 0, 0, 6), addr).expect("connect");
     late.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("read timeout");
     late.write_all(upgrade_request(addr, "/scale", &[]).as_bytes())
@@ -274,7 +159,7 @@ fn one_shard_holds_50000_connections_in_several_tables() {
             .expect("signal worker");
     }
     for output in &mut outputs {
-        expect_line(output, "echoed");
+        held::expect_line(output, "echoed");
     }
     for mut worker in workers {
         assert!(

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 pub mod certs;
+pub mod held;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
