@@ -161,6 +161,7 @@ impl<H: Handler> Shard<H> {
                     self.handler.on_drained(&mut self.io, conn);
                 }
             }
+            self.io.advance_offloads();
             self.io.flush();
             for buffers in &mut self.buffers {
                 buffers.publish();
@@ -205,6 +206,7 @@ impl<H: Handler> Shard<H> {
                     }
                 }
                 Op::Shutdown | Op::SockOpt => self.io.on_fd_op_done(index, generation),
+                Op::TlsOffload => self.io.on_offload_op(index, generation, result),
                 Op::Wake => {
                     self.mail_ready = true;
                     self.arm_wake();
@@ -425,13 +427,16 @@ fn deliver<H: Handler>(
     conn: ConnId,
     data: &mut [u8],
 ) {
-    if !io.is_tls(conn) {
+    if !io.is_tls(conn) || io.records_in_kernel(conn) {
         handler.on_data(io, conn, data);
         return;
     }
     let no_reply = bytes::Bytes::new();
     let not_tls_reply = tls.map_or(&no_reply, |tls| tls.not_tls_reply());
     if let Some(secured) = io.receive_tls(conn, data, plain, not_tls_reply) {
+        if tls.is_some_and(TlsAcceptor::offloads) {
+            io.start_offload(conn);
+        }
         handler.on_secured(io, conn, secured);
     }
     if !plain.is_empty() && io.is_open(conn) {

@@ -225,7 +225,7 @@ impl Slot {
 
     fn wants_recv(&self) -> bool {
         match self.phase {
-            Phase::Open => !self.paused,
+            Phase::Open => !self.paused && !self.handing_off(),
             // Reading on to see the peer's FIN; what arrives is discarded.
             Phase::Lingering => true,
             _ => false,
@@ -298,6 +298,35 @@ impl Slot {
     pub fn tls(&mut self) -> Option<(&mut TlsStream, &mut SendQueue)> {
         let tls = self.extras.as_deref_mut()?.tls.as_mut()?;
         Some((tls, &mut self.queue))
+    }
+
+    /// A TLS connection handing its records to the kernel: its receive stays stopped.
+    fn handing_off(&self) -> bool {
+        self.extras
+            .as_ref()
+            .and_then(|extras| extras.tls.as_ref())
+            .is_some_and(|tls| tls.handoff().is_some())
+    }
+
+    /// Stops the receive of an open connection (it comes back with [`Slot::arm_recv`] when
+    /// wanted); the stop is done once [`Slot::is_receiving`] says so.
+    pub fn stop_recv(&mut self) -> Actions {
+        if self.recv_armed && self.phase == Phase::Open {
+            Actions::one(Action::CancelRecv)
+        } else {
+            Actions::none()
+        }
+    }
+
+    /// Whether a receive is in flight (the multishot one may still post completions).
+    pub fn is_receiving(&self) -> bool {
+        self.recv_armed
+    }
+
+    /// A request naming the descriptor is submitted outside the slot's own transitions: the
+    /// close waits for its completion ([`Slot::on_fd_op_done`]).
+    pub fn hold_fd(&mut self) {
+        self.fd_ops += 1;
     }
 
     /// The handler closes: write out the queue, then FIN and linger.

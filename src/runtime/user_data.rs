@@ -20,6 +20,8 @@ pub(crate) enum Op {
     SockOpt,
     /// The eventfd read that wakes the shard when one of its extra rings has work.
     RingWake,
+    /// A setsockopt that hands a TLS connection's records to the kernel.
+    TlsOffload,
 }
 
 impl Op {
@@ -34,6 +36,7 @@ impl Op {
             7 => Self::Wake,
             8 => Self::SockOpt,
             9 => Self::RingWake,
+            10 => Self::TlsOffload,
             _ => return None,
         })
     }
@@ -76,6 +79,7 @@ mod tests {
             Op::Wake,
             Op::SockOpt,
             Op::RingWake,
+            Op::TlsOffload,
         ] {
             let packed = pack(op, 0xDEAD_BEEF, 0x12_3456);
             assert_eq!(unpack(packed), Some((op, 0xDEAD_BEEF, 0x12_3456)));

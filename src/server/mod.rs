@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 pub use app::{Accept, App, Closed, Message, Refusal, Upgrade};
 pub use config::{
     BackpressurePolicy, ConfigError, ServerConfig, SlowSubscriberPolicy, TlsError, TlsFiles,
+    TlsKernelMode,
 };
 pub use metrics::{Metrics, ShardMetrics};
 pub use pubsub::{PublishError, Publisher, SubscribeError};
@@ -93,8 +94,9 @@ impl Server {
             .transpose()
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         if let Some(certificates) = &certificates {
+            let kernel = kernel_tls_line(config.tls_kernel);
             let acceptor = certificates
-                .acceptor()
+                .acceptor(kernel)
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
             runtime_config.tls = Some(acceptor);
         }
@@ -228,9 +230,6 @@ pub fn serve(config: ServerConfig) -> io::Result<()> {
     let signals = block_signals()?;
     let app_config = config.clone();
     let (drain_delay, drain_spread) = (config.drain_delay, config.drain_spread);
-    if let Some(files) = &config.tls {
-        log_kernel_tls(files);
-    }
     let plain_listeners = config.listen.len();
     let proxy_listeners = config.admission.proxy_protocol_listen.len();
     let max_connections = config.max_connections;
@@ -306,19 +305,34 @@ fn watch(server: &Server, notifier: &notify::Notifier, interval: Duration) -> io
     Ok(())
 }
 
-/// Says whether the kernel offers TLS, and that records are encrypted in user space.
-fn log_kernel_tls(files: &TlsFiles) {
+/// Probes for kernel TLS (unless `mode` is off), says at startup where records will be
+/// encrypted, and returns whether connections try the kernel.
+fn kernel_tls_line(mode: TlsKernelMode) -> bool {
+    if mode == TlsKernelMode::Off {
+        tracing::info!(
+            "TLS records are encrypted in user space (kernel TLS: off, --tls-kernel off)"
+        );
+        return false;
+    }
     let kernel = runtime::tls::probe_kernel_tls();
-    let offered = if kernel.available {
-        "offered, not used yet"
-    } else {
-        "not offered"
-    };
-    tracing::info!(
-        cert = %files.cert.display(),
-        "TLS records are encrypted in user space (kernel TLS: {offered}; {})",
-        kernel.detail
-    );
+    let tries = mode.tries(kernel.available);
+    match (kernel.available, tries) {
+        (true, _) => tracing::info!(
+            "TLS records are encrypted by the kernel after each handshake (kernel TLS; {}); \
+             a connection it cannot carry stays in user space",
+            kernel.detail
+        ),
+        (false, true) => tracing::info!(
+            "TLS records: kernel TLS tried on every connection (--tls-kernel always) though \
+             not offered ({}); each falls back to user space",
+            kernel.detail
+        ),
+        (false, false) => tracing::info!(
+            "TLS records are encrypted in user space (kernel TLS: not offered; {})",
+            kernel.detail
+        ),
+    }
+    tries
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts, so that

@@ -23,6 +23,32 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Whether TLS connections hand their records to the kernel (kernel TLS) once their
+/// handshake is done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsKernelMode {
+    /// Where the startup probe finds kernel TLS; each connection the kernel cannot carry
+    /// stays on user-space records.
+    #[default]
+    Auto,
+    /// Never: rustls encrypts every record.
+    Off,
+    /// On every connection, even where the startup probe found no kernel TLS (each then
+    /// stays in user space on its own, counted): for testing the fallback.
+    Always,
+}
+
+impl TlsKernelMode {
+    /// Whether to try, given what the startup probe found.
+    pub fn tries(self, offered: bool) -> bool {
+        match self {
+            TlsKernelMode::Auto => offered,
+            TlsKernelMode::Off => false,
+            TlsKernelMode::Always => true,
+        }
+    }
+}
+
 /// Why a certificate and key could not be used; names the file and the problem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsError(String);
@@ -82,8 +108,9 @@ impl Certificates {
         Ok(())
     }
 
-    /// The acceptor for the runtime's TLS listeners.
-    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
+    /// The acceptor for the runtime's TLS listeners; with `kernel`, connections hand their
+    /// records to kernel TLS after the handshake.
+    pub fn acceptor(self: &Arc<Self>, kernel: bool) -> Result<TlsAcceptor, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|err| TlsError(format!("TLS configuration: {err}")))?
@@ -95,8 +122,11 @@ impl Certificates {
             .map_err(|err| TlsError(format!("TLS session tickets: {err}")))?;
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.max_early_data_size = 0;
+        // The keys leave rustls only for the kernel, and only when it will take them.
+        config.enable_secret_extraction = kernel;
         Ok(TlsAcceptor::new(Arc::new(config))
-            .with_not_tls_reply(Bytes::from_static(NOT_TLS_REPLY.as_bytes())))
+            .with_not_tls_reply(Bytes::from_static(NOT_TLS_REPLY.as_bytes()))
+            .with_kernel_offload(kernel))
     }
 }
 

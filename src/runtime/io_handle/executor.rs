@@ -8,7 +8,7 @@ use crate::runtime::ring;
 use crate::runtime::send_queue::{SendBuf, SendQueue};
 use crate::runtime::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
 use crate::runtime::timer;
-use crate::runtime::tls::{Seal, TlsAcceptor, TlsStream};
+use crate::runtime::tls::{Seal, Sending, TlsAcceptor, TlsStream};
 use crate::runtime::user_data::{Op, pack};
 use crate::runtime::{CloseCause, ConnId, Secured};
 
@@ -197,9 +197,15 @@ impl Io {
                 continue;
             }
             if let Some((tls, queue)) = slot.tls() {
-                seal_batch(tls, queue, &mut self.seal_scratch);
-                if !queue.has_sealed() {
-                    continue;
+                match tls.sending() {
+                    Sending::Sealed => {
+                        seal_batch(tls, queue, &mut self.seal_scratch);
+                        if !queue.has_sealed() {
+                            continue;
+                        }
+                    }
+                    Sending::Wait => continue,
+                    Sending::Plain => {}
                 }
             }
             let buf = self.send_pool.pop().unwrap_or_else(SendBuf::new);
@@ -302,6 +308,11 @@ fn seal_batch(tls: &mut TlsStream, queue: &mut SendQueue, scratch: &mut Vec<u8>)
 /// A TLS connection is closing: seals all its plaintext and then a close_notify, or, if
 /// its handshake never finished, drops the plaintext it cannot send.
 pub(super) fn seal_for_close(tls: &mut TlsStream, queue: &mut SendQueue, scratch: &mut Vec<u8>) {
+    tls.abandon_handoff();
+    if tls.in_kernel() || tls.handoff().is_some() {
+        // The kernel seals what is queued (once it holds the keys).
+        return;
+    }
     if !tls.is_established() {
         tls.close_unfinished();
         queue.discard_plaintext();

@@ -2,6 +2,7 @@
 //! slot's transitions ask for.
 
 mod executor;
+mod offload;
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,8 @@ pub struct Io {
     reset: bool,
     /// Where a TLS connection's small queued pieces are gathered to be sealed in one record.
     seal_scratch: Vec<u8>,
+    /// TLS connections handing their records to the kernel.
+    offloads: Vec<ConnId>,
 }
 
 /// The slot `conn` names, if that connection is still there.
@@ -81,6 +84,7 @@ impl Io {
             linger: config.linger,
             reset,
             seal_scratch: Vec::new(),
+            offloads: Vec::new(),
         }
     }
 
@@ -244,6 +248,14 @@ impl Io {
     }
 
     /// Whether `conn` came through a TLS listener.
+    /// Whether `conn` is a TLS connection whose records the kernel encrypts and decrypts:
+    /// what it receives is plaintext.
+    pub(super) fn records_in_kernel(&mut self, conn: ConnId) -> bool {
+        slot_of(&mut self.slots, conn)
+            .and_then(|slot| slot.tls())
+            .is_some_and(|(tls, _)| tls.in_kernel())
+    }
+
     pub fn is_tls(&self, conn: ConnId) -> bool {
         self.slots
             .get(conn.slot as usize)

@@ -188,6 +188,13 @@ impl SendQueue {
         self.is_empty() && self.sending.is_none()
     }
 
+    /// The connection's records are now the kernel's (kernel TLS): what is queued goes out
+    /// as it is. Only when no sealed record waits or is being written.
+    pub fn stop_sealing(&mut self) {
+        debug_assert!(self.sealed == 0 && self.sending.is_none());
+        self.sealing = false;
+    }
+
     /// Whether sealed records wait at the front.
     pub fn has_sealed(&self) -> bool {
         self.sealed > 0

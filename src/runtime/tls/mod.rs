@@ -13,6 +13,7 @@
 //! [`CloseCause::Tls`]: super::CloseCause::Tls
 
 mod kernel;
+pub(crate) mod offload;
 mod stream;
 
 use std::fmt;
@@ -21,7 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use kernel::{KernelTls, probe_kernel_tls};
-pub(crate) use stream::{Seal, TlsStream};
+pub use offload::{KernelTlsCounts, kernel_tls_counts};
+pub(crate) use stream::{Handoff, Seal, Sending, TlsStream};
 
 /// What a TLS listener needs to accept connections: the rustls server configuration (its
 /// certificate resolver may swap certificates at any time; new handshakes use the new one),
@@ -30,6 +32,8 @@ pub(crate) use stream::{Seal, TlsStream};
 pub struct TlsAcceptor {
     config: Arc<rustls::ServerConfig>,
     not_tls_reply: Bytes,
+    /// Hand each connection's records to the kernel once its handshake is done.
+    kernel: bool,
 }
 
 impl TlsAcceptor {
@@ -37,7 +41,22 @@ impl TlsAcceptor {
         Self {
             config,
             not_tls_reply: Bytes::new(),
+            kernel: false,
         }
+    }
+
+    /// Hands each connection's records to the kernel (kernel TLS) once its handshake is
+    /// done, where the kernel takes them; a connection it cannot carry stays in user space.
+    /// The configuration must allow secret extraction
+    /// ([`rustls::ServerConfig::enable_secret_extraction`]), else none is offloaded.
+    pub fn with_kernel_offload(mut self, kernel: bool) -> Self {
+        self.kernel = kernel && self.config.enable_secret_extraction;
+        self
+    }
+
+    /// Whether connections are handed to kernel TLS.
+    pub fn offloads(&self) -> bool {
+        self.kernel
     }
 
     /// Bytes written, unencrypted, to a client whose first bytes are not a TLS handshake
@@ -67,7 +86,9 @@ impl fmt::Debug for TlsAcceptor {
 /// Two acceptors are the same when they share one configuration.
 impl PartialEq for TlsAcceptor {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.config, &other.config) && self.not_tls_reply == other.not_tls_reply
+        Arc::ptr_eq(&self.config, &other.config)
+            && self.not_tls_reply == other.not_tls_reply
+            && self.kernel == other.kernel
     }
 }
 

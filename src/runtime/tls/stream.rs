@@ -11,6 +11,7 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
 
+use super::offload::{KeyBlock, kernel_can_carry};
 use super::{Secured, TlsAcceptor, TlsFailure};
 use crate::runtime::send_queue::SendQueue;
 
@@ -39,11 +40,15 @@ const MAX_STEPS: usize = 4096;
 type Traffic<'c> = rustls::unbuffered::WriteTraffic<'c, rustls::server::ServerConnectionData>;
 
 pub(crate) struct TlsStream {
-    conn: UnbufferedServerConnection,
+    /// rustls' connection; gone once the kernel holds the record keys.
+    conn: Option<UnbufferedServerConnection>,
     /// A record (or handshake message) not yet complete. Empty, without an allocation,
     /// whenever nothing is half-received.
     carry: Vec<u8>,
     phase: Phase,
+    /// The record keys on their way to the kernel: the setsockopt requests read them from
+    /// here until they complete (the slot, and so this, outlives them).
+    keys: Option<Box<[KeyBlock; 2]>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,9 +57,38 @@ enum Phase {
     New,
     Handshaking,
     Established,
+    /// Handing the records to the kernel: no plaintext is sealed, the receive is stopped.
+    Handoff(Handoff),
+    /// The kernel encrypts and decrypts: plaintext goes to and comes from the socket.
+    Kernel,
     /// A close_notify went out: nothing more may be sealed.
     Closed,
     Failed(TlsFailure),
+}
+
+/// Where a handoff to kernel TLS is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Handoff {
+    /// Waiting until nothing is in flight either way: the receive stopped, the sealed
+    /// records written.
+    Draining,
+    /// `TCP_ULP "tls"` is submitted. Until the keys are set the socket still carries
+    /// whatever is written to it unchanged, so the connection can stay in user space.
+    Attaching,
+    /// `TLS_TX` and `TLS_RX` are submitted, this many not yet complete; rustls' keys are
+    /// given away.
+    Keying(u8),
+}
+
+/// How a connection's queue is written out, by where its records are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sending {
+    /// Sealed records only, as rustls makes them.
+    Sealed,
+    /// Nothing for now: the keys are on their way to the kernel.
+    Wait,
+    /// Plaintext, which the kernel seals.
+    Plain,
 }
 
 /// How sealing failed: the connection cannot encrypt (any more).
@@ -69,14 +103,100 @@ pub(crate) enum Seal {
 impl TlsStream {
     pub fn new(acceptor: &TlsAcceptor) -> Result<Self, rustls::Error> {
         Ok(Self {
-            conn: UnbufferedServerConnection::new(acceptor.config().clone())?,
+            conn: Some(UnbufferedServerConnection::new(acceptor.config().clone())?),
             carry: Vec::new(),
             phase: Phase::New,
+            keys: None,
         })
     }
 
     pub fn is_established(&self) -> bool {
         self.phase == Phase::Established
+    }
+
+    /// Where a handoff to kernel TLS is, if one is under way.
+    pub fn handoff(&self) -> Option<Handoff> {
+        match self.phase {
+            Phase::Handoff(stage) => Some(stage),
+            _ => None,
+        }
+    }
+
+    /// The kernel holds the record keys.
+    pub fn in_kernel(&self) -> bool {
+        self.phase == Phase::Kernel
+    }
+
+    pub fn sending(&self) -> Sending {
+        match self.phase {
+            Phase::Kernel => Sending::Plain,
+            Phase::Handoff(Handoff::Keying(_)) => Sending::Wait,
+            _ => Sending::Sealed,
+        }
+    }
+
+    /// Starts handing the records to the kernel, if the handshake is done and the kernel
+    /// can carry the negotiated suite.
+    pub fn begin_handoff(&mut self) -> bool {
+        let carried = self
+            .conn
+            .as_ref()
+            .is_some_and(|conn| kernel_can_carry(conn.negotiated_cipher_suite()));
+        if self.phase != Phase::Established || !carried {
+            return false;
+        }
+        self.phase = Phase::Handoff(Handoff::Draining);
+        true
+    }
+
+    /// Whether a record is half-received: its start is here, its rest still in the
+    /// socket, where the kernel would take it for a record of its own.
+    pub fn holds_partial_record(&self) -> bool {
+        !self.carry.is_empty()
+    }
+
+    pub fn set_handoff(&mut self, stage: Handoff) {
+        if matches!(self.phase, Phase::Handoff(_)) {
+            self.phase = Phase::Handoff(stage);
+        }
+    }
+
+    /// Gives the handoff up while rustls still holds the keys: records stay in user space.
+    /// Returns whether it did (a handoff past that point cannot be given up).
+    pub fn abandon_handoff(&mut self) -> bool {
+        match self.phase {
+            Phase::Handoff(Handoff::Draining | Handoff::Attaching) => {
+                self.phase = Phase::Established;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes rustls' record keys and sequence numbers for the kernel: transmit, then
+    /// receive. From here the connection cannot seal or open a record itself.
+    pub fn extract_keys(&mut self) -> Result<&[KeyBlock; 2], String> {
+        let conn = self.conn.take().ok_or("rustls' connection is gone")?;
+        let version = conn
+            .protocol_version()
+            .ok_or("no protocol version was negotiated")?;
+        let (secrets, _) = conn
+            .dangerous_into_kernel_connection()
+            .map_err(|err| format!("rustls would not give its keys: {err}"))?;
+        let tx = KeyBlock::new(version, secrets.tx.0, &secrets.tx.1);
+        let rx = KeyBlock::new(version, secrets.rx.0, &secrets.rx.1);
+        match (tx, rx) {
+            (Some(tx), Some(rx)) => Ok(self.keys.insert(Box::new([tx, rx]))),
+            _ => Err(format!(
+                "{version:?} with this cipher is not one the kernel takes"
+            )),
+        }
+    }
+
+    /// The kernel set both keys.
+    pub fn finish_handoff(&mut self) {
+        self.phase = Phase::Kernel;
+        self.keys = None;
     }
 
     pub fn failure(&self) -> Option<TlsFailure> {
@@ -115,7 +235,7 @@ impl TlsStream {
         not_tls_reply: &Bytes,
     ) -> Result<Option<Secured>, TlsFailure> {
         match self.phase {
-            Phase::Failed(_) | Phase::Closed => return Ok(None),
+            Phase::Failed(_) | Phase::Closed | Phase::Kernel => return Ok(None),
             Phase::New => {
                 let Some(&first) = data.first() else {
                     return Ok(None);
@@ -127,7 +247,7 @@ impl TlsStream {
                 }
                 self.phase = Phase::Handshaking;
             }
-            Phase::Handshaking | Phase::Established => {}
+            Phase::Handshaking | Phase::Established | Phase::Handoff(_) => {}
         }
         let was_established = self.is_established();
         let outcome = if self.carry.is_empty() {
@@ -163,9 +283,12 @@ impl TlsStream {
             self.carry = Vec::new();
         }
         if self.is_established() && !was_established {
+            let conn = self.conn.as_ref();
             return Ok(Some(Secured {
-                resumed: self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-                tls13: self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+                resumed: conn.and_then(|c| c.handshake_kind())
+                    == Some(rustls::HandshakeKind::Resumed),
+                tls13: conn.and_then(|c| c.protocol_version())
+                    == Some(rustls::ProtocolVersion::TLSv1_3),
             }));
         }
         Ok(None)
@@ -181,8 +304,10 @@ impl TlsStream {
         let mut used = 0;
         let mut flight = Vec::new();
         for _ in 0..MAX_STEPS {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut buf[used..]);
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(rustls::Error::General("the kernel holds the keys".into()));
+            };
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[used..]);
             let state = match state {
                 Ok(state) => state,
                 Err(error) => {
@@ -237,7 +362,10 @@ impl TlsStream {
     /// its buffer, which rustls must be shown again.
     fn send_alert(&mut self, rest: &mut [u8], flight: &mut Vec<u8>, queue: &mut SendQueue) {
         for _ in 0..8 {
-            match self.conn.process_tls_records(rest).state {
+            let Some(conn) = self.conn.as_mut() else {
+                break;
+            };
+            match conn.process_tls_records(rest).state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     encode_into(flight, |out| encode.encode(out));
                 }
@@ -251,7 +379,9 @@ impl TlsStream {
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Bytes, Seal> {
         match self.phase {
             Phase::Established => {}
-            Phase::New | Phase::Handshaking => return Err(Seal::NotReady),
+            Phase::New | Phase::Handshaking | Phase::Handoff(_) | Phase::Kernel => {
+                return Err(Seal::NotReady);
+            }
             Phase::Closed | Phase::Failed(_) => return Err(Seal::Never),
         }
         let records = plaintext.len().div_ceil(MAX_FRAGMENT).max(1);
@@ -302,7 +432,10 @@ impl TlsStream {
         &mut self,
         f: impl FnOnce(&mut Traffic<'_>) -> Result<T, Seal>,
     ) -> Result<T, Seal> {
-        let status = self.conn.process_tls_records(&mut self.carry);
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Seal::Never);
+        };
+        let status = conn.process_tls_records(&mut self.carry);
         debug_assert_eq!(status.discard, 0, "a complete record was left unread");
         match status.state {
             Ok(ConnectionState::WriteTraffic(mut traffic)) => f(&mut traffic),

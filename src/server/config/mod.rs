@@ -10,7 +10,7 @@ use crate::runtime;
 
 use super::admission::{Admission, AdmissionConfig};
 use super::cluster::ClusterConfig;
-pub use super::tls::{TlsError, TlsFiles};
+pub use super::tls::{TlsError, TlsFiles, TlsKernelMode};
 pub use units::{Size, Span, parse_duration, parse_size};
 
 mod units;
@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub tls_listen: Vec<SocketAddr>,
     /// The certificate and key of the TLS listeners.
     pub tls: Option<TlsFiles>,
+    /// Whether TLS connections hand their records to the kernel after the handshake.
+    pub tls_kernel: TlsKernelMode,
     /// Shard threads, one per core by default.
     pub shards: usize,
     /// Connections held at once across all shards (each shard holds its share).
@@ -154,6 +156,7 @@ impl Default for ServerConfig {
             ],
             tls_listen: Vec::new(),
             tls: None,
+            tls_kernel: TlsKernelMode::Auto,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             max_connections: defaults::MAX_CONNECTIONS,
             max_message_size: defaults::MAX_MESSAGE_SIZE,

@@ -454,6 +454,18 @@ impl Metrics {
         for (kind, count) in &self.tls_failures {
             let _ = writeln!(out, "ringws_tls_failures_total{{kind=\"{kind}\"}} {count}");
         }
+        // Counted by the runtime for the whole process.
+        let kernel = crate::runtime::tls::kernel_tls_counts();
+        let _ = write!(
+            out,
+            "# HELP ringws_tls_kernel_offloaded_total TLS connections whose records the kernel took (kernel TLS).\n\
+             # TYPE ringws_tls_kernel_offloaded_total counter\n\
+             ringws_tls_kernel_offloaded_total {}\n\
+             # HELP ringws_tls_kernel_fallbacks_total TLS connections kernel TLS was tried on that stayed in user space (or closed).\n\
+             # TYPE ringws_tls_kernel_fallbacks_total counter\n\
+             ringws_tls_kernel_fallbacks_total {}\n",
+            kernel.offloaded, kernel.fallbacks
+        );
         for (name, help, value) in per_shard {
             let _ = write!(
                 out,

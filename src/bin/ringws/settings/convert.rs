@@ -1,11 +1,13 @@
 //! From the settings to the library's [`ServerConfig`].
 
-use super::{Backpressure, Deflate, Publish, ServeArgs, SlowSubscriber};
+use super::{Backpressure, Deflate, Publish, ServeArgs, SlowSubscriber, TlsKernel};
 use ringws::proto::deflate::DeflateConfig;
 use ringws::runtime::Keepalive;
 use ringws::server::admission::{JwtConfig, JwtKey, PublishMode, Secret};
 use ringws::server::cluster::ClusterConfig;
-use ringws::server::config::{BackpressurePolicy, ServerConfig, SlowSubscriberPolicy, TlsFiles};
+use ringws::server::config::{
+    BackpressurePolicy, ServerConfig, SlowSubscriberPolicy, TlsFiles, TlsKernelMode,
+};
 
 impl ServeArgs {
     pub fn into_config(self) -> ServerConfig {
@@ -21,6 +23,11 @@ impl ServeArgs {
                 cert: cert.unwrap_or_default(),
                 key: key.unwrap_or_default(),
             }),
+        };
+        config.tls_kernel = match self.tls_kernel {
+            TlsKernel::Auto => TlsKernelMode::Auto,
+            TlsKernel::Off => TlsKernelMode::Off,
+            TlsKernel::Always => TlsKernelMode::Always,
         };
         if let Some(shards) = self.shards {
             config.shards = shards;

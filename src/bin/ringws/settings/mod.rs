@@ -48,6 +48,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_key: Option<PathBuf>,
+    /// Kernel TLS: after each handshake the kernel encrypts and decrypts the records, where
+    /// it offers it (auto), or never (off); `always` tries even where it seems not offered.
+    #[arg(long, value_enum, default_value_t = TlsKernel::Auto)]
+    tls_kernel: TlsKernel,
     /// Shard threads, each pinned to a core [default: one per core].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -293,6 +297,17 @@ enum Publish {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum TlsKernel {
+    /// Where the kernel offers kernel TLS; a connection it cannot carry stays in user space.
+    Auto,
+    /// Never: records are encrypted in user space.
+    Off,
+    /// On every connection, even where the startup probe found none (each falls back).
+    Always,
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]

@@ -1,0 +1,227 @@
+//! Handing an established TLS connection's records to the kernel (kernel TLS).
+//!
+//! The keys may go to the kernel only when no record is half-way between it and rustls:
+//! 1. *Draining*: plaintext stops being sealed (it waits in the queue), the multishot
+//!    receive is cancelled, and the handoff waits for its last completion (whatever it
+//!    carried was decrypted by rustls) and for the sealed records queued (session tickets)
+//!    to be written. A record half-received then stays in user space for good.
+//! 2. *Attaching*: `TCP_ULP "tls"`. Refused (no `tls` module, io_uring without setsockopt):
+//!    the connection stays in user space, counted and logged once.
+//! 3. *Keying*: rustls gives its keys and sequence numbers away; `TLS_TX`, then `TLS_RX`
+//!    (linked). Past this point the connection cannot go back to user-space records: a
+//!    kernel that refuses a key closes it.
+//! 4. Done: the queue becomes a plain one (its waiting plaintext goes out unsealed, the
+//!    kernel seals it) and the receive starts again, now bringing plaintext.
+
+use io_uring::squeue;
+
+use crate::runtime::tls::Handoff;
+use crate::runtime::tls::offload::{self, attach_ulp, set_key};
+use crate::runtime::user_data::{Op, pack};
+use crate::runtime::{CloseCause, ConnId};
+
+use super::*;
+
+impl Io {
+    /// `conn` finished its TLS handshake: starts handing its records to the kernel, unless
+    /// the kernel cannot carry its cipher suite.
+    pub(in crate::runtime) fn start_offload(&mut self, conn: ConnId) {
+        let shard = self.shard;
+        let setsockopt = self.reset;
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        let Some((tls, _)) = slot.tls() else {
+            return;
+        };
+        if !tls.begin_handoff() {
+            offload::count_fallback(
+                shard,
+                "the negotiated cipher suite is not one the kernel takes",
+            );
+            return;
+        }
+        if !setsockopt {
+            tls.abandon_handoff();
+            offload::count_fallback(shard, "this kernel's io_uring has no setsockopt");
+            return;
+        }
+        let actions = slot.stop_recv();
+        self.apply(conn.slot, actions);
+        self.offloads.push(conn);
+    }
+
+    /// Moves each handoff in its draining stage on, once nothing is in flight.
+    pub(in crate::runtime) fn advance_offloads(&mut self) {
+        if self.offloads.is_empty() {
+            return;
+        }
+        let mut offloads = std::mem::take(&mut self.offloads);
+        offloads.retain(|&conn| self.advance_offload(conn));
+        offloads.append(&mut self.offloads);
+        self.offloads = offloads;
+    }
+
+    /// Returns whether the handoff of `conn` is still under way.
+    fn advance_offload(&mut self, conn: ConnId) -> bool {
+        let shard = self.shard;
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return false;
+        };
+        let open = slot.phase() == Phase::Open;
+        let receiving = slot.is_receiving();
+        let Some((tls, queue)) = slot.tls() else {
+            return false;
+        };
+        match tls.handoff() {
+            Some(Handoff::Draining) => {}
+            Some(Handoff::Attaching | Handoff::Keying(_)) => return true,
+            None => return false,
+        }
+        if !open {
+            // Closing: the close seals what is queued and a close_notify, in user space.
+            tls.abandon_handoff();
+            return false;
+        }
+        if receiving || queue.has_sealed() || queue.is_sending() {
+            return true;
+        }
+        if tls.holds_partial_record() {
+            tls.abandon_handoff();
+            offload::count_fallback(shard, "a record was half-received when the handshake ended");
+            self.resume_user_space(conn);
+            return false;
+        }
+        tls.set_handoff(Handoff::Attaching);
+        slot.hold_fd();
+        let entry = attach_ulp(self.rings.fixed(conn.slot));
+        self.push_offload(conn, entry);
+        true
+    }
+
+    /// A setsockopt of a handoff completed with `result`.
+    pub(in crate::runtime) fn on_offload_op(&mut self, index: u32, generation: u32, result: i32) {
+        let conn = ConnId::new(index, generation);
+        let shard = self.shard;
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        let actions = slot.on_fd_op_done();
+        let open = slot.phase() == Phase::Open;
+        let stage = slot.tls().and_then(|(tls, _)| tls.handoff());
+        self.apply(index, actions);
+        match stage {
+            Some(Handoff::Attaching) if result < 0 || !open => {
+                if let Some((tls, _)) = slot_of(&mut self.slots, conn).and_then(|s| s.tls()) {
+                    tls.abandon_handoff();
+                }
+                self.offloads.retain(|&c| c != conn);
+                if open {
+                    let err = std::io::Error::from_raw_os_error(-result);
+                    offload::count_fallback(shard, &format!("setsockopt(TCP_ULP, \"tls\"): {err}"));
+                }
+                self.resume_user_space(conn);
+            }
+            Some(Handoff::Attaching) => self.set_keys(conn),
+            // The handoff already failed: this is the failed key's partner.
+            Some(Handoff::Keying(0)) => {}
+            Some(Handoff::Keying(left)) => {
+                if result < 0 {
+                    let err = std::io::Error::from_raw_os_error(-result);
+                    self.fail_offload(conn, &format!("setting the record key: {err}"));
+                    return;
+                }
+                let Some(slot) = slot_of(&mut self.slots, conn) else {
+                    return;
+                };
+                let Some((tls, queue)) = slot.tls() else {
+                    return;
+                };
+                if left > 1 {
+                    tls.set_handoff(Handoff::Keying(left - 1));
+                    return;
+                }
+                tls.finish_handoff();
+                queue.stop_sealing();
+                let flush = !queue.is_empty();
+                offload::count_offloaded();
+                self.offloads.retain(|&c| c != conn);
+                tracing::trace!(shard, slot = index, "kernel TLS: records offloaded");
+                let Some(slot) = slot_of(&mut self.slots, conn) else {
+                    return;
+                };
+                if flush && slot.mark_dirty() {
+                    self.dirty.push(index);
+                }
+                let actions = slot.arm_recv();
+                self.apply(index, actions);
+            }
+            // The handoff ended (a failed key's partner, cancelled by the link).
+            _ => {}
+        }
+    }
+
+    /// The `tls` upper-layer protocol is attached: the keys go to the kernel.
+    fn set_keys(&mut self, conn: ConnId) {
+        let fd = self.rings.fixed(conn.slot);
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        let Some((tls, _)) = slot.tls() else {
+            return;
+        };
+        let entries = match tls.extract_keys() {
+            Ok([tx, rx]) => [
+                set_key(fd, true, tx).flags(squeue::Flags::IO_LINK),
+                set_key(fd, false, rx),
+            ],
+            Err(why) => {
+                self.fail_offload(conn, &why);
+                return;
+            }
+        };
+        tls.set_handoff(Handoff::Keying(2));
+        slot.hold_fd();
+        slot.hold_fd();
+        for entry in entries {
+            self.push_offload(conn, entry);
+        }
+    }
+
+    /// The handoff failed past the point where rustls could take the records back: the
+    /// connection ends.
+    fn fail_offload(&mut self, conn: ConnId, why: &str) {
+        offload::count_fallback(self.shard, &format!("{why}; the connection is closed"));
+        self.offloads.retain(|&c| c != conn);
+        let reset = self.reset;
+        if let Some(slot) = slot_of(&mut self.slots, conn) {
+            if let Some((tls, _)) = slot.tls() {
+                tls.set_handoff(Handoff::Keying(0));
+            }
+            let actions = slot.abort(CloseCause::Error(libc::EPROTO), reset);
+            self.apply(conn.slot, actions);
+        }
+    }
+
+    /// The connection stays on user-space records: its receive starts again and what its
+    /// handler queued meanwhile is sealed.
+    fn resume_user_space(&mut self, conn: ConnId) {
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        if !slot.queue.is_empty() && slot.mark_dirty() {
+            self.dirty.push(conn.slot);
+        }
+        let actions = slot.arm_recv();
+        self.apply(conn.slot, actions);
+    }
+
+    fn push_offload(&mut self, conn: ConnId, entry: squeue::Entry) {
+        let entry = entry.user_data(pack(Op::TlsOffload, conn.slot, conn.generation));
+        // SAFETY: the entry points either at the static ULP name or at the key block the
+        // connection's TLS state holds boxed until the handoff ends; that state lives in the
+        // slot, which is not freed before its close, and the close waits for this request
+        // (`hold_fd`). The descriptor stays this connection's for as long.
+        unsafe { self.rings.push_for(conn.slot, &entry) };
+    }
+}
