@@ -9,6 +9,8 @@
 #                                       server CPU per wss echo message, kernel TLS against
 #                                       user-space records (`--tls-kernel off`), interleaved
 #
+# KTLS_VM_LOG sets the guest server's RINGWS_LOG (default info).
+#
 # Exits 0 when it passes, 1 when it fails; 77 when KVM is unusable here and
 # KTLS_VM_REQUIRE_KVM=1 (else the guest runs under TCG, see below). Needs qemu-system-x86, busybox-static and cpio (installed with apt-get when
 # missing). The kernel package is fetched with `apt-get download` and unpacked into
@@ -155,7 +157,7 @@ echo "ktls-vm: booting $version (${accel[*]:0:2}, $mode)" >&2
 set +e
 timeout "$budget" qemu-system-x86_64 "${accel[@]}" -smp 2 -m 1024 -nographic \
   -no-reboot -kernel "$vmlinuz" -initrd "$cache/initramfs.cpio" \
-  -append "console=ttyS0 quiet panic=-1 ktls.mode=$mode ktls.rounds=$rounds ktls.seconds=$seconds" \
+  -append "console=ttyS0 quiet panic=-1 ktls.mode=$mode ktls.rounds=$rounds ktls.seconds=$seconds ktls.log=${KTLS_VM_LOG:-info}" \
   </dev/null >"$log" 2>&1
 status=$?
 set -e

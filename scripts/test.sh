@@ -36,4 +36,14 @@ step "autobahn over wss (groups 1-10 against a TLS listener)"
 scripts/autobahn.sh --tls --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*' \
   --exclude '9.3.1,9.3.2,9.4.1,9.4.2,9.5.1,9.6.1,9.6.2'
 
+step "kernel TLS in a QEMU guest (Debian's kernel with tls.ko)"
+# Exit 77: no way to boot a guest here (KTLS_VM_REQUIRE_KVM=1 without a usable KVM).
+ktls_status=0
+scripts/ktls-vm.sh || ktls_status=$?
+case $ktls_status in
+  0) ;;
+  77) echo "kernel TLS: SKIPPED (KVM unusable and KTLS_VM_REQUIRE_KVM=1); not verified in this run" ;;
+  *) exit "$ktls_status" ;;
+esac
+
 step "all tests passed"

@@ -378,3 +378,38 @@ fn tls_settings_are_checked_at_start() {
         "key",
     );
 }
+
+/// `--tls-kernel always` hands every connection to kernel TLS after its handshake. Where
+/// the kernel has none (this machine's), the `tls` ULP is refused and each connection goes
+/// on with user-space records: the upgrade request that arrived during the handoff, and
+/// everything after, echo intact; each is counted as a fallback. Where the kernel has it,
+/// each is counted as offloaded instead. `--tls-kernel off` tries nothing.
+#[test]
+fn kernel_tls_handoff_falls_back_or_offloads_and_loses_nothing() {
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    let pki = TestPki::new("kernel-tls", KeyFormat::EcPkcs8);
+    let offered = ringws::runtime::tls::probe_kernel_tls().available;
+    for (mode, tried) in [("always", 2), ("off", 0)] {
+        let server = start(&pki, &["--tls-kernel", mode]);
+        for versions in [TLS13, TLS12] {
+            let mut tls = open_wss(tls_addr(&server), &config(&pki, versions));
+            echo(&mut tls, OpCode::Text, b"hello after the handoff");
+            echo(&mut tls, OpCode::Binary, &big);
+        }
+        let seen = metrics(server.addr);
+        let offloaded = seen["ringws_tls_kernel_offloaded_total"];
+        let fallbacks = seen["ringws_tls_kernel_fallbacks_total"];
+        assert_eq!(
+            offloaded + fallbacks,
+            tried,
+            "--tls-kernel {mode}: {seen:?}"
+        );
+        if !offered {
+            assert_eq!(
+                offloaded, 0,
+                "no kernel TLS here, yet offloads were counted"
+            );
+        }
+        println!("--tls-kernel {mode}: {offloaded} offloaded, {fallbacks} fell back");
+    }
+}

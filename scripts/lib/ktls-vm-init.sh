@@ -16,6 +16,7 @@ param() { sed -n "s/.*ktls\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 mode=$(param mode)
 rounds=$(param rounds)
 seconds=$(param seconds)
+log=$(param log)
 
 echo "== modules"
 for module in tls aesni_intel gcm ghash_generic chacha20poly1305 chacha_x86_64 poly1305_x86_64; do
@@ -27,7 +28,7 @@ cat /proc/sys/net/ipv4/tcp_available_ulp
 serve() {
   name=$1 port=$2 metrics=$3
   shift 3
-  taskset -c 0 /bin/ringws serve --listen "127.0.0.1:$metrics" --tls-listen "127.0.0.1:$port" \
+  RINGWS_LOG=${log:-info} taskset -c 0 /bin/ringws serve --listen "127.0.0.1:$metrics" --tls-listen "127.0.0.1:$port" \
     --tls-cert /pki/leaf.pem --tls-key /pki/leaf.key --shards 1 --idle-timeout 0 "$@" \
     >"/tmp/$name.log" 2>&1 &
   server_pid=$!
@@ -57,9 +58,9 @@ if [ "$mode" = bench ]; then
   for round in $(seq "${rounds:-3}"); do
     for name in kernel user; do
       if [ $name = kernel ]; then pid=$kernel_pid port=9443; else pid=$user_pid port=9444; fi
-      for size in 20 16384; do
+      for size in 20 4096; do
         before=$(ticks $pid)
-        echo_run "wss://127.0.0.1:$port/bench" /tmp/bench.json --connections 100 --pipeline 16 \
+        echo_run "wss://127.0.0.1:$port/bench" /tmp/bench.json --connections 20 --pipeline 4 \
           --message-size $size --duration "${seconds:-5}"
         after=$(ticks $pid)
         echo "round $round $name size $size ticks $((after - before)) $(tr -d '\n ' </tmp/bench.json)"
@@ -76,7 +77,7 @@ if [ "$mode" = bench ]; then
   sleep 1
   cat /tmp/kernel.log /tmp/user.log
 else
-  serve check 9443 9001
+  serve check 9443 9001 --log-connections
   echo "== tls_stat before"
   cat /proc/net/tls_stat
   echo "== echo small"
@@ -89,6 +90,10 @@ else
     --message-size 100000 --duration 2
   cat /tmp/large.json
   echo
+  echo "== https"
+  # busybox's own TLS 1.2 client: an HTTP request on the TLS listener, offloaded too.
+  wget -q -O- https://127.0.0.1:9443/healthz
+  echo "wget exit $?"
   echo "== tls_stat after"
   cat /proc/net/tls_stat
   echo "== metrics"

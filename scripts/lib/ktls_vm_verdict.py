@@ -102,8 +102,10 @@ def bench(parts, version):
         )
     if not rows:
         return ["no bench results"]
-    print(f"Kernel {version}, inside a KVM guest on this host (2 vCPUs): server on vCPU 0, "
-          "ringws-loadgen on vCPU 1, 100 connections, 16 messages in flight each.\n")
+    where = ("inside a KVM guest on this host" if "kvm" in version
+             else "inside a QEMU TCG guest on this host (a software CPU: not KVM)")
+    print(f"Kernel {version.split()[0]}, {where}, 2 vCPUs: server on vCPU 0, "
+          "ringws-loadgen on vCPU 1, 20 connections, 4 messages in flight each.\n")
     print("| message | server CPU per message, kernel TLS | user-space records | kernel / user "
           "(median, min-max over rounds) | msg/s kernel | msg/s user |")
     print("|---|---|---|---|---|---|")

@@ -207,6 +207,7 @@ impl<H: Handler> Shard<H> {
                 }
                 Op::Shutdown | Op::SockOpt => self.io.on_fd_op_done(index, generation),
                 Op::TlsOffload => self.io.on_offload_op(index, generation, result),
+                Op::TlsControl => self.io.on_control_record(index, generation, result),
                 Op::Wake => {
                     self.mail_ready = true;
                     self.arm_wake();
@@ -261,6 +262,12 @@ impl<H: Handler> Shard<H> {
             }
             buffers.recycle(id);
         }
+        // Kernel TLS met a record that is not data: read it, the receive stopped meanwhile.
+        let result = if result == -libc::EIO && self.io.read_control_record(conn) {
+            -libc::ECANCELED
+        } else {
+            result
+        };
         // The handler may have closed the connection, but not freed its slot: that waits for
         // the close's completion.
         if let Some(slot) = self.io.slot_for(index, generation) {

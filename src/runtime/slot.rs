@@ -300,12 +300,13 @@ impl Slot {
         Some((tls, &mut self.queue))
     }
 
-    /// A TLS connection handing its records to the kernel: its receive stays stopped.
+    /// A TLS connection handing its records to the kernel, or reading a control record
+    /// from it: its receive stays stopped.
     fn handing_off(&self) -> bool {
         self.extras
             .as_ref()
             .and_then(|extras| extras.tls.as_ref())
-            .is_some_and(|tls| tls.handoff().is_some())
+            .is_some_and(|tls| tls.holds_recv())
     }
 
     /// Stops the receive of an open connection (it comes back with [`Slot::arm_recv`] when

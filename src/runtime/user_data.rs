@@ -22,6 +22,8 @@ pub(crate) enum Op {
     RingWake,
     /// A setsockopt that hands a TLS connection's records to the kernel.
     TlsOffload,
+    /// The recvmsg reading a record other than application data from kernel TLS.
+    TlsControl,
 }
 
 impl Op {
@@ -37,6 +39,7 @@ impl Op {
             8 => Self::SockOpt,
             9 => Self::RingWake,
             10 => Self::TlsOffload,
+            11 => Self::TlsControl,
             _ => return None,
         })
     }
@@ -80,6 +83,7 @@ mod tests {
             Op::SockOpt,
             Op::RingWake,
             Op::TlsOffload,
+            Op::TlsControl,
         ] {
             let packed = pack(op, 0xDEAD_BEEF, 0x12_3456);
             assert_eq!(unpack(packed), Some((op, 0xDEAD_BEEF, 0x12_3456)));

@@ -15,8 +15,8 @@
 
 use io_uring::squeue;
 
-use crate::runtime::tls::Handoff;
 use crate::runtime::tls::offload::{self, attach_ulp, set_key};
+use crate::runtime::tls::{ControlRecord, Handoff};
 use crate::runtime::user_data::{Op, pack};
 use crate::runtime::{CloseCause, ConnId};
 
@@ -223,5 +223,82 @@ impl Io {
         // slot, which is not freed before its close, and the close waits for this request
         // (`hold_fd`). The descriptor stays this connection's for as long.
         unsafe { self.rings.push_for(conn.slot, &entry) };
+    }
+}
+
+impl Io {
+    /// The kernel TLS receive of `conn` failed with EIO: the next record is not application
+    /// data. Starts reading it; returns whether it did.
+    pub(in crate::runtime) fn read_control_record(&mut self, conn: ConnId) -> bool {
+        let fd = self.rings.fixed(conn.slot);
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return false;
+        };
+        let Some(entry) = slot.tls().and_then(|(tls, _)| tls.start_control_read(fd)) else {
+            return false;
+        };
+        slot.hold_fd();
+        let entry = entry.user_data(pack(Op::TlsControl, conn.slot, conn.generation));
+        // SAFETY: the recvmsg writes into the boxed header and buffers the connection's TLS
+        // state holds until the completion; that state lives in the slot, which is not freed
+        // before its close, and the close waits for this request (`hold_fd`).
+        unsafe { self.rings.push_for(conn.slot, &entry) };
+        true
+    }
+
+    /// The control record of `index` was read: `result` bytes, or an error.
+    pub(in crate::runtime) fn on_control_record(
+        &mut self,
+        index: u32,
+        generation: u32,
+        result: i32,
+    ) {
+        let conn = ConnId::new(index, generation);
+        let shard = self.shard;
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        let actions = slot.on_fd_op_done();
+        let record = slot
+            .tls()
+            .and_then(|(tls, _)| tls.end_control_read(usize::try_from(result).unwrap_or(0)));
+        let ended = match (result, record) {
+            (..0, _) => slot.on_recv(result, false),
+            // The peer's close_notify ends what it sends, as a FIN would.
+            (0, _) | (_, Some(ControlRecord::CloseNotify)) => {
+                tracing::trace!(shard, slot = index, "kernel TLS: the peer's close_notify");
+                slot.on_recv(0, false)
+            }
+            (_, Some(ControlRecord::Alert(level, description))) => {
+                tracing::debug!(
+                    shard,
+                    slot = index,
+                    level,
+                    description,
+                    "TLS alert from the peer"
+                );
+                if let Some((tls, _)) = slot.tls() {
+                    tls.fail(crate::runtime::TlsFailure::PeerAlert);
+                }
+                slot.abort(CloseCause::PeerClosed, false)
+            }
+            (_, Some(ControlRecord::KeyUpdate)) => {
+                offload::log_key_update(shard);
+                slot.abort(CloseCause::Error(libc::EPROTO), false)
+            }
+            (_, record) => {
+                tracing::debug!(
+                    shard,
+                    slot = index,
+                    ?record,
+                    "kernel TLS: an unexpected record"
+                );
+                slot.abort(CloseCause::Error(libc::EPROTO), false)
+            }
+        };
+        let rearm = slot.arm_recv();
+        self.apply(index, actions);
+        self.apply(index, ended);
+        self.apply(index, rearm);
     }
 }

@@ -12,6 +12,7 @@
 //! [`Handler::on_data`]: super::Handler::on_data
 //! [`CloseCause::Tls`]: super::CloseCause::Tls
 
+mod control;
 mod kernel;
 pub(crate) mod offload;
 mod stream;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub(crate) use control::ControlRecord;
 pub use kernel::{KernelTls, probe_kernel_tls};
 pub use offload::{KernelTlsCounts, kernel_tls_counts};
 pub(crate) use stream::{Handoff, Seal, Sending, TlsStream};

@@ -192,6 +192,20 @@ pub(crate) fn count_fallback(shard: usize, why: &str) {
     }
 }
 
+static KEY_UPDATE_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// A client sent a TLS 1.3 KeyUpdate to a kernel TLS connection: the connection closes, as
+/// the new receive key is not handed to the kernel. Logged once.
+pub(crate) fn log_key_update(shard: usize) {
+    if !KEY_UPDATE_LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            shard,
+            "kernel TLS: a client sent a TLS 1.3 KeyUpdate; its connection is closed, as the \
+             new key is not handed to the kernel (logged once)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
 
+use super::control::{ControlRead, ControlRecord};
 use super::offload::{KeyBlock, kernel_can_carry};
 use super::{Secured, TlsAcceptor, TlsFailure};
 use crate::runtime::send_queue::SendQueue;
@@ -49,6 +50,9 @@ pub(crate) struct TlsStream {
     /// The record keys on their way to the kernel: the setsockopt requests read them from
     /// here until they complete (the slot, and so this, outlives them).
     keys: Option<Box<[KeyBlock; 2]>>,
+    /// The recvmsg reading a record that is not application data, once the kernel holds
+    /// the keys, while it is in flight.
+    control: Option<Box<ControlRead>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +111,7 @@ impl TlsStream {
             carry: Vec::new(),
             phase: Phase::New,
             keys: None,
+            control: None,
         })
     }
 
@@ -120,6 +125,29 @@ impl TlsStream {
             Phase::Handoff(stage) => Some(stage),
             _ => None,
         }
+    }
+
+    /// Whether the receive must stay stopped: a handoff, or a control record being read.
+    pub fn holds_recv(&self) -> bool {
+        self.handoff().is_some() || self.control.is_some()
+    }
+
+    /// Starts reading a control record (the kernel TLS receive failed with EIO): the
+    /// recvmsg for `fd`, writing into memory this keeps until [`TlsStream::end_control_read`].
+    pub fn start_control_read(
+        &mut self,
+        fd: io_uring::types::Fixed,
+    ) -> Option<io_uring::squeue::Entry> {
+        if self.phase != Phase::Kernel || self.control.is_some() {
+            return None;
+        }
+        Some(self.control.insert(ControlRead::new()).entry(fd))
+    }
+
+    /// The control record's recvmsg completed with `len` bytes (0 when none).
+    pub fn end_control_read(&mut self, len: usize) -> Option<ControlRecord> {
+        let read = self.control.take()?;
+        (len > 0).then(|| read.record(len))
     }
 
     /// The kernel holds the record keys.
