@@ -133,6 +133,10 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
     fn on_open(&mut self, io: &mut Io, id: ConnId, peer: SocketAddr) {
         let slot = id.slot() as usize;
         if self.conns.len() <= slot {
+            // Reserved whole on first use, like the runtime's slots: growing by doubling
+            // would leave the old copies with the allocator.
+            self.conns
+                .reserve_exact(io.capacity().max(slot + 1) - self.conns.len());
             self.conns.resize_with(slot + 1, || None);
         }
         let now = self.shard.clock.time(io.now());
