@@ -102,7 +102,7 @@ struct Frame {
     mask: Option<[u8; 4]>,
     remaining: u64,
     /// Position in the mask key of the next payload byte.
-    phase: usize,
+    phase: u8,
 }
 
 /// What one decoding step produced.
@@ -130,6 +130,15 @@ enum Ready {
 #[derive(Clone, Debug)]
 enum Location {
     Input(Range<usize>),
+    Message,
+    Control,
+}
+
+/// Which of the reader's buffers the last event lent out.
+#[derive(Clone, Copy, Debug, Default)]
+enum Lent {
+    #[default]
+    Nothing,
     Message,
     Control,
 }
@@ -169,7 +178,7 @@ pub struct Reader {
     /// Payload of a control frame split across reads.
     control: Vec<u8>,
     /// The buffer the last event lent out, to be freed by the next read.
-    lent: Option<Location>,
+    lent: Lent,
 }
 
 /// The sending half: the close handshake's state and the frames this side writes.

@@ -27,7 +27,7 @@ impl Reader {
             assembled: Vec::new(),
             utf8: Utf8Validator::new(),
             control: Vec::new(),
-            lent: None,
+            lent: Lent::Nothing,
         }
     }
 
@@ -75,7 +75,11 @@ impl Reader {
                 Ok(Step::Ready { used: n, kind, at }) => {
                     let start = used;
                     used += n;
-                    self.lent = Some(at.clone());
+                    self.lent = match at {
+                        Location::Input(_) => Lent::Nothing,
+                        Location::Message => Lent::Message,
+                        Location::Control => Lent::Control,
+                    };
                     let payload: &'a [u8] = match at {
                         Location::Input(range) => &input[start + range.start..start + range.end],
                         Location::Message => &self.assembled,
@@ -111,10 +115,10 @@ impl Reader {
     /// Frees the buffer the last event lent out (a message's or a control frame's, never
     /// the other: a control frame may arrive in the middle of a message).
     fn free_delivered_buffer(&mut self) {
-        match self.lent.take() {
-            Some(Location::Message) => self.assembled = Vec::new(),
-            Some(Location::Control) => self.control = Vec::new(),
-            Some(Location::Input(_)) | None => {}
+        match std::mem::take(&mut self.lent) {
+            Lent::Message => self.assembled = Vec::new(),
+            Lent::Control => self.control = Vec::new(),
+            Lent::Nothing => {}
         }
     }
 
@@ -144,7 +148,7 @@ impl Reader {
         let take = usize::try_from(frame.remaining).map_or(available, |rem| rem.min(available));
         let chunk = &mut input[used..used + take];
         if let Some(key) = frame.mask {
-            apply_mask(chunk, key, frame.phase);
+            apply_mask(chunk, key, usize::from(frame.phase));
         }
         let done = take as u64 == frame.remaining;
         self.frame = if done {
@@ -152,7 +156,7 @@ impl Reader {
         } else {
             Some(Frame {
                 remaining: frame.remaining - take as u64,
-                phase: (frame.phase + take) & 3,
+                phase: ((usize::from(frame.phase) + take) & 3) as u8,
                 ..frame
             })
         };
