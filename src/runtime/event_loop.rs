@@ -307,13 +307,13 @@ impl<H: Handler> Shard<H> {
         self.io.timers.advance(self.io.now, &mut fired);
         for entry in fired.drain(..) {
             let conn = ConnId::new(entry.index, entry.generation);
-            match entry.kind {
+            match entry.kind() {
                 timer::Kind::AcceptRetry => self.acceptor.arm(entry.index, &mut self.io),
                 timer::Kind::Handler => {
                     let Some(slot) = self.io.slot_for(conn.slot, conn.generation) else {
                         continue;
                     };
-                    if slot.deadline == entry.due && slot.phase() == Phase::Open {
+                    if slot.deadline == entry.due() && slot.phase() == Phase::Open {
                         slot.deadline = 0;
                         self.handler.on_deadline(&mut self.io, conn);
                     }

@@ -41,6 +41,11 @@ impl Rings {
         self.list.len()
     }
 
+    /// Connections the shard's tables hold in all.
+    pub fn capacity(&self) -> usize {
+        self.list.len() * self.table as usize
+    }
+
     /// The ring the shard waits on.
     pub fn first(&mut self) -> &mut Ring {
         &mut self.list[0]

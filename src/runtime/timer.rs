@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 /// What a deadline is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Kind {
     /// The handler's deadline for the connection.
     Handler,
@@ -18,12 +19,39 @@ pub(crate) enum Kind {
     AcceptRetry,
 }
 
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Handler,
+        Kind::Drain,
+        Kind::Linger,
+        Kind::Cancel,
+        Kind::AcceptRetry,
+    ];
+}
+
+/// A scheduled deadline: 16 bytes, the due tick and the kind sharing one word, since a
+/// large server keeps one or two of these per connection.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
     pub index: u32,
     pub generation: u32,
-    pub due: u64,
-    pub kind: Kind,
+    /// The due tick in the low [`DUE_BITS`], the kind above.
+    due_and_kind: u64,
+}
+
+/// Bits of a due tick: 2^56 ticks of a millisecond are two million years.
+const DUE_BITS: u32 = 56;
+const DUE_MASK: u64 = (1 << DUE_BITS) - 1;
+
+impl Entry {
+    /// The tick it is due at ([`DUE_MASK`] for never).
+    pub fn due(&self) -> u64 {
+        self.due_and_kind & DUE_MASK
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::ALL[(self.due_and_kind >> DUE_BITS) as usize]
+    }
 }
 
 pub(crate) struct TimerWheel {
@@ -60,13 +88,12 @@ impl TimerWheel {
     pub fn schedule(&mut self, index: u32, generation: u32, kind: Kind, at: Instant) -> u64 {
         let due = at
             .checked_add(self.tick - Duration::from_nanos(1))
-            .map_or(u64::MAX, |rounded| self.tick_of(rounded))
+            .map_or(DUE_MASK, |rounded| self.tick_of(rounded).min(DUE_MASK))
             .max(self.current + 1);
         self.buckets[(due % Self::BUCKETS as u64) as usize].push(Entry {
             index,
             generation,
-            due,
-            kind,
+            due_and_kind: due | (kind as u64) << DUE_BITS,
         });
         due
     }
@@ -80,13 +107,17 @@ impl TimerWheel {
         for tick in first..=last {
             let bucket = &mut self.buckets[(tick % Self::BUCKETS as u64) as usize];
             bucket.retain(|entry| {
-                if entry.due <= target {
+                if entry.due() <= target && entry.due() != DUE_MASK {
                     fired.push(*entry);
                     false
                 } else {
                     true
                 }
             });
+            // A burst (a connection storm) leaves a bucket far larger than it stays.
+            if bucket.capacity() > 64 && bucket.len() < bucket.capacity() / 4 {
+                bucket.shrink_to(bucket.len() * 2);
+            }
         }
         self.current = self.current.max(target);
     }
@@ -118,6 +149,24 @@ mod tests {
     }
 
     #[test]
+    fn entries_keep_their_kind_and_due_tick() {
+        let now = Instant::now();
+        let mut wheel = TimerWheel::new(Duration::from_millis(1), now);
+        for kind in Kind::ALL {
+            let due = wheel.schedule(7, 9, kind, now + Duration::from_millis(3));
+            let mut fired = Vec::new();
+            wheel.advance(now + Duration::from_millis(10), &mut fired);
+            let [entry] = fired[..] else {
+                panic!("one entry fires, not {fired:?}");
+            };
+            assert_eq!((entry.index, entry.generation), (7, 9));
+            assert_eq!((entry.kind(), entry.due()), (kind, due));
+            wheel = TimerWheel::new(Duration::from_millis(1), now);
+        }
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    }
+
+    #[test]
     fn a_long_stall_fires_everything_due() {
         let now = Instant::now();
         let mut wheel = TimerWheel::new(Duration::from_millis(10), now);
@@ -135,7 +184,7 @@ mod tests {
         let now = Instant::now();
         let mut wheel = TimerWheel::new(Duration::from_millis(10), now);
         let far = now + Duration::from_secs(u64::MAX / 4);
-        assert_eq!(wheel.schedule(1, 0, Kind::Handler, far), u64::MAX);
+        assert_eq!(wheel.schedule(1, 0, Kind::Handler, far), DUE_MASK);
         let mut fired = Vec::new();
         wheel.advance(now + Duration::from_secs(3600), &mut fired);
         assert!(fired.is_empty());

@@ -74,6 +74,9 @@ struct Slot {
     started: Instant,
 }
 
+/// The largest completion queue the kernel sets up (IORING_MAX_CQ_ENTRIES).
+const MAX_COMPLETIONS: u32 = 64 << 10;
+
 /// A fatal error of the ring itself: the thread's connections cannot go on.
 #[derive(Debug, thiserror::Error)]
 #[error("io_uring: {0}")]
@@ -90,8 +93,10 @@ pub fn run(
     let entries = (ids.len() as u32 * 2)
         .clamp(256, 32 << 10)
         .next_power_of_two();
+    // The kernel refuses (EINVAL) a completion queue over IORING_MAX_CQ_ENTRIES, 64 Ki:
+    // a worker with more than 16,384 connections gets that many and reaps more often.
     let completions = (ids.len() as u32 * 4)
-        .clamp(1024, 128 << 10)
+        .clamp(1024, MAX_COMPLETIONS)
         .next_power_of_two();
     let ring = Ring::new(entries, completions)?;
     let count = (ids.len() * 4).clamp(64, 4096).next_power_of_two() as u16;

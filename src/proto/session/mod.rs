@@ -102,7 +102,7 @@ struct Frame {
     mask: Option<[u8; 4]>,
     remaining: u64,
     /// Position in the mask key of the next payload byte.
-    phase: usize,
+    phase: u8,
 }
 
 /// What one decoding step produced.
@@ -134,6 +134,15 @@ enum Location {
     Control,
 }
 
+/// Which of the reader's buffers the last event lent out.
+#[derive(Clone, Copy, Debug, Default)]
+enum Lent {
+    #[default]
+    Nothing,
+    Message,
+    Control,
+}
+
 /// The sans-io state of one WebSocket connection: a [`Reader`] and a [`Writer`].
 ///
 /// The two halves are public so a caller can hold a received message (borrowed from the
@@ -157,9 +166,19 @@ pub struct Reader {
     message: Option<OpCode>,
     /// The message in progress is compressed (RSV1 on its first frame).
     compressed: bool,
+    deflate: Option<DeflateParams>,
+    /// What only a message arriving in pieces needs: `None` between messages, so an idle
+    /// session holds no buffers and 56 bytes fewer.
+    pieces: Option<Box<Pieces>>,
+    /// The buffer the last event lent out, to be freed by the next read.
+    lent: Lent,
+}
+
+/// The reader's state for messages and control frames that arrive in pieces.
+#[derive(Debug, Default)]
+struct Pieces {
     /// Compressed bytes of the message in progress.
     compressed_len: u64,
-    deflate: Option<DeflateParams>,
     /// Inflate state, created by the first compressed message; kept between messages only
     /// when the peer compresses with context takeover.
     inflater: Option<Box<Decompressor>>,
@@ -168,8 +187,6 @@ pub struct Reader {
     utf8: Utf8Validator,
     /// Payload of a control frame split across reads.
     control: Vec<u8>,
-    /// The buffer the last event lent out, to be freed by the next read.
-    lent: Option<Location>,
 }
 
 /// The sending half: the close handshake's state and the frames this side writes.

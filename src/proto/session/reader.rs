@@ -6,7 +6,7 @@ use crate::proto::deflate::{Decompressor, DeflateParams, Direction};
 use crate::proto::frame::decode_header;
 use crate::proto::frame::{Decoded, FrameHeader, MAX_HEADER_LEN, OpCode};
 use crate::proto::mask::apply_mask;
-use crate::proto::utf8::{self, Utf8Validator};
+use crate::proto::utf8;
 use crate::proto::{ProtocolError, Role};
 
 use super::*;
@@ -21,29 +21,29 @@ impl Reader {
             frame: None,
             message: None,
             compressed: false,
-            compressed_len: 0,
             deflate: config.deflate,
-            inflater: None,
-            assembled: Vec::new(),
-            utf8: Utf8Validator::new(),
-            control: Vec::new(),
-            lent: None,
+            pieces: None,
+            lent: Lent::Nothing,
         }
     }
 
     /// Bytes of a partly received message held in memory.
     pub fn buffered_bytes(&self) -> usize {
-        self.assembled.len() + self.control.len() + usize::from(self.header_len)
+        let pieces = self.pieces.as_deref();
+        pieces.map_or(0, |p| p.assembled.len() + p.control.len()) + usize::from(self.header_len)
     }
 
     /// Heap memory held for messages still arriving: their buffers' capacity, and the
     /// inflater while a compressed message is in progress.
     pub fn held_bytes(&self) -> usize {
-        let inflating = match (&self.inflater, self.compressed) {
+        let Some(pieces) = self.pieces.as_deref() else {
+            return 0;
+        };
+        let inflating = match (&pieces.inflater, self.compressed) {
             (Some(inflater), true) => inflater.memory(),
             _ => 0,
         };
-        self.assembled.capacity() + self.control.capacity() + inflating
+        pieces.assembled.capacity() + pieces.control.capacity() + inflating
     }
 
     /// Frees the buffer the last event lent out, once the caller is done with the event
@@ -75,11 +75,15 @@ impl Reader {
                 Ok(Step::Ready { used: n, kind, at }) => {
                     let start = used;
                     used += n;
-                    self.lent = Some(at.clone());
+                    self.lent = match at {
+                        Location::Input(_) => Lent::Nothing,
+                        Location::Message => Lent::Message,
+                        Location::Control => Lent::Control,
+                    };
                     let payload: &'a [u8] = match at {
                         Location::Input(range) => &input[start + range.start..start + range.end],
-                        Location::Message => &self.assembled,
-                        Location::Control => &self.control,
+                        Location::Message => self.pieces.as_deref().map_or(&[], |p| &p.assembled),
+                        Location::Control => self.pieces.as_deref().map_or(&[], |p| &p.control),
                     };
                     return Ok((used, Some(event(kind, payload))));
                 }
@@ -103,18 +107,31 @@ impl Reader {
         self.frame = None;
         self.message = None;
         self.compressed = false;
-        self.inflater = None;
-        self.assembled = Vec::new();
-        self.control = Vec::new();
+        self.pieces = None;
+    }
+
+    fn pieces(&mut self) -> &mut Pieces {
+        self.pieces.get_or_insert_default()
     }
 
     /// Frees the buffer the last event lent out (a message's or a control frame's, never
     /// the other: a control frame may arrive in the middle of a message).
     fn free_delivered_buffer(&mut self) {
-        match self.lent.take() {
-            Some(Location::Message) => self.assembled = Vec::new(),
-            Some(Location::Control) => self.control = Vec::new(),
-            Some(Location::Input(_)) | None => {}
+        let Some(pieces) = self.pieces.as_deref_mut() else {
+            return;
+        };
+        match std::mem::take(&mut self.lent) {
+            Lent::Message => pieces.assembled = Vec::new(),
+            Lent::Control => pieces.control = Vec::new(),
+            Lent::Nothing => {}
+        }
+        let idle = self.message.is_none()
+            && !self.compressed
+            && pieces.inflater.is_none()
+            && pieces.assembled.capacity() == 0
+            && pieces.control.capacity() == 0;
+        if idle {
+            self.pieces = None;
         }
     }
 
@@ -144,7 +161,7 @@ impl Reader {
         let take = usize::try_from(frame.remaining).map_or(available, |rem| rem.min(available));
         let chunk = &mut input[used..used + take];
         if let Some(key) = frame.mask {
-            apply_mask(chunk, key, frame.phase);
+            apply_mask(chunk, key, usize::from(frame.phase));
         }
         let done = take as u64 == frame.remaining;
         self.frame = if done {
@@ -152,7 +169,7 @@ impl Reader {
         } else {
             Some(Frame {
                 remaining: frame.remaining - take as u64,
-                phase: (frame.phase + take) & 3,
+                phase: ((usize::from(frame.phase) + take) & 3) as u8,
                 ..frame
             })
         };
@@ -161,18 +178,19 @@ impl Reader {
 
         if frame.opcode.is_control() {
             if !done {
-                self.control.extend_from_slice(chunk);
+                self.pieces().control.extend_from_slice(chunk);
                 return Ok(Step::Consumed(used));
             }
-            let at = if self.control.is_empty() {
-                Location::Input(chunk_at)
-            } else {
-                self.control.extend_from_slice(chunk);
-                Location::Control
+            let at = match self.pieces.as_deref_mut() {
+                Some(pieces) if !pieces.control.is_empty() => {
+                    pieces.control.extend_from_slice(chunk);
+                    Location::Control
+                }
+                _ => Location::Input(chunk_at),
             };
             let payload = match &at {
                 Location::Input(range) => &input[range.clone()],
-                _ => &self.control[..],
+                _ => self.pieces.as_deref().map_or(&[][..], |p| &p.control),
             };
             let kind = writer.answer_control(frame.opcode, payload, out)?;
             return Ok(Step::Ready { used, kind, at });
@@ -188,7 +206,7 @@ impl Reader {
                 return Ok(Step::Consumed(used));
             }
             self.compressed = false;
-            self.compressed_len = 0;
+            self.pieces().compressed_len = 0;
             return self.message_complete(used, text);
         }
         let whole_message_here = fresh && last && self.message.is_none();
@@ -209,12 +227,14 @@ impl Reader {
             });
         }
 
+        let pieces = self.pieces();
         if opcode == OpCode::Text {
-            self.utf8
+            pieces
+                .utf8
                 .feed(chunk)
                 .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
         }
-        self.assembled.extend_from_slice(chunk);
+        pieces.assembled.extend_from_slice(chunk);
         if !last {
             // The rest comes in a later frame or read.
             self.message = Some(opcode);
@@ -227,7 +247,7 @@ impl Reader {
     fn message_complete(&mut self, used: usize, text: bool) -> Result<Step, ProtocolError> {
         self.message = None;
         if text {
-            self.utf8.finish().map_err(|_| {
+            self.pieces().utf8.finish().map_err(|_| {
                 ProtocolError::invalid_payload("text message ends inside a UTF-8 sequence")
             })?;
         }
@@ -244,21 +264,23 @@ impl Reader {
     fn inflate(&mut self, chunk: &[u8], text: bool, last: bool) -> Result<(), ProtocolError> {
         let direction = self.peer_direction();
         let limit = self.max_message_size as usize;
-        let inflater = self
+        let pieces = self.pieces();
+        let inflater = pieces
             .inflater
             .get_or_insert_with(|| Box::new(Decompressor::new(direction)));
-        let before = self.assembled.len();
-        inflater.inflate(chunk, &mut self.assembled, limit)?;
+        let before = pieces.assembled.len();
+        inflater.inflate(chunk, &mut pieces.assembled, limit)?;
         if last {
-            inflater.finish_message(&mut self.assembled, limit)?;
+            inflater.finish_message(&mut pieces.assembled, limit)?;
             if direction.no_context_takeover {
                 // Nothing carries over to the next message: free the inflate state.
-                self.inflater = None;
+                pieces.inflater = None;
             }
         }
         if text {
-            self.utf8
-                .feed(&self.assembled[before..])
+            pieces
+                .utf8
+                .feed(&pieces.assembled[before..])
                 .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
         }
         Ok(())
@@ -306,6 +328,13 @@ impl Reader {
         }
     }
 
+    /// Bytes of the uncompressed message assembled so far.
+    fn buffered_message(&self) -> u64 {
+        self.pieces
+            .as_deref()
+            .map_or(0, |p| p.assembled.len() as u64)
+    }
+
     /// Applies the session's rules to a new frame.
     fn begin_frame(&mut self, header: FrameHeader) -> Result<Frame, ProtocolError> {
         match (self.role, header.mask.is_some()) {
@@ -349,14 +378,15 @@ impl Reader {
             if self.compressed {
                 // Inflated bytes are checked as they appear; the compressed stream itself may
                 // not be much larger than the limit either (stored blocks add 5 bytes per 64 KiB).
-                self.compressed_len += header.payload_len;
                 let allowance = self.max_message_size + self.max_message_size / 1024 + 1024;
-                if self.compressed_len > allowance {
+                let pieces = self.pieces();
+                pieces.compressed_len += header.payload_len;
+                if pieces.compressed_len > allowance {
                     return Err(ProtocolError::too_big(
                         "compressed message larger than the maximum message size",
                     ));
                 }
-            } else if self.assembled.len() as u64 + header.payload_len > self.max_message_size {
+            } else if self.buffered_message() + header.payload_len > self.max_message_size {
                 return Err(ProtocolError::too_big(
                     "message larger than the maximum message size",
                 ));

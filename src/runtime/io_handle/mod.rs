@@ -67,9 +67,12 @@ fn slot_of(slots: &mut [Slot], conn: ConnId) -> Option<&mut Slot> {
 impl Io {
     pub(super) fn new(rings: Rings, shard: usize, config: &super::Config, reset: bool) -> Self {
         let now = Instant::now();
+        // Reserved whole, never grown: a grown table would copy itself and leave the old
+        // copy to the allocator, and only the pages of slots in use are ever touched.
+        let slots = Vec::with_capacity(rings.capacity());
         Self {
             rings,
-            slots: Vec::new(),
+            slots,
             timers: TimerWheel::new(config.timer_tick, now),
             now,
             dirty: Vec::new(),
@@ -86,6 +89,11 @@ impl Io {
             seal_scratch: Vec::new(),
             offloads: Vec::new(),
         }
+    }
+
+    /// Connections this shard can hold: the slot numbers it hands out are below this.
+    pub fn capacity(&self) -> usize {
+        self.rings.capacity()
     }
 
     /// Queues `bytes` for `conn`. They are written in order, with everything else queued for

@@ -67,28 +67,16 @@ pub struct Dropped {
     pub bytes: usize,
 }
 
+/// A connection's send queue. While idle it holds no heap memory: the queue's state is
+/// allocated when bytes are queued and freed once they are all written, so the thousands of
+/// idle connections of a large server cost only this struct each.
 #[derive(Default)]
 pub(crate) struct SendQueue {
-    chunks: VecDeque<Chunk>,
-    /// Bytes copied behind a sendmsg in flight, after every chunk, never empty: they grow
-    /// here, where the kernel never reads, and join `chunks` (sealed) when they must be sent
-    /// or something is queued behind them. Boxed: rare, and every idle slot has the field.
-    #[allow(clippy::box_collection, reason = "8 bytes in every slot instead of 24")]
-    tail: Option<Box<Vec<u8>>>,
-    /// Bytes of the front chunk already written.
-    head_offset: usize,
-    /// What the queue costs, kept as bytes come and go.
-    cost: usize,
-    /// Front chunks the sendmsg in flight covers: they must stay, unchanged, until it
-    /// completes.
-    in_flight: u8,
-    /// A TLS connection's queue: only sealed chunks are written (see the module's doc).
-    sealing: bool,
-    /// Front chunks that are sealed records, ready to write (always 0 unless sealing).
-    sealed: u32,
-    sending: Option<Box<SendBuf>>,
+    pending: Option<Box<Pending>>,
     /// Bytes the kernel has accepted, in total.
     written: u64,
+    /// A TLS connection's queue: only sealed chunks are written (see the module's doc).
+    sealing: bool,
 }
 
 impl SendQueue {
@@ -97,6 +85,27 @@ impl SendQueue {
         Self {
             sealing: true,
             ..Self::default()
+        }
+    }
+
+    fn pending(&mut self) -> &mut Pending {
+        let sealing = self.sealing;
+        self.pending.get_or_insert_with(|| {
+            Box::new(Pending {
+                sealing,
+                ..Pending::default()
+            })
+        })
+    }
+
+    /// Frees the queue's state once nothing is queued or in flight.
+    fn release_if_idle(&mut self) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.is_idle())
+        {
+            self.pending = None;
         }
     }
 
@@ -109,9 +118,167 @@ impl SendQueue {
     /// Queues `bytes`; `tag`, if any, comes back from [`SendQueue::complete`] once they are
     /// all written (a tagged chunk is never copied, so droppable ones only).
     pub fn push_tagged(&mut self, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
-        if bytes.is_empty() {
-            return;
+        if !bytes.is_empty() {
+            self.pending().push_tagged(bytes, droppable, tag);
         }
+    }
+
+    /// What the queue costs: payload not yet written, [`CHUNK_OVERHEAD`] per chunk, and the
+    /// whole capacity of the buffers it owns.
+    pub fn cost(&self) -> usize {
+        self.pending.as_ref().map_or(0, |pending| pending.cost)
+    }
+
+    /// Bytes the kernel has accepted since the connection opened.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_none_or(|pending| pending.is_empty())
+    }
+
+    pub fn is_sending(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|pending| pending.sending.is_some())
+    }
+
+    /// Nothing queued and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_none_or(|pending| pending.is_idle())
+    }
+
+    /// Whether sealed records wait at the front.
+    pub fn has_sealed(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|pending| pending.sealed > 0)
+    }
+
+    /// The connection's records are now the kernel's (kernel TLS): what is queued goes out
+    /// as it is. Only when no sealed record waits or is being written.
+    pub fn stop_sealing(&mut self) {
+        debug_assert!(!self.has_sealed() && !self.is_sending());
+        self.sealing = false;
+        if let Some(pending) = &mut self.pending {
+            pending.sealing = false;
+        }
+    }
+
+    /// Whether plaintext waits to be sealed.
+    pub fn has_plaintext(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|pending| pending.has_plaintext())
+    }
+
+    /// Queues sealed records behind the sealed ones and in front of any plaintext: what the
+    /// TLS handshake answers, a close_notify, an alert.
+    pub fn push_sealed(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.pending().push_sealed_tagged(bytes, None);
+        }
+    }
+
+    /// Seals up to `max` bytes of the plaintext at the front: `seal` encrypts them into
+    /// records, which take their place as a sealed chunk. The plaintext is handed over in one
+    /// slice, borrowed from the front chunk when that holds enough, else gathered in
+    /// `scratch`. Returns how many plaintext bytes were sealed.
+    pub fn seal_front<E>(
+        &mut self,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        seal: impl FnOnce(&[u8]) -> Result<Bytes, E>,
+    ) -> Result<usize, E> {
+        match &mut self.pending {
+            Some(pending) => pending.seal_front(max, scratch, seal),
+            None => Ok(0),
+        }
+    }
+
+    /// Drops every plaintext byte (a TLS connection that failed, or closed before its
+    /// handshake finished, can seal nothing more), keeping the sealed records.
+    pub fn discard_plaintext(&mut self) {
+        if let Some(pending) = &mut self.pending {
+            pending.discard_plaintext();
+        }
+        self.release_if_idle();
+    }
+
+    /// Points `buf` at the front chunks and keeps it as the sendmsg in flight; returns the
+    /// header to hand the kernel.
+    ///
+    /// The header, its iovecs and the bytes they point to stay valid and unchanged until
+    /// [`SendQueue::complete`]: `buf` is boxed and held here, covered chunks are neither
+    /// dropped nor consumed before, `Bytes` never change, and their heap memory does not
+    /// move when the deque does (nor the queue's state, boxed and kept while sending).
+    pub fn start_send(&mut self, buf: Box<SendBuf>) -> *const libc::msghdr {
+        self.pending().start_send(buf)
+    }
+
+    /// The sendmsg in flight completed with `result`: drops what it wrote (adding the tags
+    /// of the chunks it finished to `tags`), and gives its buffer back for reuse.
+    pub fn complete(&mut self, result: i32, tags: &mut Vec<Tag>) -> Option<Box<SendBuf>> {
+        let pending = self.pending.as_mut()?;
+        if let Ok(written) = usize::try_from(result) {
+            self.written += written as u64;
+        }
+        let buf = pending.complete(result, tags);
+        self.release_if_idle();
+        buf
+    }
+
+    /// Drops droppable chunks, oldest first, until the queue costs at most `low_water` (or
+    /// nothing droppable is left). Walks from the front and stops there: the work is the
+    /// chunks it removes plus those it keeps in front of them, never the whole queue.
+    pub fn drop_oldest(&mut self, low_water: usize) -> Dropped {
+        let Some(pending) = &mut self.pending else {
+            return Dropped::default();
+        };
+        let dropped = pending.drop_oldest(low_water);
+        self.release_if_idle();
+        dropped
+    }
+
+    /// Drops everything no sendmsg is reading: the connection is closing and will send
+    /// nothing more.
+    pub fn discard_unsent(&mut self) {
+        if let Some(pending) = &mut self.pending {
+            pending.discard_unsent();
+        }
+        self.release_if_idle();
+    }
+}
+
+/// What a queue holds while anything is queued or in flight.
+#[derive(Default)]
+struct Pending {
+    chunks: VecDeque<Chunk>,
+    /// Bytes copied behind a sendmsg in flight, after every chunk, never empty: they grow
+    /// here, where the kernel never reads, and join `chunks` (sealed) when they must be sent
+    /// or something is queued behind them.
+    tail: Option<Vec<u8>>,
+    /// Bytes of the front chunk already written.
+    head_offset: usize,
+    /// What the queue costs, kept as bytes come and go.
+    cost: usize,
+    /// Front chunks the sendmsg in flight covers: they must stay, unchanged, until it
+    /// completes.
+    in_flight: u8,
+    /// A TLS connection's queue: only sealed chunks are written (see the module's doc).
+    sealing: bool,
+    /// Front chunks that are sealed records, ready to write (always 0 unless sealing).
+    sealed: u32,
+    sending: Option<Box<SendBuf>>,
+}
+
+impl Pending {
+    fn push_tagged(&mut self, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
         if droppable || self.sending.is_none() || self.sealing {
             if self.tail.is_some() {
                 self.seal_tail();
@@ -139,7 +306,7 @@ impl SendQueue {
             Some(tail) => tail,
             None => {
                 self.cost += CHUNK_OVERHEAD;
-                self.tail.insert(Box::default())
+                self.tail.insert(Vec::new())
             }
         };
         let before = tail.capacity();
@@ -150,10 +317,9 @@ impl SendQueue {
     /// Moves the tail into `chunks`, trimmed to its length (then it costs what a chunk
     /// does).
     fn seal_tail(&mut self) {
-        let Some(tail) = self.tail.take() else {
+        let Some(mut tail) = self.tail.take() else {
             return;
         };
-        let mut tail = *tail;
         self.cost -= tail.capacity();
         tail.shrink_to_fit();
         self.cost += tail.len();
@@ -164,59 +330,22 @@ impl SendQueue {
         });
     }
 
-    /// What the queue costs: payload not yet written, [`CHUNK_OVERHEAD`] per chunk, and the
-    /// whole capacity of the buffers it owns.
-    pub fn cost(&self) -> usize {
-        self.cost
-    }
-
-    /// Bytes the kernel has accepted since the connection opened.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.chunks.is_empty() && self.tail.is_none()
     }
 
-    pub fn is_sending(&self) -> bool {
-        self.sending.is_some()
-    }
-
     /// Nothing queued and nothing in flight.
-    pub fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.is_empty() && self.sending.is_none()
     }
 
-    /// The connection's records are now the kernel's (kernel TLS): what is queued goes out
-    /// as it is. Only when no sealed record waits or is being written.
-    pub fn stop_sealing(&mut self) {
-        debug_assert!(self.sealed == 0 && self.sending.is_none());
-        self.sealing = false;
-    }
-
-    /// Whether sealed records wait at the front.
-    pub fn has_sealed(&self) -> bool {
-        self.sealed > 0
-    }
-
-    /// Whether plaintext waits to be sealed.
-    pub fn has_plaintext(&self) -> bool {
+    fn has_plaintext(&self) -> bool {
         self.chunks.len() > self.sealed as usize || self.tail.is_some()
-    }
-
-    /// Queues sealed records behind the sealed ones and in front of any plaintext: what the
-    /// TLS handshake answers, a close_notify, an alert.
-    pub fn push_sealed(&mut self, bytes: Bytes) {
-        self.push_sealed_tagged(bytes, None);
     }
 
     /// [`SendQueue::push_sealed`], with the tag of the plaintext the records carry.
     fn push_sealed_tagged(&mut self, bytes: Bytes, tag: Option<Tag>) {
         debug_assert!(self.sealing);
-        if bytes.is_empty() {
-            return;
-        }
         self.cost += CHUNK_OVERHEAD + bytes.len();
         let at = self.sealed as usize;
         self.chunks.insert(
@@ -234,7 +363,7 @@ impl SendQueue {
     /// records, which take their place as a sealed chunk. The plaintext is handed over in one
     /// slice, borrowed from the front chunk when that holds enough, else gathered in
     /// `scratch`. Returns how many plaintext bytes were sealed.
-    pub fn seal_front<E>(
+    fn seal_front<E>(
         &mut self,
         max: usize,
         scratch: &mut Vec<u8>,
@@ -293,7 +422,7 @@ impl SendQueue {
 
     /// Drops every plaintext byte (a TLS connection that failed, or closed before its
     /// handshake finished, can seal nothing more), keeping the sealed records.
-    pub fn discard_plaintext(&mut self) {
+    fn discard_plaintext(&mut self) {
         self.tail = None;
         self.chunks.truncate(self.sealed as usize);
         self.recount_cost();
@@ -306,7 +435,7 @@ impl SendQueue {
     /// [`SendQueue::complete`]: `buf` is boxed and held here, covered chunks are neither
     /// dropped nor consumed before, `Bytes` never change, and their heap memory does not
     /// move when the deque does.
-    pub fn start_send(&mut self, mut buf: Box<SendBuf>) -> *const libc::msghdr {
+    fn start_send(&mut self, mut buf: Box<SendBuf>) -> *const libc::msghdr {
         debug_assert!(self.sending.is_none(), "one sendmsg at a time");
         self.seal_tail();
         let mut count = 0;
@@ -334,10 +463,9 @@ impl SendQueue {
 
     /// The sendmsg in flight completed with `result`: drops what it wrote (adding the tags
     /// of the chunks it finished to `tags`), and gives its buffer back for reuse.
-    pub fn complete(&mut self, result: i32, tags: &mut Vec<Tag>) -> Option<Box<SendBuf>> {
+    fn complete(&mut self, result: i32, tags: &mut Vec<Tag>) -> Option<Box<SendBuf>> {
         self.in_flight = 0;
         if let Ok(written) = usize::try_from(result) {
-            self.written += written as u64;
             self.consume(written, tags);
         }
         self.sending.take()
@@ -381,7 +509,7 @@ impl SendQueue {
     /// Drops droppable chunks, oldest first, until the queue costs at most `low_water` (or
     /// nothing droppable is left). Walks from the front and stops there: the work is the
     /// chunks it removes plus those it keeps in front of them, never the whole queue.
-    pub fn drop_oldest(&mut self, low_water: usize) -> Dropped {
+    fn drop_oldest(&mut self, low_water: usize) -> Dropped {
         let mut dropped = Dropped::default();
         let mut at = self.protected();
         while self.cost > low_water && at < self.chunks.len() {
@@ -401,7 +529,7 @@ impl SendQueue {
 
     /// Drops everything no sendmsg is reading: the connection is closing and will send
     /// nothing more.
-    pub fn discard_unsent(&mut self) {
+    fn discard_unsent(&mut self) {
         self.tail = None;
         if self.sending.is_none() {
             self.chunks.clear();

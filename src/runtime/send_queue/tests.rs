@@ -8,19 +8,28 @@ fn queue_of(chunks: &[(&'static [u8], bool)]) -> SendQueue {
     queue
 }
 
+/// The state of a queue that holds something.
+fn state(queue: &SendQueue) -> &Pending {
+    queue
+        .pending
+        .as_deref()
+        .expect("a queue with something in it")
+}
+
 /// The bytes of the iovec at `i` of the sendmsg in flight.
 fn iov(queue: &SendQueue, i: usize) -> &[u8] {
-    let buf = queue.sending.as_ref().expect("a send in flight");
+    let buf = state(queue).sending.as_ref().expect("a send in flight");
     // SAFETY: the iovec points into a chunk the queue holds while the send is in flight.
     unsafe { std::slice::from_raw_parts(buf.iov[i].iov_base as *const u8, buf.iov[i].iov_len) }
 }
 
 /// Every chunk's bytes, then the tail's.
 fn contents(queue: &SendQueue) -> Vec<&[u8]> {
-    let chunks = queue.chunks.iter().map(|c| &c.bytes[..]);
-    chunks
-        .chain(queue.tail.as_deref().map(|t| &t[..]))
-        .collect()
+    let Some(state) = queue.pending.as_deref() else {
+        return Vec::new();
+    };
+    let chunks = state.chunks.iter().map(|c| &c.bytes[..]);
+    chunks.chain(state.tail.as_deref()).collect()
 }
 
 #[test]
@@ -68,8 +77,8 @@ fn tiny_pushes_behind_a_send_in_flight_coalesce_into_owned_bytes() {
         queue.push(block.slice(0..2), false);
     }
     drop(block);
-    assert_eq!(queue.chunks.len(), 1, "copies wait in the tail");
-    let tail = queue.tail.as_ref().expect("a tail");
+    assert_eq!(state(&queue).chunks.len(), 1, "copies wait in the tail");
+    let tail = state(&queue).tail.as_ref().expect("a tail");
     assert_eq!(tail.len(), 20_000);
     let expected = 5 + 2 * CHUNK_OVERHEAD + tail.capacity();
     assert_eq!(queue.cost(), expected);
@@ -77,7 +86,7 @@ fn tiny_pushes_behind_a_send_in_flight_coalesce_into_owned_bytes() {
     // Sent: one entry for ten thousand frames, trimmed to its length.
     queue.complete(5, &mut Vec::new());
     queue.start_send(SendBuf::new());
-    assert_eq!(queue.chunks.len(), 1);
+    assert_eq!(state(&queue).chunks.len(), 1);
     assert_eq!(iov(&queue, 0).len(), 20_000);
     assert_eq!(queue.cost(), 20_000 + CHUNK_OVERHEAD);
 }
@@ -139,7 +148,7 @@ fn droppable_bytes_are_never_copied() {
     let mut queue = queue_of(&[(b"a", false)]);
     queue.start_send(SendBuf::new());
     queue.push(message.clone(), true);
-    let chunk = &queue.chunks[1];
+    let chunk = &state(&queue).chunks[1];
     assert!(chunk.droppable && chunk.bytes.as_ptr() == message.as_ptr());
 }
 
@@ -188,7 +197,7 @@ fn dropping_stops_at_the_low_water_mark_without_walking_the_queue() {
     // Over the mark by one message: exactly one goes, from the front.
     let dropped = queue.drop_oldest(queue.cost() - 1);
     assert_eq!(dropped.chunks, 1);
-    assert_eq!(queue.chunks.len(), 99_999);
+    assert_eq!(state(&queue).chunks.len(), 99_999);
     // A slow subscriber's steady state: push one, drop one, each in constant work.
     let low_water = queue.cost();
     for _ in 0..100_000 {
@@ -241,4 +250,20 @@ fn a_tag_comes_back_once_its_whole_chunk_is_written_and_never_if_dropped() {
     );
     assert!(queue.is_empty());
     assert_eq!(tags, [tag(1), tag(2)]);
+}
+
+#[test]
+fn an_idle_queue_holds_no_heap_memory() {
+    let mut queue = queue_of(&[(b"hello", false)]);
+    assert!(queue.pending.is_some());
+    queue.start_send(SendBuf::new());
+    queue.push(Bytes::from_static(b" world"), false);
+    let mut tags = Vec::new();
+    queue.complete(5, &mut tags);
+    assert!(queue.pending.is_some(), "the copied tail is still queued");
+    queue.start_send(SendBuf::new());
+    queue.complete(6, &mut tags);
+    assert!(queue.pending.is_none(), "all written: the state is freed");
+    assert_eq!(queue.written(), 11);
+    assert!(queue.is_idle());
 }

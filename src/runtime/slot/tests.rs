@@ -48,7 +48,7 @@ fn finish(slot: &mut Slot) -> CloseCause {
 fn a_slot_stays_small() {
     let size = std::mem::size_of::<Slot>();
     println!("runtime slot {size} B");
-    assert!(size <= 120, "{size}");
+    assert!(size <= 64, "{size}");
 }
 
 #[test]
