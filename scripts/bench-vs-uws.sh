@@ -16,6 +16,9 @@
 #   --ringws-bin PATH           the ringws binary (default: this tree's release build)
 #   --baseline PATH             another ringws binary, run as a fourth server "baseline":
 #                               a build to compare against, in the same rounds
+#   --ringws-args "ARGS"        more `ringws serve` flags for ringws (e.g. buffer sizes)
+#   --baseline-args "ARGS"      the same for the baseline, which may be this tree's build:
+#                               compares settings rather than builds
 #
 # Every server is started once and pinned to core 0 (`ringws serve --shards 1`;
 # uws-echo and tokio-tungstenite on one thread each); the independent epoll client
@@ -30,6 +33,7 @@ cd "$(dirname "$0")/.."
 
 . scripts/lib/bench.sh
 uws_dir="" usockets_dir="" uws_bin="" ringws_bin=target/release/ringws baseline=""
+ringws_args="" baseline_args=""
 seconds=5 rounds=5 sizes="20 1024 16384"
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
@@ -42,6 +46,8 @@ while [ $# -gt 0 ]; do
     --sizes) sizes=$2 ;;
     --ringws-bin) ringws_bin=$2 ;;
     --baseline) baseline=$2 ;;
+    --ringws-args) ringws_args=$2 ;;
+    --baseline-args) baseline_args=$2 ;;
     *) echo "bench: unknown option $1 (see the head of $0)" >&2; exit 2 ;;
   esac
   shift 2
@@ -79,9 +85,11 @@ for server in "${servers[@]}"; do
   log="$out/$server.log"
   case "$server" in
     ringws|baseline)
-      bin=$ringws_bin; [ "$server" = baseline ] && bin=$baseline
+      bin=$ringws_bin extra=$ringws_args
+      [ "$server" = baseline ] && bin=$baseline extra=$baseline_args
+      # shellcheck disable=SC2086 # the extra flags are words
       taskset -c 0 "$bin" serve --listen 127.0.0.1:0 --shards 1 --idle-timeout 0 \
-        --max-connections 1000 >"$log" 2>&1 & ;;
+        --max-connections 1000 $extra >"$log" 2>&1 & ;;
     uws) taskset -c 0 "$uws_bin" 0 >"$log" 2>&1 & ;;
     tungstenite) taskset -c 0 benches/peers/tungstenite-echo/target/release/tungstenite-echo \
                    127.0.0.1:0 >"$log" 2>&1 & ;;

@@ -26,6 +26,11 @@ impl Arena {
         &mut self.buf
     }
 
+    /// Bytes written since the last take.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Everything written since the last take, as one shared buffer.
     pub fn take(&mut self) -> Option<Bytes> {
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
