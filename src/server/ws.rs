@@ -152,6 +152,10 @@ impl<A: App + ?Sized> Ws<'_, A> {
             self.shard.counters().message_out();
         }
         let shard = &mut *self.shard;
+        if self.batched && shard.arena.pending() > 0 && !shard.arena.fits(payload.len() + 16) {
+            // A new block would copy the frames pending in this one: queue them first.
+            shard.flush(self.io, self.id);
+        }
         write_message(
             &mut self.parts.writer,
             self.parts.compressor.as_deref_mut(),
