@@ -64,8 +64,10 @@ pub mod defaults {
 
     pub const MAX_CONNECTIONS_PER_SHARD: usize = 65_536;
     pub const RING_ENTRIES: u32 = 4096;
-    pub const RECV_BUFFERS: u16 = 1024;
-    pub const RECV_BUFFER_SIZE: usize = 16 << 10;
+    /// 16 MiB a shard: few enough buffers that a turn rarely runs out, each large enough
+    /// that a client's burst of 16 KiB messages arrives in one completion, not one per buffer.
+    pub const RECV_BUFFERS: u16 = 256;
+    pub const RECV_BUFFER_SIZE: usize = 64 << 10;
     pub const TIMER_TICK: Duration = Duration::from_millis(10);
     pub const BACKLOG: i32 = 4096;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

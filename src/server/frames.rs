@@ -26,6 +26,17 @@ impl Arena {
         &mut self.buf
     }
 
+    /// Whether `hint` more bytes fit in the current block. When they do not, the next
+    /// [`Arena::room`] starts a new one and copies what is pending into it.
+    pub fn fits(&self, hint: usize) -> bool {
+        self.buf.capacity() - self.buf.len() >= hint
+    }
+
+    /// Bytes written since the last take.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Everything written since the last take, as one shared buffer.
     pub fn take(&mut self) -> Option<Bytes> {
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())

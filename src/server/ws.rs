@@ -15,6 +15,9 @@ use super::transport::Transport;
 /// One connection, lent to an application callback.
 pub struct Ws<'a, A: App + ?Sized> {
     id: ConnId,
+    /// Frames sent stay in the shard's arena for the caller to flush once, after a batch of
+    /// messages: one queued chunk, and one send, for every reply to one read.
+    batched: bool,
     peer: SocketAddr,
     parts: &'a mut Parts<A::State>,
     shard: &'a mut ShardState,
@@ -31,11 +34,26 @@ impl<'a, A: App + ?Sized> Ws<'a, A> {
     ) -> Self {
         Self {
             id: cx.id,
+            batched: false,
             peer,
             parts,
             shard: cx.shard,
             io: cx.io,
             asked,
+        }
+    }
+
+    /// A [`Ws`] whose sends leave their frames in the shard's arena: the caller flushes
+    /// them to this connection before anything else writes there.
+    pub(crate) fn batched(
+        cx: &'a mut Cx<'_>,
+        peer: SocketAddr,
+        parts: &'a mut Parts<A::State>,
+        asked: &'a mut Asked,
+    ) -> Self {
+        Self {
+            batched: true,
+            ..Self::new(cx, peer, parts, asked)
         }
     }
 }
@@ -121,7 +139,12 @@ impl<A: App + ?Sized> Ws<'_, A> {
     /// What this connection's send queue costs now: bytes not yet written to its socket,
     /// plus the queue's own overhead.
     pub fn buffered_amount(&self) -> usize {
-        self.io.queued_bytes(self.id)
+        let unflushed = if self.batched {
+            self.shard.arena.pending()
+        } else {
+            0
+        };
+        self.io.queued_bytes(self.id) + unflushed
     }
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
@@ -129,6 +152,10 @@ impl<A: App + ?Sized> Ws<'_, A> {
             self.shard.counters().message_out();
         }
         let shard = &mut *self.shard;
+        if self.batched && shard.arena.pending() > 0 && !shard.arena.fits(payload.len() + 16) {
+            // A new block would copy the frames pending in this one: queue them first.
+            shard.flush(self.io, self.id);
+        }
         write_message(
             &mut self.parts.writer,
             self.parts.compressor.as_deref_mut(),
@@ -137,7 +164,9 @@ impl<A: App + ?Sized> Ws<'_, A> {
             opcode,
             payload,
         )?;
-        self.shard.flush(self.io, self.id);
+        if !self.batched {
+            self.shard.flush(self.io, self.id);
+        }
         Ok(())
     }
 }

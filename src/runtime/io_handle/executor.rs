@@ -14,6 +14,26 @@ use crate::runtime::{CloseCause, ConnId, Secured};
 
 use super::*;
 
+/// The request that writes what `header` describes: a plain send when it is one
+/// contiguous chunk (a connection's frames of one turn usually are), which spares the kernel
+/// copying in the message header and importing an iovec array; else a sendmsg.
+fn send_entry(fd: io_uring::types::Fixed, header: *const libc::msghdr) -> io_uring::squeue::Entry {
+    // SAFETY: `header` points at the SendBuf the queue just filled and holds (`start_send`);
+    // its iovec pointer covers `msg_iovlen` initialised entries of that same buffer.
+    let single = unsafe {
+        let msg = &*header;
+        (msg.msg_iovlen == 1).then(|| *msg.msg_iov)
+    };
+    match single.and_then(|iov| Some((iov.iov_base, u32::try_from(iov.iov_len).ok()?))) {
+        Some((base, len)) => opcode::Send::new(fd, base.cast_const().cast(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build(),
+        None => opcode::SendMsg::new(fd, header)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build(),
+    }
+}
+
 impl Io {
     /// A connection accepted into `index` by listening socket `listener`, through TLS when
     /// `tls` is given; `None` if the slot is somehow still in use (the newcomer is then
@@ -210,13 +230,15 @@ impl Io {
             }
             let buf = self.send_pool.pop().unwrap_or_else(SendBuf::new);
             let header = slot.queue.start_send(buf);
-            let send = opcode::SendMsg::new(self.rings.fixed(index), header)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(pack(Op::Send, index, slot.generation()));
+            let send = send_entry(self.rings.fixed(index), header).user_data(pack(
+                Op::Send,
+                index,
+                slot.generation(),
+            ));
             // The slot is not freed before the completion: its close waits for the send.
-            // SAFETY: `header` is the boxed SendBuf the queue holds as its send in flight; it
-            // and the chunks it points into stay put until the completion (`start_send`).
+            // SAFETY: `header` is the boxed SendBuf the queue holds as its send in flight; it,
+            // its iovecs and the chunks they point into stay put until the completion
+            // (`start_send`), and the entry points at nothing else.
             unsafe { self.rings.push_for(index, &send) };
         }
         self.dirty = dirty;

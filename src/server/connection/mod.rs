@@ -237,8 +237,8 @@ impl<S> Connection<S> {
         let mut ended = false;
         while !data.is_empty() && !ended {
             // Replies the protocol writes (pong, the close reply, the failing close frame)
-            // stay in the arena until the application sends or the read ends, so a burst
-            // of pings is answered in one queued chunk, not one each.
+            // and the application's sends stay in the arena until the read ends, so a burst
+            // of messages is answered in one queued chunk, not one each.
             let result = reader.read(data, &mut parts.writer, cx.shard.arena.room(256));
             let (used, event) = match result {
                 Ok(read) => read,
@@ -252,12 +252,12 @@ impl<S> Connection<S> {
             match event {
                 Some(Event::Text(text)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::new(cx, self.peer, parts, &mut asked);
+                    let mut ws = Ws::batched(cx, self.peer, parts, &mut asked);
                     app.on_message(&mut ws, Message::Text(text));
                 }
                 Some(Event::Binary(bytes)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::new(cx, self.peer, parts, &mut asked);
+                    let mut ws = Ws::batched(cx, self.peer, parts, &mut asked);
                     app.on_message(&mut ws, Message::Binary(bytes));
                 }
                 Some(Event::Close(frame)) => {
