@@ -2,7 +2,8 @@
 # Many connections in one server: memory per idle connection, time to open them all, a
 # publish reaching all of them, and a reconnect storm of all of them.
 #
-#   scripts/bench-hold.sh [N]        default 100000 connections
+#   scripts/bench-hold.sh [N]              default 100000 connections
+#   scripts/bench-hold.sh N --idle-only    step 1 alone (memory per idle connection)
 #
 # `ringws serve` runs with its default flags but `--max-connections` (N and a few more for the
 # publisher; one shard per core, as many descriptor tables as that needs). ringws-loadgen, with its defaults (worker processes
@@ -20,6 +21,8 @@ cd "$(dirname "$0")/.."
 
 . scripts/lib/bench.sh
 n="${1:-100000}"
+idle_only=""
+[ "${2:-}" = "--idle-only" ] && idle_only=1
 out=target/bench-hold
 bench_setup "$out"
 
@@ -70,6 +73,23 @@ rss_per=$(( (rss1 - rss0) * 1024 / held ))
 kernel_per=$(( (k1 - k0) * 1024 / held / 2 ))
 stop
 
+report_idle() {
+  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end (the host is shared)."
+  echo "Command: \`scripts/bench-hold.sh ${*:-$n}\`; server: $layout"
+  echo
+  echo "| $n connections | |"
+  echo "|---|---|"
+  echo "| idle connections held | $held |"
+  echo "| server RSS: before, with all held | $rss0 KiB, $rss1 KiB |"
+  echo "| server RSS growth per idle connection | $rss_per B |"
+  echo "| kernel memory per connection end | $kernel_per B |"
+  echo "| time to open all | $open_ms ms |"
+}
+if [ -n "$idle_only" ]; then
+  report_idle "$@" | tee "$out/results-$n-idle.md"
+  exit 0
+fi
+
 # 2. A publish to one topic all N subscribed to.
 start_server fanout
 "$loadgen" --url "ws://$addr/pubsub/all" --scenario fanout --connections "$n" --publishers 1 \
@@ -90,16 +110,7 @@ storm_ms=$(field "$out/storm-$n.json" 'storm_recovery_ms')
 stop
 
 {
-  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end (the host is shared)."
-  echo "Command: \`scripts/bench-hold.sh $n\`; server: $layout"
-  echo
-  echo "| $n connections | |"
-  echo "|---|---|"
-  echo "| idle connections held | $held |"
-  echo "| server RSS: before, with all held | $rss0 KiB, $rss1 KiB |"
-  echo "| server RSS growth per idle connection | $rss_per B |"
-  echo "| kernel memory per connection end | $kernel_per B |"
-  echo "| time to open all | $open_ms ms |"
+  report_idle "$@"
   echo "| a publish reaching all (largest latency; median) | $fanout_max µs; $fanout_p50 µs ($fanout_received received, $fanout_lost lost) |"
   echo "| reconnect storm of all, until the last is back | $storm_ms ms |"
 } | tee "$out/results-$n.md"
