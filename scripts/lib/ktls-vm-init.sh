@@ -49,7 +49,7 @@ echo_run() {
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 if [ "$mode" = bench ]; then
-  serve kernel 9443 9001
+  serve kernel 9443 9001 --tls-kernel auto
   kernel_pid=$server_pid
   serve user 9444 9002 --tls-kernel off
   user_pid=$server_pid
@@ -77,7 +77,7 @@ if [ "$mode" = bench ]; then
   sleep 1
   cat /tmp/kernel.log /tmp/user.log
 else
-  serve check 9443 9001 --log-connections
+  serve check 9443 9001 --tls-kernel auto --log-connections
   echo "== tls_stat before"
   cat /proc/net/tls_stat
   echo "== echo small"

@@ -310,7 +310,8 @@ fn watch(server: &Server, notifier: &notify::Notifier, interval: Duration) -> io
 fn kernel_tls_line(mode: TlsKernelMode) -> bool {
     if mode == TlsKernelMode::Off {
         tracing::info!(
-            "TLS records are encrypted in user space (kernel TLS: off, --tls-kernel off)"
+            "TLS records are encrypted in user space (kernel TLS: off; --tls-kernel auto uses it \
+             where the kernel offers it)"
         );
         return false;
     }

@@ -29,9 +29,10 @@ pub struct TlsFiles {
 pub enum TlsKernelMode {
     /// Where the startup probe finds kernel TLS; each connection the kernel cannot carry
     /// stays on user-space records.
-    #[default]
     Auto,
-    /// Never: rustls encrypts every record.
+    /// Never: rustls encrypts every record. The default while offloaded connections neither
+    /// update their keys nor send their own close_notify (docs/operations.md).
+    #[default]
     Off,
     /// On every connection, even where the startup probe found no kernel TLS (each then
     /// stays in user space on its own, counted): for testing the fallback.

@@ -9,9 +9,7 @@ use io_uring::opcode;
 use io_uring::squeue;
 use io_uring::types::Fixed;
 
-/// `SOL_TLS` and `TLS_GET_RECORD_TYPE` of `<linux/tls.h>`.
-const SOL_TLS: i32 = 282;
-const TLS_GET_RECORD_TYPE: i32 = 2;
+use libc::{SOL_TLS, TLS_GET_RECORD_TYPE};
 
 const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;

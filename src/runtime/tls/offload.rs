@@ -13,15 +13,10 @@ use io_uring::squeue;
 use io_uring::types::Fixed;
 use rustls::{CipherSuite, ConnectionTrafficSecrets, ProtocolVersion, SupportedCipherSuite};
 
-/// `SOL_TLS`, `TLS_TX` and `TLS_RX` of `<linux/tls.h>`.
-const SOL_TLS: u32 = 282;
-const TLS_TX: u32 = 1;
-const TLS_RX: u32 = 2;
-const TLS_1_2_VERSION: u16 = 0x0303;
-const TLS_1_3_VERSION: u16 = 0x0304;
-const TLS_CIPHER_AES_GCM_128: u16 = 51;
-const TLS_CIPHER_AES_GCM_256: u16 = 52;
-const TLS_CIPHER_CHACHA20_POLY1305: u16 = 54;
+use libc::{
+    SOL_TLS, TLS_1_2_VERSION, TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_128, TLS_CIPHER_AES_GCM_256,
+    TLS_CIPHER_CHACHA20_POLY1305, TLS_RX, TLS_TX,
+};
 
 /// The upper-layer protocol's name, read by the kernel from here.
 static ULP_NAME: [u8; 3] = *b"tls";
@@ -142,8 +137,9 @@ pub(crate) fn attach_ulp(fd: Fixed) -> squeue::Entry {
 pub(crate) fn set_key(fd: Fixed, transmit: bool, block: &KeyBlock) -> squeue::Entry {
     opcode::SetSockOpt::new(
         fd,
-        SOL_TLS,
-        if transmit { TLS_TX } else { TLS_RX },
+        // Small positive constants of <linux/tls.h>, as io_uring takes them.
+        SOL_TLS as u32,
+        (if transmit { TLS_TX } else { TLS_RX }) as u32,
         block.bytes.as_ptr().cast(),
         block.len as u32,
     )

@@ -50,7 +50,7 @@ pub struct ServeArgs {
     tls_key: Option<PathBuf>,
     /// Kernel TLS: after each handshake the kernel encrypts and decrypts the records, where
     /// it offers it (auto), or never (off); `always` tries even where it seems not offered.
-    #[arg(long, value_enum, default_value_t = TlsKernel::Auto)]
+    #[arg(long, value_enum, default_value_t = TlsKernel::Off)]
     tls_kernel: TlsKernel,
     /// Shard threads, each pinned to a core [default: one per core].
     #[arg(long)]
