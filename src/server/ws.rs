@@ -69,7 +69,7 @@ impl<A: App + ?Sized> Ws<'_, A> {
 
     /// The subprotocol agreed in the handshake.
     pub fn protocol(&self) -> Option<&str> {
-        self.parts.protocol.as_deref()
+        self.parts.protocol()
     }
 
     /// The application's state for this connection.
@@ -156,9 +156,10 @@ impl<A: App + ?Sized> Ws<'_, A> {
             // A new block would copy the frames pending in this one: queue them first.
             shard.flush(self.io, self.id);
         }
+        let (writer, own_compressor) = self.parts.writer_and_compressor();
         write_message(
-            &mut self.parts.writer,
-            self.parts.compressor.as_deref_mut(),
+            writer,
+            own_compressor,
             &mut shard.arena,
             &mut shard.compressors,
             opcode,

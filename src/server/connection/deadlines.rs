@@ -51,7 +51,7 @@ impl<S> Connection<S> {
                         continue;
                     }
                     // The peer reads nothing: a close frame would never reach it.
-                    tracing::debug!(peer = %self.peer, "send queue made no progress: aborting");
+                    tracing::debug!(peer = %self.peer.addr(), "send queue made no progress: aborting");
                     cx.shard.counters().stalled_closed();
                     note_ending(
                         &mut self.ending,

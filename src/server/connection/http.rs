@@ -67,8 +67,12 @@ impl<S> Connection<S> {
             };
         }
         // Behind trusted proxies, the client is who `X-Forwarded-For` says.
-        self.peer = cx.shard.admission.client_addr(self.peer, request);
-        match upgrade::answer(request, self.peer, app, cx.shard, cx.now) {
+        self.peer = cx
+            .shard
+            .admission
+            .client_addr(self.peer.addr(), request)
+            .into();
+        match upgrade::answer(request, self.peer.addr(), app, cx.shard, cx.now) {
             upgrade::Answer::Page(response) => {
                 self.respond_and_close(cx, response);
                 Answered::Done
@@ -82,7 +86,7 @@ impl<S> Connection<S> {
                 cx.shard.counters().websocket_opened();
                 cx.shard.counters().families.handshakes.count(101);
                 let loud = cx.shard.config.log_connections;
-                events::opened(loud, cx.shard.index(), self.peer, request.path());
+                events::opened(loud, cx.shard.index(), self.peer.addr(), request.path());
                 cx.io.send(cx.id, response.into());
                 self.stage = Stage::Open(open);
                 let idle = cx.shard.config.idle_timeout;
@@ -143,7 +147,7 @@ impl<S> Connection<S> {
         events::refused(
             loud,
             cx.shard.index(),
-            self.peer,
+            self.peer.addr(),
             refusal.status,
             &refusal.message,
         );

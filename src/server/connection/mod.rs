@@ -22,7 +22,7 @@ mod upgrade;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::proto::deflate::Compressor;
 use crate::proto::handshake::{Refusal, RequestParser};
@@ -54,9 +54,32 @@ pub(crate) struct Cx<'a> {
     pub io: &'a mut dyn Transport,
 }
 
+/// A client's address in 20 bytes, 12 fewer than a `SocketAddr` in every connection (an
+/// IPv6 flow label and scope id are not kept).
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    ip: IpAddr,
+    port: u16,
+}
+
+impl Peer {
+    fn addr(self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            ip: addr.ip(),
+            port: addr.port(),
+        }
+    }
+}
+
 /// A connection's state, kept in the shard's table.
 pub(crate) struct Connection<S> {
-    peer: SocketAddr,
+    peer: Peer,
     stage: Stage<S>,
     timers: Timers,
     /// When the peer last sent anything; idle pings count from here.
@@ -101,9 +124,51 @@ pub(crate) struct Open<S> {
 pub(crate) struct Parts<S> {
     pub writer: Writer,
     pub state: S,
-    pub protocol: Option<Box<str>>,
+    /// What few connections have, boxed: one word in every open connection instead of three.
+    extras: Option<Box<Extras>>,
+}
+
+/// An open connection's rarer parts.
+struct Extras {
+    protocol: Option<Box<str>>,
     /// A compressor of this connection's own, when it keeps context between messages.
-    pub compressor: Option<Box<Compressor>>,
+    compressor: Option<Box<Compressor>>,
+}
+
+impl<S> Parts<S> {
+    pub fn new(
+        writer: Writer,
+        state: S,
+        protocol: Option<Box<str>>,
+        compressor: Option<Box<Compressor>>,
+    ) -> Self {
+        let extras = (protocol.is_some() || compressor.is_some()).then(|| {
+            Box::new(Extras {
+                protocol,
+                compressor,
+            })
+        });
+        Self {
+            writer,
+            state,
+            extras,
+        }
+    }
+
+    /// The subprotocol agreed in the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.extras.as_ref()?.protocol.as_deref()
+    }
+
+    /// The writer, and the connection's own compressor when it keeps context between
+    /// messages.
+    pub fn writer_and_compressor(&mut self) -> (&mut Writer, Option<&mut Compressor>) {
+        let compressor = self
+            .extras
+            .as_mut()
+            .and_then(|extras| extras.compressor.as_deref_mut());
+        (&mut self.writer, compressor)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +200,7 @@ impl<S> Connection<S> {
             false => Stage::Waiting { kept_alive: false },
         };
         Self {
-            peer,
+            peer: peer.into(),
             stage,
             timers,
             last_seen: cx.now,
@@ -188,7 +253,7 @@ impl<S> Connection<S> {
                     Err(problem) => return self.refuse(cx, &Refusal::new(400, problem)),
                     Ok(Some((header, used))) => {
                         if let Some(client) = header.source {
-                            self.peer = client;
+                            self.peer = client.into();
                         }
                         self.stage = Stage::Handshake(http::request_parser(&cx.shard.config));
                         data = &mut std::mem::take(&mut data)[used..];
@@ -243,7 +308,7 @@ impl<S> Connection<S> {
             let (used, event) = match result {
                 Ok(read) => read,
                 Err(err) => {
-                    tracing::debug!(peer = %self.peer, code = u16::from(err.code), reason = err.reason, "protocol error");
+                    tracing::debug!(peer = %self.peer.addr(), code = u16::from(err.code), reason = err.reason, "protocol error");
                     note_ending(&mut self.ending, err.code, err.reason);
                     ended = true;
                     continue;
@@ -252,12 +317,12 @@ impl<S> Connection<S> {
             match event {
                 Some(Event::Text(text)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::batched(cx, self.peer, parts, &mut asked);
+                    let mut ws = Ws::batched(cx, self.peer.addr(), parts, &mut asked);
                     app.on_message(&mut ws, Message::Text(text));
                 }
                 Some(Event::Binary(bytes)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::batched(cx, self.peer, parts, &mut asked);
+                    let mut ws = Ws::batched(cx, self.peer.addr(), parts, &mut asked);
                     app.on_message(&mut ws, Message::Binary(bytes));
                 }
                 Some(Event::Close(frame)) => {
@@ -302,21 +367,13 @@ impl<S> Connection<S> {
         let (id, shard) = (cx.id, &mut *cx.shard);
         let limit = shard.config.max_queued_bytes;
         let policy = shard.config.slow_subscriber;
-        let frame_cost = if let Some(compressor) = parts.compressor.as_deref_mut() {
+        let (writer, own_compressor) = parts.writer_and_compressor();
+        let frame_cost = if let Some(compressor) = own_compressor {
             // This connection's compressor keeps context: the message must pass through it,
             // and the frame it makes can never be dropped (later ones depend on it).
             let (opcode, payload) = (published.opcode(), published.payload());
             let (arena, shared) = (&mut shard.arena, &mut shard.compressors);
-            if write_message(
-                &mut parts.writer,
-                Some(compressor),
-                arena,
-                shared,
-                opcode,
-                payload,
-            )
-            .is_err()
-            {
+            if write_message(writer, Some(compressor), arena, shared, opcode, payload).is_err() {
                 return;
             }
             let Some(frame) = shard.arena.take() else {
@@ -400,7 +457,7 @@ impl<S> Connection<S> {
 
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.peer.addr()
     }
 
     /// The runtime closed the connection (`cause` says how the transport ended); the
@@ -408,7 +465,7 @@ impl<S> Connection<S> {
     pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A, cause: &str) {
         shard.incomplete_bytes -= self.incomplete;
         if self.admitted {
-            shard.admission.release(self.peer.ip());
+            shard.admission.release(self.peer.ip);
             shard.counters().websocket_closed();
         }
         if let Stage::Open(open) = self.stage {
@@ -416,7 +473,7 @@ impl<S> Connection<S> {
             let (code, reason) = ending.unwrap_or((CloseCode::ABNORMAL, "".into()));
             shard.counters().families.closes.count(code.as_u16());
             let loud = shard.config.log_connections;
-            events::closed(loud, shard.index(), self.peer, code, &reason, cause);
+            events::closed(loud, shard.index(), self.peer.addr(), code, &reason, cause);
             app.on_close(
                 open.parts.state,
                 Closed {
@@ -446,7 +503,7 @@ impl<S> Connection<S> {
         };
         let mut asked = Asked::default();
         f(
-            &mut Ws::new(cx, self.peer, &mut open.parts, &mut asked),
+            &mut Ws::new(cx, self.peer.addr(), &mut open.parts, &mut asked),
             app,
         );
         self.apply(cx, asked);

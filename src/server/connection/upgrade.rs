@@ -113,12 +113,12 @@ pub(super) fn answer<A: App>(
     let Session { reader, writer } = session;
     let open = Open {
         reader,
-        parts: Parts {
+        parts: Parts::new(
             writer,
             state,
             protocol,
-            compressor: deflate.and_then(|params| own_compressor(params, shard)),
-        },
+            deflate.and_then(|params| own_compressor(params, shard)),
+        ),
     };
     Answer::Accept { response, open }
 }
