@@ -159,9 +159,10 @@ pub struct Args {
     /// lost.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
-    /// Seconds allowed for opening every connection.
-    #[arg(long, default_value_t = 60.0)]
-    pub connect_timeout: f64,
+    /// Seconds allowed for opening every connection [default: 60, plus one for every 1,000
+    /// connections beyond 10,000, so a quarter of a million have 300].
+    #[arg(long)]
+    pub connect_timeout: Option<f64>,
     /// Handshakes in progress at once, per thread.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -339,7 +340,10 @@ impl Args {
         Ok(Common {
             drain: seconds(self.drain, "drain")?,
             duration: seconds(self.duration, "duration")?,
-            connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
+            connect_timeout: match self.connect_timeout {
+                Some(given) => seconds(given, "connect-timeout")?,
+                None => default_connect_timeout(self.total_connections()?),
+            },
             mix,
             upgrade: self.upgrade()?,
             payloads,
@@ -496,6 +500,25 @@ impl Args {
     }
 }
 
+/// How long opening `connections` may take by default: a minute, and a second more for every
+/// thousand beyond ten thousand (a busy host opens a few thousand a second).
+fn default_connect_timeout(connections: u32) -> Duration {
+    Duration::from_secs(60 + u64::from(connections.saturating_sub(10_000)) / 1_000)
+}
+
 fn seconds(value: f64, option: &'static str) -> Result<Duration, UsageError> {
     Duration::try_from_secs_f64(value).map_err(|_| UsageError::NotSeconds(option))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_many_connections_gets_more_time_by_default() {
+        assert_eq!(default_connect_timeout(100), Duration::from_secs(60));
+        assert_eq!(default_connect_timeout(10_000), Duration::from_secs(60));
+        assert_eq!(default_connect_timeout(100_000), Duration::from_secs(150));
+        assert_eq!(default_connect_timeout(250_000), Duration::from_secs(300));
+    }
 }
