@@ -218,10 +218,11 @@ impl Io {
 
     fn push_offload(&mut self, conn: ConnId, entry: squeue::Entry) {
         let entry = entry.user_data(pack(Op::TlsOffload, conn.slot, conn.generation));
-        // SAFETY: the entry points either at the static ULP name or at the key block the
+        // The entry points either at the static ULP name or at the key block the
         // connection's TLS state holds boxed until the handoff ends; that state lives in the
         // slot, which is not freed before its close, and the close waits for this request
-        // (`hold_fd`). The descriptor stays this connection's for as long.
+        // (`hold_fd`), so the descriptor stays this connection's for as long.
+        // SAFETY: what the entry points at, and its descriptor, outlive the request (above).
         unsafe { self.rings.push_for(conn.slot, &entry) };
     }
 }
