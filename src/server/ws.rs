@@ -43,18 +43,11 @@ impl<'a, A: App + ?Sized> Ws<'a, A> {
         }
     }
 
-    /// A [`Ws`] whose sends leave their frames in the shard's arena: the caller flushes
+    /// This [`Ws`], its sends leaving their frames in the shard's arena: the caller flushes
     /// them to this connection before anything else writes there.
-    pub(crate) fn batched(
-        cx: &'a mut Cx<'_>,
-        peer: SocketAddr,
-        parts: &'a mut Parts<A::State>,
-        asked: &'a mut Asked,
-    ) -> Self {
-        Self {
-            batched: true,
-            ..Self::new(cx, peer, parts, asked)
-        }
+    pub(crate) fn batched(mut self) -> Self {
+        self.batched = true;
+        self
     }
 }
 

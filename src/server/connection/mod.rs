@@ -317,12 +317,12 @@ impl<S> Connection<S> {
             match event {
                 Some(Event::Text(text)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::batched(cx, self.peer.addr(), parts, &mut asked);
+                    let mut ws = Ws::new(cx, self.peer.addr(), parts, &mut asked).batched();
                     app.on_message(&mut ws, Message::Text(text));
                 }
                 Some(Event::Binary(bytes)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::batched(cx, self.peer.addr(), parts, &mut asked);
+                    let mut ws = Ws::new(cx, self.peer.addr(), parts, &mut asked).batched();
                     app.on_message(&mut ws, Message::Binary(bytes));
                 }
                 Some(Event::Close(frame)) => {
