@@ -158,25 +158,25 @@ pub struct Session {
 pub struct Reader {
     role: Role,
     max_message_size: u64,
-    /// The start of a frame header split across reads.
-    header: [u8; MAX_HEADER_LEN],
-    header_len: u8,
     frame: Option<Frame>,
     /// The opcode of a fragmented message in progress.
     message: Option<OpCode>,
     /// The message in progress is compressed (RSV1 on its first frame).
     compressed: bool,
     deflate: Option<DeflateParams>,
-    /// What only a message arriving in pieces needs: `None` between messages, so an idle
-    /// session holds no buffers and 56 bytes fewer.
+    /// What only a message or a header arriving in pieces needs: `None` between messages,
+    /// so an idle session holds no buffers and 72 bytes fewer.
     pieces: Option<Box<Pieces>>,
     /// The buffer the last event lent out, to be freed by the next read.
     lent: Lent,
 }
 
-/// The reader's state for messages and control frames that arrive in pieces.
+/// The reader's state for messages, control frames and headers that arrive in pieces.
 #[derive(Debug, Default)]
 struct Pieces {
+    /// The start of a frame header split across reads.
+    header: [u8; MAX_HEADER_LEN],
+    header_len: u8,
     /// Compressed bytes of the message in progress.
     compressed_len: u64,
     /// Inflate state, created by the first compressed message; kept between messages only

@@ -16,8 +16,6 @@ impl Reader {
         Self {
             role,
             max_message_size: config.max_message_size as u64,
-            header: [0; MAX_HEADER_LEN],
-            header_len: 0,
             frame: None,
             message: None,
             compressed: false,
@@ -30,7 +28,9 @@ impl Reader {
     /// Bytes of a partly received message held in memory.
     pub fn buffered_bytes(&self) -> usize {
         let pieces = self.pieces.as_deref();
-        pieces.map_or(0, |p| p.assembled.len() + p.control.len()) + usize::from(self.header_len)
+        pieces.map_or(0, |p| {
+            p.assembled.len() + p.control.len() + usize::from(p.header_len)
+        })
     }
 
     /// Heap memory held for messages still arriving: their buffers' capacity, and the
@@ -125,11 +125,19 @@ impl Reader {
             Lent::Control => pieces.control = Vec::new(),
             Lent::Nothing => {}
         }
+        self.free_idle_pieces();
+    }
+
+    /// Frees the pieces' box once it holds nothing.
+    fn free_idle_pieces(&mut self) {
         let idle = self.message.is_none()
             && !self.compressed
-            && pieces.inflater.is_none()
-            && pieces.assembled.capacity() == 0
-            && pieces.control.capacity() == 0;
+            && self.pieces.as_deref().is_some_and(|pieces| {
+                pieces.header_len == 0
+                    && pieces.inflater.is_none()
+                    && pieces.assembled.capacity() == 0
+                    && pieces.control.capacity() == 0
+            });
         if idle {
             self.pieces = None;
         }
@@ -302,27 +310,33 @@ impl Reader {
 
     /// Reads a header from the front of `input`, holding on to a header split across reads.
     fn take_header(&mut self, input: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
-        let have = usize::from(self.header_len);
+        let have = self
+            .pieces
+            .as_deref()
+            .map_or(0, |p| usize::from(p.header_len));
         if have == 0 {
             return match decode_header(input)? {
                 Decoded::Header(header, n) => Ok(Some((header, n))),
                 Decoded::NeedBytes(_) => {
                     // A header is at most 14 bytes, so this partial one fits.
-                    self.header[..input.len()].copy_from_slice(input);
-                    self.header_len = input.len() as u8;
+                    let pieces = self.pieces();
+                    pieces.header[..input.len()].copy_from_slice(input);
+                    pieces.header_len = input.len() as u8;
                     Ok(None)
                 }
             };
         }
+        let pieces = self.pieces();
         let copied = (MAX_HEADER_LEN - have).min(input.len());
-        self.header[have..have + copied].copy_from_slice(&input[..copied]);
-        match decode_header(&self.header[..have + copied])? {
+        pieces.header[have..have + copied].copy_from_slice(&input[..copied]);
+        match decode_header(&pieces.header[..have + copied])? {
             Decoded::Header(header, n) => {
-                self.header_len = 0;
+                pieces.header_len = 0;
+                self.free_idle_pieces();
                 Ok(Some((header, n - have)))
             }
             Decoded::NeedBytes(_) => {
-                self.header_len = (have + copied) as u8;
+                pieces.header_len = (have + copied) as u8;
                 Ok(None)
             }
         }
