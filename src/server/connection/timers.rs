@@ -95,21 +95,42 @@ impl Timer {
         Timer::Backlog,
     ];
 
-    fn index(self) -> usize {
-        self as usize
+    /// Where a timer armed only now and then sits in [`Timers`]'s box; `None` for the two
+    /// kept inline.
+    fn rare_index(self) -> Option<usize> {
+        match self {
+            Timer::Idle | Timer::SendStall => None,
+            Timer::Handshake => Some(0),
+            Timer::Pong => Some(1),
+            Timer::Close => Some(2),
+            Timer::Backlog => Some(3),
+            Timer::Drain => Some(4),
+        }
     }
 }
 
 /// Each timer's deadline, if set.
+///
+/// An open connection keeps [`Timer::Idle`] armed, and [`Timer::SendStall`] whenever bytes
+/// are queued, so those two are inline; the other five are armed for a handshake, a ping, a
+/// close, a backlog or a drain, and live in a box that exists only while one of them is set:
+/// 24 bytes in every connection instead of 56.
 #[derive(Clone, Debug)]
 pub struct Timers {
-    at: [u64; Timer::COUNT],
+    idle: u64,
+    send_stall: u64,
+    rare: Option<Box<[u64; RARE]>>,
 }
+
+/// How many timers live in [`Timers::rare`].
+const RARE: usize = Timer::COUNT - 2;
 
 impl Default for Timers {
     fn default() -> Self {
         Self {
-            at: [Self::UNSET; Timer::COUNT],
+            idle: Self::UNSET,
+            send_stall: Self::UNSET,
+            rare: None,
         }
     }
 }
@@ -119,29 +140,49 @@ impl Timers {
 
     pub fn set(&mut self, timer: Timer, at: Time) {
         // A deadline at the end of time is no deadline.
-        self.at[timer.index()] = at.0.min(Self::UNSET - 1);
+        let at = at.0.min(Self::UNSET - 1);
+        match timer.rare_index() {
+            None => *self.inline_mut(timer) = at,
+            Some(index) => {
+                self.rare
+                    .get_or_insert_with(|| Box::new([Self::UNSET; RARE]))[index] = at;
+            }
+        }
     }
 
     pub fn stop(&mut self, timer: Timer) {
-        self.at[timer.index()] = Self::UNSET;
+        match timer.rare_index() {
+            None => *self.inline_mut(timer) = Self::UNSET,
+            Some(index) => {
+                if let Some(rare) = self.rare.as_deref_mut() {
+                    rare[index] = Self::UNSET;
+                    if rare.iter().all(|&at| at == Self::UNSET) {
+                        self.rare = None;
+                    }
+                }
+            }
+        }
     }
 
     pub fn stop_all(&mut self) {
-        self.at = [Self::UNSET; Timer::COUNT];
+        *self = Self::default();
     }
 
     pub fn get(&self, timer: Timer) -> Option<Time> {
-        let at = self.at[timer.index()];
+        let at = self.at(timer);
         (at != Self::UNSET).then_some(Time(at))
     }
 
     pub fn is_set(&self, timer: Timer) -> bool {
-        self.at[timer.index()] != Self::UNSET
+        self.at(timer) != Self::UNSET
     }
 
     /// The earliest deadline.
     pub fn next(&self) -> Option<Time> {
-        let at = *self.at.iter().min()?;
+        let rare = self.rare.as_deref().map_or(Self::UNSET, |rare| {
+            rare.iter().copied().min().unwrap_or(Self::UNSET)
+        });
+        let at = self.idle.min(self.send_stall).min(rare);
         (at != Self::UNSET).then_some(Time(at))
     }
 
@@ -149,9 +190,28 @@ impl Timers {
     pub fn expired(&mut self, now: Time) -> Option<Timer> {
         let timer = Timer::ALL
             .into_iter()
-            .find(|&timer| self.at[timer.index()] <= now.0)?;
+            .find(|&timer| self.at(timer) <= now.0)?;
         self.stop(timer);
         Some(timer)
+    }
+
+    fn at(&self, timer: Timer) -> u64 {
+        match timer {
+            Timer::Idle => self.idle,
+            Timer::SendStall => self.send_stall,
+            _ => match (self.rare.as_deref(), timer.rare_index()) {
+                (Some(rare), Some(index)) => rare[index],
+                _ => Self::UNSET,
+            },
+        }
+    }
+
+    /// The field of an inline timer; `timer` is [`Timer::Idle`] or [`Timer::SendStall`].
+    fn inline_mut(&mut self, timer: Timer) -> &mut u64 {
+        match timer {
+            Timer::SendStall => &mut self.send_stall,
+            _ => &mut self.idle,
+        }
     }
 }
 
@@ -170,6 +230,41 @@ mod tests {
         assert_eq!(timers.expired(Time(600)), Some(Timer::Close));
         assert_eq!(timers.expired(Time(600)), Some(Timer::Idle));
         assert_eq!(timers.expired(Time(600)), None);
+        assert_eq!(timers.next(), None);
+    }
+
+    #[test]
+    fn rare_timers_hold_a_box_only_while_one_is_set() {
+        let mut timers = Timers::default();
+        timers.set(Timer::Idle, Time(900));
+        timers.set(Timer::SendStall, Time(800));
+        assert!(
+            timers.rare.is_none(),
+            "idle and send-stall deadlines are inline"
+        );
+        for timer in Timer::ALL {
+            timers.set(timer, Time(100 + timer as u64));
+        }
+        for timer in Timer::ALL {
+            assert_eq!(
+                timers.get(timer),
+                Some(Time(100 + timer as u64)),
+                "{timer:?}"
+            );
+        }
+        assert_eq!(timers.next(), Some(Time(100)));
+        for timer in [Timer::Handshake, Timer::Pong, Timer::Close, Timer::Backlog] {
+            timers.stop(timer);
+            assert!(timers.rare.is_some());
+        }
+        timers.stop(Timer::Drain);
+        assert!(
+            timers.rare.is_none(),
+            "the box goes with the last rare timer"
+        );
+        assert_eq!(timers.next(), Some(Time(101)), "the idle deadline is kept");
+        assert_eq!(timers.expired(Time(1_000)), Some(Timer::SendStall));
+        assert_eq!(timers.expired(Time(1_000)), Some(Timer::Idle));
         assert_eq!(timers.next(), None);
     }
 
