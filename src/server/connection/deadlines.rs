@@ -43,7 +43,7 @@ impl<S> Connection<S> {
                     if cx.io.queued_bytes(cx.id) == 0 {
                         continue;
                     }
-                    let written = cx.io.written_bytes(cx.id);
+                    let written = cx.io.written_bytes(cx.id) as u32;
                     if written != self.stall_mark {
                         self.stall_mark = written;
                         self.timers

@@ -69,7 +69,7 @@ impl<S> Connection<S> {
             return;
         }
         if cx.io.queued_bytes(cx.id) > 0 {
-            self.stall_mark = cx.io.written_bytes(cx.id);
+            self.stall_mark = cx.io.written_bytes(cx.id) as u32;
             self.timers.set(Timer::SendStall, cx.now.after(idle));
         }
     }
