@@ -1,10 +1,11 @@
 //! The io_uring runtime against real sockets, with a raw-bytes echo handler: no WebSocket.
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringws::runtime::{self, CloseCause, Config, ConnId, Handler, Io, Runtime, ShardContext};
@@ -22,9 +23,12 @@ enum Command {
     Note(String),
 }
 
-/// Echoes every byte; a connection that sends `deadline` gets a deadline that closes it.
+/// Echoes every byte; a connection that sends `deadline` gets a deadline that closes it,
+/// and one that sends `later` a deadline moved from 50 to 400 ms.
 struct Echo {
     seen: Arc<Seen>,
+    /// When each connection's deadline is due: the runtime may call back earlier.
+    due: HashMap<ConnId, Instant>,
 }
 
 impl Handler for Echo {
@@ -35,15 +39,27 @@ impl Handler for Echo {
     }
 
     fn on_data(&mut self, io: &mut Io, conn: ConnId, data: &mut [u8]) {
-        if data == b"deadline" {
+        if data == b"deadline" || data == b"later" {
             io.set_deadline(conn, Duration::from_millis(50));
-            return;
+            self.due.insert(conn, io.now() + Duration::from_millis(50));
         }
-        io.send(conn, Bytes::copy_from_slice(data));
+        if data == b"later" {
+            io.set_deadline(conn, Duration::from_millis(400));
+            self.due.insert(conn, io.now() + Duration::from_millis(400));
+        }
+        if !self.due.contains_key(&conn) {
+            io.send(conn, Bytes::copy_from_slice(data));
+        }
     }
 
     fn on_deadline(&mut self, io: &mut Io, conn: ConnId) {
         self.seen.deadlines.fetch_add(1, Ordering::SeqCst);
+        if let Some(&due) = self.due.get(&conn)
+            && io.now() < due
+        {
+            io.set_deadline_at(conn, due);
+            return;
+        }
         io.send(conn, Bytes::from_static(b"bye"));
         io.close(conn);
     }
@@ -71,6 +87,7 @@ fn start(config: Config) -> (Runtime<Command>, Arc<Seen>, SocketAddr) {
     let shared = seen.clone();
     let runtime = runtime::start(config, move |_ctx: ShardContext<Command>| Echo {
         seen: shared.clone(),
+        due: HashMap::new(),
     })
     .expect("start the runtime");
     let addr = runtime.local_addrs()[0];
@@ -262,6 +279,30 @@ fn deadlines_fire_and_close_gracefully() {
     stream.read_to_end(&mut all).unwrap();
     assert_eq!(all, b"bye", "the deadline's last words, then EOF");
     assert_eq!(seen.deadlines.load(Ordering::SeqCst), 1);
+    stop(runtime);
+}
+
+/// A deadline moved later keeps its first wake-up (one timer entry per connection): the
+/// handler hears it early, once, and the connection still ends at the later deadline.
+#[test]
+fn a_deadline_moved_later_wakes_early_once_and_fires_on_time() {
+    let (runtime, seen, addr) = start(config(1));
+    let mut stream = connect(addr);
+    let sent = Instant::now();
+    stream.write_all(b"later").unwrap();
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).unwrap();
+    assert_eq!(all, b"bye");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        seen.deadlines.load(Ordering::SeqCst),
+        2,
+        "one early call, then the deadline"
+    );
     stop(runtime);
 }
 

@@ -86,16 +86,20 @@ impl TimerWheel {
     /// Schedules an entry for `at`; returns its due tick (never the current one, so it fires
     /// on a later turn, rounded up to a whole tick). A time too far to represent never fires.
     pub fn schedule(&mut self, index: u32, generation: u32, kind: Kind, at: Instant) -> u64 {
-        let due = at
-            .checked_add(self.tick - Duration::from_nanos(1))
-            .map_or(DUE_MASK, |rounded| self.tick_of(rounded).min(DUE_MASK))
-            .max(self.current + 1);
+        let due = self.due_tick(at);
         self.buckets[(due % Self::BUCKETS as u64) as usize].push(Entry {
             index,
             generation,
             due_and_kind: due | (kind as u64) << DUE_BITS,
         });
         due
+    }
+
+    /// The tick [`TimerWheel::schedule`] would make a deadline at `at` due at.
+    pub fn due_tick(&self, at: Instant) -> u64 {
+        at.checked_add(self.tick - Duration::from_nanos(1))
+            .map_or(DUE_MASK, |rounded| self.tick_of(rounded).min(DUE_MASK))
+            .max(self.current + 1)
     }
 
     /// Moves time to `now`, handing over every entry that came due.

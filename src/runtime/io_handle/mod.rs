@@ -210,6 +210,11 @@ impl Io {
 
     /// Calls the handler's `on_deadline` for `conn` after `after` (rounded up to the timer
     /// tick), replacing any earlier deadline. Delivered only while the connection is open.
+    ///
+    /// A deadline moved later keeps the wake-up already scheduled, so the handler may hear
+    /// `on_deadline` before its deadline and must check what is due; in exchange a
+    /// connection has one timer entry however often its deadline moves (a new connection's
+    /// handshake deadline is replaced by its idle one, on every connection).
     pub fn set_deadline(&mut self, conn: ConnId, after: Duration) {
         match self.now.checked_add(after) {
             Some(at) => self.set_deadline_at(conn, at),
@@ -222,6 +227,9 @@ impl Io {
         let Some(slot) = slot_of(&mut self.slots, conn) else {
             return;
         };
+        if slot.deadline != 0 && slot.deadline <= self.timers.due_tick(at) {
+            return;
+        }
         slot.deadline = self
             .timers
             .schedule(conn.slot, conn.generation, timer::Kind::Handler, at);
