@@ -73,23 +73,31 @@ pub struct Dropped {
 #[derive(Default)]
 pub(crate) struct SendQueue {
     pending: Option<Box<Pending>>,
-    /// Bytes the kernel has accepted, in total.
-    written: u64,
-    /// A TLS connection's queue: only sealed chunks are written (see the module's doc).
-    sealing: bool,
+    /// Bytes the kernel has accepted, in total, below [`SEALING`]; and that bit when this is
+    /// a TLS connection's queue, of which only sealed chunks are written (see the module's
+    /// doc). One word for both keeps a connection's slot at 48 bytes.
+    written_and_sealing: u64,
 }
+
+/// The bit of [`SendQueue::written_and_sealing`] that marks a sealing queue: 2^63 bytes are
+/// never written.
+const SEALING: u64 = 1 << 63;
 
 impl SendQueue {
     /// A queue for a TLS connection, whose plaintext is sealed before it is written.
     pub fn sealing() -> Self {
         Self {
-            sealing: true,
-            ..Self::default()
+            pending: None,
+            written_and_sealing: SEALING,
         }
     }
 
+    fn is_sealing(&self) -> bool {
+        self.written_and_sealing & SEALING != 0
+    }
+
     fn pending(&mut self) -> &mut Pending {
-        let sealing = self.sealing;
+        let sealing = self.is_sealing();
         self.pending.get_or_insert_with(|| {
             Box::new(Pending {
                 sealing,
@@ -131,7 +139,7 @@ impl SendQueue {
 
     /// Bytes the kernel has accepted since the connection opened.
     pub fn written(&self) -> u64 {
-        self.written
+        self.written_and_sealing & !SEALING
     }
 
     pub fn is_empty(&self) -> bool {
@@ -164,7 +172,7 @@ impl SendQueue {
     /// as it is. Only when no sealed record waits or is being written.
     pub fn stop_sealing(&mut self) {
         debug_assert!(!self.has_sealed() && !self.is_sending());
-        self.sealing = false;
+        self.written_and_sealing &= !SEALING;
         if let Some(pending) = &mut self.pending {
             pending.sealing = false;
         }
@@ -226,7 +234,7 @@ impl SendQueue {
     pub fn complete(&mut self, result: i32, tags: &mut Vec<Tag>) -> Option<Box<SendBuf>> {
         let pending = self.pending.as_mut()?;
         if let Ok(written) = usize::try_from(result) {
-            self.written += written as u64;
+            self.written_and_sealing += written as u64;
         }
         let buf = pending.complete(result, tags);
         self.release_if_idle();
