@@ -120,7 +120,7 @@ impl Acceptor {
         ring: usize,
         result: i32,
         io: &mut Io,
-    ) -> Option<(u32, SocketAddr, u16)> {
+    ) -> Option<(u32, SocketAddr, u8)> {
         self.in_flight[ring] = self.in_flight[ring].saturating_sub(1);
         let Ok(local) = u32::try_from(result) else {
             match -result {
@@ -148,12 +148,12 @@ impl Acceptor {
         let buf = &self.bufs[index as usize];
         let peer =
             socket::from_sockaddr(&buf.address).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let listener = u16::try_from(buf.listener).unwrap_or(u16::MAX);
+        let listener = u8::try_from(buf.listener).unwrap_or(u8::MAX);
         Some((slot, peer, listener))
     }
 
     /// Whether listening socket `listener` accepts TLS connections.
-    pub fn is_tls(&self, listener: u16) -> bool {
+    pub fn is_tls(&self, listener: u8) -> bool {
         usize::from(listener) >= self.first_tls
     }
 

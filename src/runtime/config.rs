@@ -195,6 +195,11 @@ impl Config {
             )?;
         }
         check(
+            "listen",
+            self.listen.len() + self.tls_listen.len() <= MAX_LISTENERS,
+            "at most 256 addresses, tls_listen included",
+        )?;
+        check(
             "tls",
             self.tls_listen.is_empty() || self.tls.is_some(),
             "set when tls_listen is not empty",
@@ -204,6 +209,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// Listening addresses a shard may have: a connection's slot names its listener in a byte.
+pub const MAX_LISTENERS: usize = 256;
 
 /// Whether a deadline `duration` from now (or years from now) can be represented.
 fn fits_an_instant(duration: Duration) -> bool {
@@ -253,6 +261,8 @@ mod tests {
         assert!(refused(|c| c.recv_buffer_size = 0).contains("recv_buffer_size"));
         assert!(refused(|c| c.timer_tick = Duration::ZERO).contains("timer_tick"));
         assert!(refused(|c| c.backlog = 0).contains("backlog"));
+        let many = vec![SocketAddr::from(([127, 0, 0, 1], 0)); MAX_LISTENERS + 1];
+        assert!(refused(|c| c.listen = many).contains("at most 256"));
         assert!(refused(|c| c.linger = Duration::MAX).contains("linger"));
         assert!(refused(|c| c.drain_timeout = Duration::MAX).contains("drain_timeout"));
         assert!(refused(|c| c.shutdown_grace = Duration::MAX).contains("shutdown_grace"));

@@ -117,26 +117,57 @@ pub(crate) struct Slot {
     generation: u32,
     phase: Phase,
     cause: CloseCause,
-    recv_armed: bool,
-    /// The handler paused reading (only an open connection's bytes are held back).
-    paused: bool,
-    peer_closed: bool,
-    close_submitted: bool,
+    flags: Flags,
     /// Requests other than recv and send that name the descriptor (shutdown, setsockopt).
     /// The close waits for them: io_uring may run unlinked requests out of order, and one
     /// that ran after the close would hit whichever connection the kernel gave the slot to
     /// next.
     fd_ops: u8,
-    /// Listed for this turn's flush.
-    dirty: bool,
     pub queue: SendQueue,
     /// The handler's deadline (a timer tick), 0 when none.
     pub deadline: u64,
     /// What only some connections hold. Boxed: 8 bytes in every slot.
     extras: Option<Box<Extras>>,
     /// Which of the shard's listening sockets accepted the connection, in `Config::listen`
-    /// order (then `Config::tls_listen`).
-    pub listener: u16,
+    /// order (then `Config::tls_listen`): at most 256 of them.
+    pub listener: u8,
+}
+
+/// A slot's yes-or-no state, in one byte: with the send queue's one word for its count and
+/// mode, a slot is 48 bytes, and a large server holds one per connection.
+#[derive(Clone, Copy, Default)]
+struct Flags(u8);
+
+impl Flags {
+    /// A receive is in flight (the multishot one may still post completions).
+    const RECV_ARMED: u8 = 1;
+    /// The handler paused reading (only an open connection's bytes are held back).
+    const PAUSED: u8 = 1 << 1;
+    /// The peer's FIN arrived.
+    const PEER_CLOSED: u8 = 1 << 2;
+    /// The close of the descriptor is submitted.
+    const CLOSE_SUBMITTED: u8 = 1 << 3;
+    /// Listed for this turn's flush.
+    const DIRTY: u8 = 1 << 4;
+
+    fn get(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
+
+    /// Sets `flag` to `on`; whether it was set before.
+    fn replace(&mut self, flag: u8, on: bool) -> bool {
+        let was = self.get(flag);
+        self.set(flag, on);
+        was
+    }
 }
 
 /// A slot's rarer state.
@@ -154,12 +185,8 @@ impl Default for Slot {
             generation: 0,
             phase: Phase::Free,
             cause: CloseCause::Local,
-            recv_armed: false,
-            paused: false,
-            peer_closed: false,
-            close_submitted: false,
+            flags: Flags::default(),
             fd_ops: 0,
-            dirty: false,
             queue: SendQueue::default(),
             deadline: 0,
             extras: None,
@@ -178,7 +205,7 @@ impl Slot {
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.flags.get(Flags::PAUSED)
     }
 
     /// Holds a connection, in any phase but `Free`.
@@ -205,7 +232,7 @@ impl Slot {
     /// Bytes were queued; whether the connection must be listed for this turn's flush (it
     /// was not yet).
     pub fn mark_dirty(&mut self) -> bool {
-        !std::mem::replace(&mut self.dirty, true)
+        !self.flags.replace(Flags::DIRTY, true)
     }
 
     /// Bytes are left to write: list the connection for this turn's flush.
@@ -219,13 +246,13 @@ impl Slot {
 
     /// Taken off this turn's flush list; whether a sendmsg should start now.
     pub fn take_flush(&mut self) -> bool {
-        self.dirty = false;
+        self.flags.set(Flags::DIRTY, false);
         self.accepts_bytes() && !self.queue.is_sending() && !self.queue.is_empty()
     }
 
     fn wants_recv(&self) -> bool {
         match self.phase {
-            Phase::Open => !self.paused && !self.handing_off(),
+            Phase::Open => !self.flags.get(Flags::PAUSED) && !self.handing_off(),
             // Reading on to see the peer's FIN; what arrives is discarded.
             Phase::Lingering => true,
             _ => false,
@@ -234,15 +261,15 @@ impl Slot {
 
     /// Starts the receive unless it runs or is not wanted.
     pub fn arm_recv(&mut self) -> Actions {
-        if self.recv_armed || !self.wants_recv() {
+        if self.flags.get(Flags::RECV_ARMED) || !self.wants_recv() {
             return Actions::none();
         }
-        self.recv_armed = true;
+        self.flags.set(Flags::RECV_ARMED, true);
         Actions::one(Action::ArmRecv)
     }
 
     pub fn pause(&mut self) -> Actions {
-        if std::mem::replace(&mut self.paused, true) || !self.recv_armed {
+        if self.flags.replace(Flags::PAUSED, true) || !self.flags.get(Flags::RECV_ARMED) {
             return Actions::none();
         }
         if self.phase == Phase::Open {
@@ -254,7 +281,7 @@ impl Slot {
 
     /// Unpauses; whether the receive must start again (after the stash is handed over).
     pub fn resume(&mut self) -> bool {
-        std::mem::replace(&mut self.paused, false)
+        self.flags.replace(Flags::PAUSED, false)
     }
 
     /// Keeps bytes that arrived while paused, for [`Slot::take_stash`].
@@ -312,7 +339,7 @@ impl Slot {
     /// Stops the receive of an open connection (it comes back with [`Slot::arm_recv`] when
     /// wanted); the stop is done once [`Slot::is_receiving`] says so.
     pub fn stop_recv(&mut self) -> Actions {
-        if self.recv_armed && self.phase == Phase::Open {
+        if self.flags.get(Flags::RECV_ARMED) && self.phase == Phase::Open {
             Actions::one(Action::CancelRecv)
         } else {
             Actions::none()
@@ -321,7 +348,7 @@ impl Slot {
 
     /// Whether a receive is in flight (the multishot one may still post completions).
     pub fn is_receiving(&self) -> bool {
-        self.recv_armed
+        self.flags.get(Flags::RECV_ARMED)
     }
 
     /// A request naming the descriptor is submitted outside the slot's own transitions: the
@@ -351,7 +378,7 @@ impl Slot {
     /// Everything is written: our FIN, then read (and discard) until the peer's arrives or
     /// the linger deadline passes, so the peer gets all we sent before any reset.
     fn linger(&mut self) -> Actions {
-        if self.peer_closed {
+        if self.flags.get(Flags::PEER_CLOSED) {
             return self.begin_closing(self.cause, false);
         }
         self.phase = Phase::Lingering;
@@ -377,7 +404,7 @@ impl Slot {
             self.fd_ops += 1;
             actions.push(Action::LingerZero);
         }
-        if self.recv_armed {
+        if self.flags.get(Flags::RECV_ARMED) {
             actions.push(Action::CancelRecv);
         }
         if self.queue.is_sending() {
@@ -393,14 +420,14 @@ impl Slot {
 
     fn close_if_idle(&mut self) -> Actions {
         if self.phase != Phase::Closing
-            || self.recv_armed
+            || self.flags.get(Flags::RECV_ARMED)
             || self.queue.is_sending()
-            || self.close_submitted
+            || self.flags.get(Flags::CLOSE_SUBMITTED)
             || self.fd_ops > 0
         {
             return Actions::none();
         }
-        self.close_submitted = true;
+        self.flags.set(Flags::CLOSE_SUBMITTED, true);
         Actions::one(Action::Close)
     }
 
@@ -431,7 +458,7 @@ impl Slot {
     /// multishot receive goes on.
     pub fn on_recv(&mut self, result: i32, more: bool) -> Actions {
         if !more {
-            self.recv_armed = false;
+            self.flags.set(Flags::RECV_ARMED, false);
         }
         let mut actions = match result {
             0 => self.on_peer_fin(),
@@ -441,7 +468,7 @@ impl Slot {
             r if r < 0 => self.begin_closing(CloseCause::Error(-r), false),
             _ => Actions::none(),
         };
-        if !self.recv_armed && self.wants_recv() {
+        if !self.flags.get(Flags::RECV_ARMED) && self.wants_recv() {
             actions.push(Action::RearmRecv);
         }
         actions
@@ -449,7 +476,7 @@ impl Slot {
 
     /// The peer's FIN: write out what is queued, then close.
     fn on_peer_fin(&mut self) -> Actions {
-        self.peer_closed = true;
+        self.flags.set(Flags::PEER_CLOSED, true);
         match self.phase {
             Phase::Open => {
                 self.cause = CloseCause::PeerClosed;
@@ -478,10 +505,10 @@ impl Slot {
             (timer::Kind::Drain, Phase::Draining) | (timer::Kind::Linger, Phase::Lingering) => {
                 self.begin_closing(CloseCause::TimedOut, reset)
             }
-            (timer::Kind::Cancel, Phase::Closing) if !self.close_submitted => {
+            (timer::Kind::Cancel, Phase::Closing) if !self.flags.get(Flags::CLOSE_SUBMITTED) => {
                 // Something did not end when cancelled: end everything on the socket.
                 let mut actions = Actions::none();
-                if self.recv_armed {
+                if self.flags.get(Flags::RECV_ARMED) {
                     actions.push(Action::CancelRecv);
                 }
                 if self.queue.is_sending() {

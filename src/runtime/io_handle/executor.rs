@@ -41,7 +41,7 @@ impl Io {
     pub(in crate::runtime) fn open(
         &mut self,
         index: u32,
-        listener: u16,
+        listener: u8,
         tls: Option<&TlsAcceptor>,
     ) -> Option<ConnId> {
         let stream = match tls.map(TlsStream::new).transpose() {
