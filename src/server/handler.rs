@@ -283,6 +283,10 @@ impl Transport for Io {
     fn resume_recv(&mut self, conn: ConnId) {
         Io::resume_recv(self, conn);
     }
+
+    fn lend(&mut self, part: &[u8]) -> Option<Bytes> {
+        Io::lend(self, part)
+    }
 }
 
 #[cfg(test)]
