@@ -5,6 +5,8 @@
 mod support;
 
 use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::thread;
 
 use ringws::proto::OpCode;
@@ -22,6 +24,15 @@ fn payload(seed: u32, len: usize) -> Vec<u8> {
 /// in order and checks the close handshake that ends it.
 fn burst_and_check(path: &str, frames: Vec<u8>, expected: Vec<(OpCode, Vec<u8>)>) {
     let server = Server::start(&[]);
+    burst_and_check_on(&server, path, frames, expected);
+}
+
+fn burst_and_check_on(
+    server: &Server,
+    path: &str,
+    frames: Vec<u8>,
+    expected: Vec<(OpCode, Vec<u8>)>,
+) {
     let mut stream = open(server.addr, path);
     let mut writer = stream.try_clone().expect("clone the socket");
     let sender = thread::spawn(move || {
@@ -83,4 +94,100 @@ fn a_burst_of_large_messages_comes_back_whole_and_in_order() {
         expected.push((OpCode::Binary, body));
     }
     burst_and_check("/large", wire, expected);
+}
+
+/// A burst mixing messages sent from the receive buffer they arrived in (4 KiB and up) with
+/// small ones, pings and messages that span buffers, so lent payloads and the frames written
+/// around them must keep their order.
+fn mixed_burst(seed: u32) -> (Vec<u8>, Vec<(OpCode, Vec<u8>)>) {
+    let sizes = [
+        4096,
+        20,
+        16 << 10,
+        4095,
+        9_000,
+        1,
+        70_000,
+        16 << 10,
+        125,
+        40_000,
+    ];
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    for (i, &len) in sizes.iter().cycle().take(30).enumerate() {
+        let body = payload(seed.wrapping_mul(1_000).wrapping_add(i as u32), len);
+        if i % 11 == 5 {
+            wire.extend(frame(OpCode::Ping, true, &body[..body.len().min(125)]));
+            expected.push((OpCode::Pong, body[..body.len().min(125)].to_vec()));
+        }
+        wire.extend(frame(OpCode::Binary, true, &body));
+        expected.push((OpCode::Binary, body));
+    }
+    (wire, expected)
+}
+
+#[test]
+fn large_echoes_over_many_connections_come_back_intact_when_receive_buffers_run_short() {
+    // Eight receive buffers for 24 connections bursting at once: at most four can be lent,
+    // so some echoes are sent from the receive buffer and the rest are copied, and the
+    // kernel runs out of buffers to receive into now and then.
+    let server = Server::start(&["--recv-buffers", "8"]);
+    thread::scope(|scope| {
+        for seed in 0..24u32 {
+            let server = &server;
+            scope.spawn(move || {
+                let (wire, expected) = mixed_burst(seed);
+                burst_and_check_on(server, "/many", wire, expected);
+            });
+        }
+    });
+}
+
+/// Sets SO_LINGER 0, so closing `stream` resets the connection.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a descriptor `stream` owns, with a pointer to a local of the
+    // size given.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(result, 0, "SO_LINGER");
+}
+
+#[test]
+fn connections_reset_while_their_echoes_wait_leave_the_server_serving() {
+    // Each client sends 4 MiB of 16 KiB messages and reads none of the echoes, so the
+    // server's queue fills with payloads that may be lent from its few receive buffers;
+    // then the client resets the connection. Buffers lent to a queue that is dropped must
+    // come back: after many such connections, bursts still echo intact.
+    let server = Server::start(&["--recv-buffers", "8", "--max-queued", "16MiB"]);
+    let body = payload(7, 16 << 10);
+    let burst: Vec<u8> = (0..256)
+        .flat_map(|_| frame(OpCode::Binary, true, &body))
+        .collect();
+    for _ in 0..12 {
+        let stream = open(server.addr, "/reset");
+        reset_on_close(&stream);
+        let mut writer = stream.try_clone().expect("clone the socket");
+        writer
+            .set_write_timeout(Some(std::time::Duration::from_millis(500)))
+            .expect("set a write timeout");
+        // The write stops when both sides' buffers are full; either way, reset now.
+        let _ = writer.write_all(&burst);
+        drop(writer);
+        drop(stream);
+    }
+    for seed in 0..3 {
+        let (wire, expected) = mixed_burst(seed);
+        burst_and_check_on(&server, "/after", wire, expected);
+    }
 }

@@ -3,22 +3,35 @@
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
+use super::lending::Pool;
+
 /// The provided-buffer group of every shard's ring (each ring has its own groups).
 pub(crate) const BUFFER_GROUP: u16 = 0;
 
 /// An anonymous, page-aligned memory mapping.
-struct Mapping {
+pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
 
+// SAFETY: a mapping is plain memory with no thread affinity; who reads and writes it, and
+// when, is ruled by its users (the ring's buffer discipline and loans).
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` gives out only its address.
+unsafe impl Sync for Mapping {}
+
 impl Mapping {
-    fn new(len: usize) -> io::Result<Self> {
+    pub fn start(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    pub fn new(len: usize) -> io::Result<Self> {
         // SAFETY: an anonymous private mapping with no address hint; the result is checked.
         let ptr = unsafe {
             libc::mmap(
@@ -50,14 +63,16 @@ impl Drop for Mapping {
 ///
 /// Must be dropped after the ring it is registered with (the shard declares its ring first,
 /// and dropping the ring waits for its requests), so the kernel never writes into unmapped
-/// memory.
+/// memory. The buffers themselves live as long as any loan of them (see `lending`).
 pub(crate) struct BufRing {
     entries: Mapping,
-    buffers: Mapping,
+    pool: Arc<Pool>,
     count: u16,
     buffer_size: usize,
     /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
     tail: u16,
+    /// Buffers back from loan, taken from the pool's list by [`BufRing::reclaim`].
+    returned: Vec<u16>,
 }
 
 impl BufRing {
@@ -83,10 +98,11 @@ impl BufRing {
         };
         let mut ring = Self {
             entries,
-            buffers,
+            pool: Arc::new(Pool::new(buffers, count, buffer_size)),
             count,
             buffer_size,
             tail: 0,
+            returned: Vec::new(),
         };
         for id in 0..count {
             ring.push(id);
@@ -97,16 +113,26 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `id`, which the kernel filled for a completion.
     pub fn filled(&mut self, id: u16, len: usize) -> &mut [u8] {
-        let id = usize::from(id % self.count);
+        let id = id % self.count;
         let len = len.min(self.buffer_size);
         // SAFETY: buffer `id` lies inside the mapping; the kernel handed it to us with the
         // completion and will not touch it until we give it back with `recycle`.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.buffers.ptr.as_ptr().add(id * self.buffer_size),
-                len,
-            )
+        unsafe { std::slice::from_raw_parts_mut(self.pool.buffer(id).as_ptr(), len) }
+    }
+
+    /// The pool of this ring's buffers, to lend them from.
+    pub fn pool(&self) -> Arc<Pool> {
+        Arc::clone(&self.pool)
+    }
+
+    /// Gives back every buffer whose loans have all ended.
+    pub fn reclaim(&mut self) {
+        let mut returned = std::mem::take(&mut self.returned);
+        self.pool.take_returned(&mut returned);
+        for id in returned.drain(..) {
+            self.recycle(id);
         }
+        self.returned = returned;
     }
 
     /// Gives buffer `id` back; the kernel sees it after the next [`BufRing::publish`].
@@ -120,12 +146,7 @@ impl BufRing {
         // up to the published tail, and this slot is past it.
         unsafe {
             let entry = &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot);
-            entry.set_addr(
-                self.buffers
-                    .ptr
-                    .as_ptr()
-                    .add(usize::from(id) * self.buffer_size) as u64,
-            );
+            entry.set_addr(self.pool.buffer(id).as_ptr() as u64);
             entry.set_len(self.buffer_size as u32);
             entry.set_bid(id);
         }

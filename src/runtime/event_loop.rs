@@ -19,6 +19,7 @@ use super::acceptor::Acceptor;
 use super::buf_ring::{BUFFER_GROUP, BufRing};
 use super::io_handle::Io;
 use super::layout::Layout;
+use super::lending::Lending;
 use super::mailbox::Mailbox;
 use super::ring::{Completion, Features};
 use super::rings::Rings;
@@ -96,8 +97,10 @@ pub(super) fn run<H: Handler>(
         Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
     });
     let (rings, buffers, rings_wake) = opened?;
+    let mut io = Io::new(rings, index, config, features.setsockopt);
+    io.lending = Lending::new(buffers.iter().map(BufRing::pool).collect());
     let mut shard = Shard {
-        io: Io::new(rings, index, config, features.setsockopt),
+        io,
         buffers,
         acceptor: Acceptor::new(
             listeners,
@@ -164,6 +167,7 @@ impl<H: Handler> Shard<H> {
             self.io.advance_offloads();
             self.io.flush();
             for buffers in &mut self.buffers {
+                buffers.reclaim();
                 buffers.publish();
             }
             let extra_ready = self.io.rings.submit_extra()?;
@@ -242,25 +246,34 @@ impl<H: Handler> Shard<H> {
             .io
             .slot_for(index, generation)
             .map(|s| (s.phase(), s.is_paused()));
-        let buffers = &mut self.buffers[self.io.rings.ring_of(index)];
+        let ring = self.io.rings.ring_of(index);
+        let buffers = &mut self.buffers[ring];
         if let Some(id) = buffer {
+            let mut lent = false;
             if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
                 let data = buffers.filled(id, len);
                 match state {
-                    (Phase::Open, false) => deliver(
-                        &mut self.io,
-                        &mut self.handler,
-                        self.tls.as_ref(),
-                        &mut self.plain,
-                        conn,
-                        data,
-                    ),
+                    (Phase::Open, false) => {
+                        self.io.lending.begin(ring, id, data);
+                        deliver(
+                            &mut self.io,
+                            &mut self.handler,
+                            self.tls.as_ref(),
+                            &mut self.plain,
+                            conn,
+                            data,
+                        );
+                        lent = self.io.lending.end();
+                    }
                     (Phase::Open, true) => self.io.slots[index as usize].stash(data),
                     // Closing: whatever comes now is discarded.
                     _ => {}
                 }
             }
-            buffers.recycle(id);
+            // A lent buffer comes back once its last loan ends (`BufRing::reclaim`).
+            if !lent {
+                buffers.recycle(id);
+            }
         }
         // Kernel TLS met a record that is not data: read it, the receive stopped meanwhile.
         let result = if result == -libc::EIO && self.io.read_control_record(conn) {

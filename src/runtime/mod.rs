@@ -23,6 +23,7 @@ mod health;
 mod io_handle;
 mod launch;
 mod layout;
+mod lending;
 mod listener;
 mod mailbox;
 mod ring;

@@ -35,10 +35,10 @@ pub(crate) fn closed(
     peer: SocketAddr,
     code: CloseCode,
     reason: &str,
-    cause: &str,
+    cause: &dyn std::fmt::Display,
 ) {
     let code = code.as_u16();
-    event!(loud, event = "close", shard, %peer, code, reason, cause, "connection closed");
+    event!(loud, event = "close", shard, %peer, code, reason, %cause, "connection closed");
 }
 
 /// A TLS connection failed (most often in its handshake: not TLS at all, a server name the

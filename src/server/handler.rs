@@ -2,7 +2,6 @@
 //! `connection`, and the small adapter that turns their timers into the runtime's one
 //! deadline per connection.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -207,23 +206,27 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
         if let Some(entry) = self.conns[id.slot() as usize].take() {
             self.shard.topics.remove(id);
             self.shard.counters().connection_closed();
-            let cause: Cow<'static, str> = match cause {
-                CloseCause::Local => "server".into(),
-                CloseCause::PeerClosed => "peer".into(),
-                CloseCause::Shutdown => "shutdown".into(),
-                CloseCause::TimedOut => "timed out closing".into(),
+            // Written out only if the close is logged: most closes are not.
+            let (tls, errno);
+            let cause: &dyn std::fmt::Display = match cause {
+                CloseCause::Local => &"server",
+                CloseCause::PeerClosed => &"peer",
+                CloseCause::Shutdown => &"shutdown",
+                CloseCause::TimedOut => &"timed out closing",
                 CloseCause::Tls(failure) => {
                     self.shard.counters().families.tls_failed(failure);
                     let loud = self.shard.config.log_connections;
                     let peer = entry.conn.peer();
                     events::tls_failed(loud, self.shard.index(), peer, failure.name());
-                    format!("tls: {failure}").into()
+                    tls = format!("tls: {failure}");
+                    &tls
                 }
-                CloseCause::Error(errno) => {
-                    std::io::Error::from_raw_os_error(errno).to_string().into()
+                CloseCause::Error(code) => {
+                    errno = std::io::Error::from_raw_os_error(code);
+                    &errno
                 }
             };
-            entry.conn.on_closed(&mut self.shard, &mut self.app, &cause);
+            entry.conn.on_closed(&mut self.shard, &mut self.app, cause);
         }
     }
 
@@ -282,6 +285,10 @@ impl Transport for Io {
 
     fn resume_recv(&mut self, conn: ConnId) {
         Io::resume_recv(self, conn);
+    }
+
+    fn lend(&mut self, part: &[u8]) -> Option<Bytes> {
+        Io::lend(self, part)
     }
 }
 

@@ -27,6 +27,11 @@ pub(crate) trait Transport {
     /// Stops delivering received bytes until [`Transport::resume_recv`].
     fn pause_recv(&mut self, conn: ConnId);
     fn resume_recv(&mut self, conn: ConnId);
+    /// `part`, bytes of what the connection is being handed now, as shared bytes without a
+    /// copy; `None` when they cannot be lent, and the caller copies them.
+    fn lend(&mut self, _part: &[u8]) -> Option<Bytes> {
+        None
+    }
 }
 
 /// An in-memory transport for one connection that records what the connection did. The

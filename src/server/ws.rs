@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::proto::frame::MAX_HEADER_LEN;
 use crate::proto::{CloseCode, OpCode, SendError};
 use crate::runtime::ConnId;
 
@@ -11,6 +12,10 @@ use super::frames::write_message;
 use super::pubsub::{PublishError, SubscribeError};
 use super::shard_state::ShardState;
 use super::transport::Transport;
+
+/// Payloads from this size on are sent from the receive buffer they arrived in when they can
+/// be ([`Transport::lend`]); smaller ones are cheaper to copy next to their header.
+const LEND_MIN: usize = 4096;
 
 /// One connection, lent to an application callback.
 pub struct Ws<'a, A: App + ?Sized> {
@@ -144,6 +149,9 @@ impl<A: App + ?Sized> Ws<'_, A> {
         if !opcode.is_control() {
             self.shard.counters().message_out();
         }
+        if payload.len() >= LEND_MIN && self.send_lent(opcode, payload)? {
+            return Ok(());
+        }
         let shard = &mut *self.shard;
         if self.batched && shard.arena.pending() > 0 && !shard.arena.fits(payload.len() + 16) {
             // A new block would copy the frames pending in this one: queue them first.
@@ -162,5 +170,26 @@ impl<A: App + ?Sized> Ws<'_, A> {
             self.shard.flush(self.io, self.id);
         }
         Ok(())
+    }
+
+    /// Sends a payload that lies in the receive buffer being delivered straight from there:
+    /// its header from the arena, then the payload itself, lent. `Ok(false)` when it cannot
+    /// go that way (it lies elsewhere, too many buffers are lent, or the connection
+    /// compresses), and nothing was written.
+    fn send_lent(&mut self, opcode: OpCode, payload: &[u8]) -> Result<bool, SendError> {
+        if self.parts.writer.own_direction().is_some() {
+            return Ok(false);
+        }
+        let Some(lent) = self.io.lend(payload) else {
+            return Ok(false);
+        };
+        let out = self.shard.arena.room(MAX_HEADER_LEN);
+        if !self.parts.writer.send_header(opcode, payload.len(), out)? {
+            return Ok(false);
+        }
+        // The header, and any frame written before it, go first.
+        self.shard.flush(self.io, self.id);
+        self.io.send(self.id, lent);
+        Ok(true)
     }
 }

@@ -66,39 +66,53 @@ impl Fields {
     /// Parses the header lines of `head` (already UTF-8 checked) from `start`, which follows
     /// the first line.
     pub fn parse(head: &str, start: usize, max_fields: usize) -> Result<Self, FieldError> {
-        let mut fields = Vec::new();
+        let bytes = head.as_bytes();
+        // A request carries about a dozen fields: room for them without growing.
+        let mut fields = Vec::with_capacity(max_fields.min(16));
         let mut at = start;
         loop {
-            let line_end = head[at..]
-                .find("\r\n")
-                .map(|i| at + i)
-                .ok_or(FieldError::Malformed("header line without CRLF"))?;
-            if line_end == at {
+            let rest = &bytes[at..];
+            // One pass to the CRLF that ends the line, noting its first colon and any bare
+            // CR or LF on the way.
+            let (mut colon, mut bare, mut line_len) = (None, false, None);
+            for (i, &byte) in rest.iter().enumerate() {
+                match byte {
+                    b'\r' if rest.get(i + 1) == Some(&b'\n') => {
+                        line_len = Some(i);
+                        break;
+                    }
+                    b'\r' | b'\n' => bare = true,
+                    b':' if colon.is_none() => colon = Some(i),
+                    _ => {}
+                }
+            }
+            let line_len = line_len.ok_or(FieldError::Malformed("header line without CRLF"))?;
+            if line_len == 0 {
                 return Ok(Self { fields });
             }
-            let line = &head[at..line_end];
-            if line.starts_with([' ', '\t']) {
+            let line = &rest[..line_len];
+            if matches!(line[0], b' ' | b'\t') {
                 return Err(FieldError::Malformed("obsolete folded header line"));
             }
-            if line.contains(['\r', '\n']) {
+            if bare {
                 return Err(FieldError::Malformed("bare CR or LF in a header line"));
             }
-            let colon = line
-                .find(':')
-                .ok_or(FieldError::Malformed("header line without a colon"))?;
+            let colon = colon.ok_or(FieldError::Malformed("header line without a colon"))?;
             let name = &line[..colon];
-            if name.is_empty() || !name.bytes().all(is_token_byte) {
+            if name.is_empty() || !name.iter().copied().all(is_token_byte) {
                 return Err(FieldError::Malformed("invalid header name"));
             }
             if fields.len() == max_fields {
                 return Err(FieldError::TooMany);
             }
             let value = &line[colon + 1..];
-            let trimmed = value.trim_matches([' ', '\t']);
-            let value_start =
-                at + colon + 1 + (value.len() - value.trim_start_matches([' ', '\t']).len());
-            fields.push((at..at + colon, value_start..value_start + trimmed.len()));
-            at = line_end + 2;
+            let blank = |byte: &&u8| matches!(**byte, b' ' | b'\t');
+            let leading = value.iter().take_while(blank).count();
+            let trailing = value[leading..].iter().rev().take_while(blank).count();
+            let value_start = at + colon + 1 + leading;
+            let value_end = at + line_len - trailing;
+            fields.push((at..at + colon, value_start..value_end));
+            at += line_len + 2;
         }
     }
 
@@ -189,6 +203,30 @@ mod tests {
         head.extend(std::iter::repeat_n(b'x', 200));
         head.extend(b"\r\n\r\n");
         assert!(reader.feed(&head, 100).is_err());
+    }
+
+    #[test]
+    fn field_values_are_trimmed_and_bare_line_breaks_refused() {
+        let head = "GET / HTTP/1.1\r\nA:\t x y \t\r\nB: \t \r\nC:d:e\r\n\r\n";
+        let fields = Fields::parse(head, 16, 10).unwrap();
+        let all: Vec<_> = fields.iter(head).collect();
+        assert_eq!(all, [("A", "x y"), ("B", ""), ("C", "d:e")]);
+        let malformed = |head: &str| match Fields::parse(head, 16, 10) {
+            Err(FieldError::Malformed(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nA: b\nc\r\n\r\n"),
+            "bare CR or LF in a header line"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n"),
+            "bare CR or LF in a header line"
+        );
+        assert_eq!(
+            malformed("GET / HTTP/1.1\r\nA: b"),
+            "header line without CRLF"
+        );
     }
 
     #[test]

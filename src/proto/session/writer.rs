@@ -4,8 +4,8 @@ use bytes::BufMut;
 
 use crate::proto::close::{CloseCode, parse_close_payload};
 use crate::proto::deflate::{Compressor, DeflateParams, Direction};
-use crate::proto::frame::{FrameHead, close_payload, write_frame};
-use crate::proto::frame::{MAX_CONTROL_PAYLOAD, OpCode};
+use crate::proto::frame::{FrameHead, FrameHeader, close_payload, encode_header, write_frame};
+use crate::proto::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use crate::proto::mask::MaskKeys;
 use crate::proto::{ProtocolError, Role};
 
@@ -107,6 +107,35 @@ impl Writer {
         let mask = self.next_mask();
         write_frame(out, FrameHead::whole(opcode), payload, mask);
         Ok(())
+    }
+
+    /// Writes only the header of one whole, uncompressed data message of `len` bytes, for a
+    /// server that queues the payload right behind it from where it already lies. Writes
+    /// nothing and returns `Ok(false)` when the frame cannot be sent that way: a client
+    /// masks its payloads, and control frames go whole through [`Writer::send`].
+    pub fn send_header<B: BufMut>(
+        &mut self,
+        opcode: OpCode,
+        len: usize,
+        out: &mut B,
+    ) -> Result<bool, SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        if self.role == Role::Client || opcode.is_control() {
+            return Ok(false);
+        }
+        let header = FrameHeader {
+            fin: true,
+            rsv1: false,
+            opcode,
+            mask: None,
+            payload_len: len as u64,
+        };
+        let mut encoded = [0u8; MAX_HEADER_LEN];
+        let written = encode_header(&mut encoded, &header);
+        out.put_slice(&encoded[..written]);
+        Ok(true)
     }
 
     /// Writes one whole data message compressed with `compressor`, or plainly when it is a

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::lending::Lending;
 use super::rings::Rings;
 use super::send_queue::{Dropped, SendBuf, Tag};
 use super::slot::{Phase, Slot};
@@ -55,6 +56,8 @@ pub struct Io {
     seal_scratch: Vec<u8>,
     /// TLS connections handing their records to the kernel.
     offloads: Vec<ConnId>,
+    /// Lends slices of the receive buffer being delivered (see [`Io::lend`]).
+    pub(super) lending: Lending,
 }
 
 /// The slot `conn` names, if that connection is still there.
@@ -88,6 +91,7 @@ impl Io {
             reset,
             seal_scratch: Vec::new(),
             offloads: Vec::new(),
+            lending: Lending::default(),
         }
     }
 
@@ -100,6 +104,14 @@ impl Io {
     /// it, in one sendmsg at the end of the loop turn.
     pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
         self.enqueue(conn, bytes, false, None);
+    }
+
+    /// `part`, bytes of what the handler is being handed right now by
+    /// [`Handler::on_data`](super::Handler::on_data), as shared bytes without a copy: the
+    /// receive buffer they lie in stays out of use until every clone is dropped. `None` when
+    /// `part` lies elsewhere, or too many buffers are lent already: copy it then.
+    pub fn lend(&mut self, part: &[u8]) -> Option<Bytes> {
+        self.lending.lend(part)
     }
 
     /// Like [`Io::send`], for a whole message that [`Io::drop_oldest`] may drop unsent. It

@@ -469,7 +469,12 @@ impl<S> Connection<S> {
 
     /// The runtime closed the connection (`cause` says how the transport ended); the
     /// application gets its state back.
-    pub fn on_closed<A: App<State = S>>(self, shard: &mut ShardState, app: &mut A, cause: &str) {
+    pub fn on_closed<A: App<State = S>>(
+        self,
+        shard: &mut ShardState,
+        app: &mut A,
+        cause: impl std::fmt::Display,
+    ) {
         shard.incomplete_bytes -= self.incomplete;
         if self.admitted {
             shard.admission.release(self.peer.addr().ip());
@@ -480,7 +485,7 @@ impl<S> Connection<S> {
             let (code, reason) = ending.unwrap_or((CloseCode::ABNORMAL, "".into()));
             shard.counters().families.closes.count(code.as_u16());
             let loud = shard.config.log_connections;
-            events::closed(loud, shard.index(), self.peer.addr(), code, &reason, cause);
+            events::closed(loud, shard.index(), self.peer.addr(), code, &reason, &cause);
             app.on_close(
                 open.parts.state,
                 Closed {

@@ -10,8 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 
 /// The RFC 6455 example key and its accept value (RFC 6455 §1.3): the server's answer is
 /// checked without a SHA-1 of our own.
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// The smallest message: connection and sequence.
 pub const MIN_SIZE: usize = 8;

@@ -10,10 +10,14 @@
 //! usage: epoll-client --url ws://HOST:PORT/PATH [--connections 100] [--pipeline 16]
 //!                     [--size 20] [--duration 5] [--drain 5]
 //!        epoll-client --url ws://HOST:PORT/pubsub/TOPIC --subscribers N --rate R [...]
+//!        epoll-client --url ws://HOST:PORT/PATH --handshakes N [--duration 5]
 //!
 //! The second form is a fan-out: one more connection publishes R messages a second to the
 //! topic, on a schedule, and N subscribers check that every message arrives, in order,
 //! intact; throughput counts deliveries.
+//!
+//! The third form measures handshakes: N connections at a time open, upgrade and reset in a
+//! loop (see `handshakes`); it prints `throughput_handshakes_per_sec`.
 //!
 //! Prints the counts, `throughput_msgs_per_sec N` (intact echoes in the measured time) and
 //! `cpu_seconds S` (its own CPU time in the measured time);
@@ -21,6 +25,7 @@
 
 mod conn;
 mod epoll;
+mod handshakes;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -36,6 +41,8 @@ struct Options {
     pipeline: u32,
     /// Fan-out: subscribers, and the publisher's messages per second.
     subscribers: u32,
+    /// Handshakes in flight at once, when measuring handshakes.
+    handshakes: u32,
     rate: f64,
     size: usize,
     duration: Duration,
@@ -50,7 +57,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = if options.subscribers > 0 {
+    let result = if options.handshakes > 0 {
+        parse_url(&options.url).and_then(|(addr, host, path)| {
+            handshakes::run(addr, &host, &path, options.handshakes, options.duration)
+        })
+    } else if options.subscribers > 0 {
         fanout(&options)
     } else {
         run(&options)
@@ -72,6 +83,7 @@ impl Options {
             connections: 100,
             pipeline: 16,
             subscribers: 0,
+            handshakes: 0,
             rate: 1000.0,
             size: 20,
             duration: Duration::from_secs(5),
@@ -94,6 +106,7 @@ impl Options {
                 "--connections" => options.connections = number()? as u32,
                 "--pipeline" => options.pipeline = number()? as u32,
                 "--subscribers" => options.subscribers = number()? as u32,
+                "--handshakes" => options.handshakes = number()? as u32,
                 "--rate" => options.rate = number()?,
                 "--size" => options.size = number()? as usize,
                 "--duration" => options.duration = seconds()?,
