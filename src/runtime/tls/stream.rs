@@ -11,8 +11,9 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
 
-use super::control::{ControlRead, ControlRecord};
-use super::offload::{KeyBlock, kernel_can_carry};
+use super::control::ControlRecord;
+use super::offload::{KeyBlock, kernel_can_carry, rekey_after_override};
+use super::rekey::{BeforeShutdown, KernelKeys, KeyDue, TxUpdate};
 use super::{Secured, TlsAcceptor, TlsFailure};
 use crate::runtime::send_queue::SendQueue;
 
@@ -50,9 +51,9 @@ pub(crate) struct TlsStream {
     /// The record keys on their way to the kernel: the setsockopt requests read them from
     /// here until they complete (the slot, and so this, outlives them).
     keys: Option<Box<[KeyBlock; 2]>>,
-    /// The recvmsg reading a record that is not application data, once the kernel holds
-    /// the keys, while it is in flight.
-    control: Option<Box<ControlRead>>,
+    /// Once the kernel holds the keys: rustls' remains, which derive the next keys, and the
+    /// control records in flight.
+    kernel: Option<Box<KernelKeys>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +112,7 @@ impl TlsStream {
             carry: Vec::new(),
             phase: Phase::New,
             keys: None,
-            control: None,
+            kernel: None,
         })
     }
 
@@ -127,9 +128,15 @@ impl TlsStream {
         }
     }
 
-    /// Whether the receive must stay stopped: a handoff, or a control record being read.
+    /// Whether the receive must stay stopped: a handoff, a control record being read, a new
+    /// receive key on its way.
     pub fn holds_recv(&self) -> bool {
-        self.handoff().is_some() || self.control.is_some()
+        self.handoff().is_some() || self.kernel.as_ref().is_some_and(|keys| keys.holds_recv())
+    }
+
+    /// The keys of a connection the kernel carries.
+    pub fn kernel_keys(&mut self) -> Option<&mut KernelKeys> {
+        self.kernel.as_deref_mut()
     }
 
     /// Starts reading a control record (the kernel TLS receive failed with EIO): the
@@ -138,16 +145,45 @@ impl TlsStream {
         &mut self,
         fd: io_uring::types::Fixed,
     ) -> Option<io_uring::squeue::Entry> {
-        if self.phase != Phase::Kernel || self.control.is_some() {
+        if self.phase != Phase::Kernel {
             return None;
         }
-        Some(self.control.insert(ControlRead::new()).entry(fd))
+        self.kernel.as_mut()?.start_control_read(fd)
     }
 
     /// The control record's recvmsg completed with `len` bytes (0 when none).
     pub fn end_control_read(&mut self, len: usize) -> Option<ControlRecord> {
-        let read = self.control.take()?;
+        let read = self.kernel.as_mut()?.take_control_read()?;
         (len > 0).then(|| read.record(len))
+    }
+
+    /// Whether the transmit key must change first, before the next send of application
+    /// data; `written` is the bytes written since the connection opened.
+    pub fn key_due(&self, written: u64) -> KeyDue {
+        self.kernel
+            .as_ref()
+            .map_or(KeyDue::No, |keys| keys.due(written))
+    }
+
+    /// A sendmsg of application data starts on a kernel TLS connection.
+    pub fn count_send(&mut self) {
+        if let Some(keys) = self.kernel.as_mut() {
+            keys.count_send();
+        }
+    }
+
+    /// One request of our KeyUpdate completed.
+    pub fn tx_step(&mut self, result: i32, written: u64) -> Option<TxUpdate> {
+        Some(self.kernel.as_mut()?.tx_step(result, written))
+    }
+
+    /// The server shuts its side down: what goes first (nothing in user space, where the
+    /// close_notify was queued as a sealed record).
+    pub fn before_shutdown(&mut self, fd: io_uring::types::Fixed) -> BeforeShutdown {
+        match self.kernel.as_mut() {
+            Some(keys) if self.phase == Phase::Kernel => keys.before_shutdown(fd),
+            _ => BeforeShutdown::Nothing,
+        }
     }
 
     /// The kernel holds the record keys.
@@ -157,6 +193,9 @@ impl TlsStream {
 
     pub fn sending(&self) -> Sending {
         match self.phase {
+            Phase::Kernel if self.kernel.as_ref().is_some_and(|keys| keys.updating_tx()) => {
+                Sending::Wait
+            }
             Phase::Kernel => Sending::Plain,
             Phase::Handoff(Handoff::Keying(_)) => Sending::Wait,
             _ => Sending::Sealed,
@@ -208,13 +247,16 @@ impl TlsStream {
         let version = conn
             .protocol_version()
             .ok_or("no protocol version was negotiated")?;
-        let (secrets, _) = conn
+        let (secrets, kernel) = conn
             .dangerous_into_kernel_connection()
             .map_err(|err| format!("rustls would not give its keys: {err}"))?;
         let tx = KeyBlock::new(version, secrets.tx.0, &secrets.tx.1);
         let rx = KeyBlock::new(version, secrets.rx.0, &secrets.rx.1);
         match (tx, rx) {
-            (Some(tx), Some(rx)) => Ok(self.keys.insert(Box::new([tx, rx]))),
+            (Some(tx), Some(rx)) => {
+                self.kernel = Some(Box::new(KernelKeys::new(kernel, rekey_after_override())));
+                Ok(self.keys.insert(Box::new([tx, rx])))
+            }
             _ => Err(format!(
                 "{version:?} with this cipher is not one the kernel takes"
             )),
