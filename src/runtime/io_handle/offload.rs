@@ -291,6 +291,10 @@ impl Io {
                 }
                 slot.abort(CloseCause::PeerClosed, false)
             }
+            // Closing: nothing more is read, and nothing may be submitted after the close.
+            (_, Some(ControlRecord::KeyUpdate { .. })) if slot.phase() == Phase::Closing => {
+                Actions::default()
+            }
             (_, Some(ControlRecord::KeyUpdate { requested })) => {
                 let fd = self.rings.fixed(index);
                 let update = slot

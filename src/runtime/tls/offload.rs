@@ -155,7 +155,9 @@ pub const REKEY_AFTER_ENV: &str = "RINGWS_TLS_KERNEL_REKEY_AFTER_RECORDS";
 pub(crate) fn rekey_after_override() -> Option<u64> {
     static OVERRIDE: OnceLock<Option<u64>> = OnceLock::new();
     *OVERRIDE.get_or_init(|| {
-        let value = std::env::var(REKEY_AFTER_ENV).ok()?;
+        let value = std::env::var(REKEY_AFTER_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())?;
         match value.parse::<u64>() {
             Ok(records) if records > 0 => Some(records),
             _ => {
