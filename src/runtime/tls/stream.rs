@@ -42,8 +42,8 @@ const MAX_STEPS: usize = 4096;
 type Traffic<'c> = rustls::unbuffered::WriteTraffic<'c, rustls::server::ServerConnectionData>;
 
 pub(crate) struct TlsStream {
-    /// rustls' connection; gone once the kernel holds the record keys.
-    conn: Option<UnbufferedServerConnection>,
+    /// Who seals and opens the records.
+    records: Records,
     /// A record (or handshake message) not yet complete. Empty, without an allocation,
     /// whenever nothing is half-received.
     carry: Vec<u8>,
@@ -51,9 +51,22 @@ pub(crate) struct TlsStream {
     /// The record keys on their way to the kernel: the setsockopt requests read them from
     /// here until they complete (the slot, and so this, outlives them).
     keys: Option<Box<[KeyBlock; 2]>>,
-    /// Once the kernel holds the keys: rustls' remains, which derive the next keys, and the
-    /// control records in flight.
-    kernel: Option<Box<KernelKeys>>,
+}
+
+/// Who seals and opens a connection's records. What rustls leaves once it gave its keys to
+/// the kernel takes the place of its connection, so an offloaded connection holds no more
+/// than a user-space one.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one replaces the other in place: boxing either costs every connection an allocation"
+)]
+enum Records {
+    /// rustls.
+    Rustls(UnbufferedServerConnection),
+    /// The kernel: rustls' remains derive the next keys; the control records in flight.
+    Kernel(KernelKeys),
+    /// Neither: rustls gave its keys away and the kernel did not take them.
+    Gone,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,12 +121,33 @@ pub(crate) enum Seal {
 impl TlsStream {
     pub fn new(acceptor: &TlsAcceptor) -> Result<Self, rustls::Error> {
         Ok(Self {
-            conn: Some(UnbufferedServerConnection::new(acceptor.config().clone())?),
+            records: Records::Rustls(UnbufferedServerConnection::new(acceptor.config().clone())?),
             carry: Vec::new(),
             phase: Phase::New,
             keys: None,
-            kernel: None,
         })
+    }
+
+    /// rustls' connection, while it holds the keys.
+    fn rustls(&self) -> Option<&UnbufferedServerConnection> {
+        match &self.records {
+            Records::Rustls(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn rustls_mut(&mut self) -> Option<&mut UnbufferedServerConnection> {
+        match &mut self.records {
+            Records::Rustls(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn kernel(&self) -> Option<&KernelKeys> {
+        match &self.records {
+            Records::Kernel(keys) => Some(keys),
+            _ => None,
+        }
     }
 
     pub fn is_established(&self) -> bool {
@@ -131,12 +165,15 @@ impl TlsStream {
     /// Whether the receive must stay stopped: a handoff, a control record being read, a new
     /// receive key on its way.
     pub fn holds_recv(&self) -> bool {
-        self.handoff().is_some() || self.kernel.as_ref().is_some_and(|keys| keys.holds_recv())
+        self.handoff().is_some() || self.kernel().is_some_and(|keys| keys.holds_recv())
     }
 
     /// The keys of a connection the kernel carries.
     pub fn kernel_keys(&mut self) -> Option<&mut KernelKeys> {
-        self.kernel.as_deref_mut()
+        match &mut self.records {
+            Records::Kernel(keys) => Some(keys),
+            _ => None,
+        }
     }
 
     /// Starts reading a control record (the kernel TLS receive failed with EIO): the
@@ -148,40 +185,38 @@ impl TlsStream {
         if self.phase != Phase::Kernel {
             return None;
         }
-        self.kernel.as_mut()?.start_control_read(fd)
+        self.kernel_keys()?.start_control_read(fd)
     }
 
     /// The control record's recvmsg completed with `len` bytes (0 when none).
     pub fn end_control_read(&mut self, len: usize) -> Option<ControlRecord> {
-        let read = self.kernel.as_mut()?.take_control_read()?;
+        let read = self.kernel_keys()?.take_control_read()?;
         (len > 0).then(|| read.record(len))
     }
 
     /// Whether the transmit key must change first, before the next send of application
     /// data; `written` is the bytes written since the connection opened.
     pub fn key_due(&self, written: u64) -> KeyDue {
-        self.kernel
-            .as_ref()
-            .map_or(KeyDue::No, |keys| keys.due(written))
+        self.kernel().map_or(KeyDue::No, |keys| keys.due(written))
     }
 
     /// A sendmsg of application data starts on a kernel TLS connection.
     pub fn count_send(&mut self) {
-        if let Some(keys) = self.kernel.as_mut() {
+        if let Some(keys) = self.kernel_keys() {
             keys.count_send();
         }
     }
 
     /// One request of our KeyUpdate completed.
     pub fn tx_step(&mut self, result: i32, written: u64) -> Option<TxUpdate> {
-        Some(self.kernel.as_mut()?.tx_step(result, written))
+        Some(self.kernel_keys()?.tx_step(result, written))
     }
 
     /// The server shuts its side down: what goes first (nothing in user space, where the
     /// close_notify was queued as a sealed record).
     pub fn before_shutdown(&mut self, fd: io_uring::types::Fixed) -> BeforeShutdown {
-        match self.kernel.as_mut() {
-            Some(keys) if self.phase == Phase::Kernel => keys.before_shutdown(fd),
+        match &mut self.records {
+            Records::Kernel(keys) if self.phase == Phase::Kernel => keys.before_shutdown(fd),
             _ => BeforeShutdown::Nothing,
         }
     }
@@ -193,9 +228,7 @@ impl TlsStream {
 
     pub fn sending(&self) -> Sending {
         match self.phase {
-            Phase::Kernel if self.kernel.as_ref().is_some_and(|keys| keys.updating_tx()) => {
-                Sending::Wait
-            }
+            Phase::Kernel if self.kernel().is_some_and(|keys| keys.updating_tx()) => Sending::Wait,
             Phase::Kernel => Sending::Plain,
             Phase::Handoff(Handoff::Keying(_)) => Sending::Wait,
             _ => Sending::Sealed,
@@ -206,8 +239,7 @@ impl TlsStream {
     /// can carry the negotiated suite.
     pub fn begin_handoff(&mut self) -> bool {
         let carried = self
-            .conn
-            .as_ref()
+            .rustls()
             .is_some_and(|conn| kernel_can_carry(conn.negotiated_cipher_suite()));
         if self.phase != Phase::Established || !carried {
             return false;
@@ -243,7 +275,9 @@ impl TlsStream {
     /// Takes rustls' record keys and sequence numbers for the kernel: transmit, then
     /// receive. From here the connection cannot seal or open a record itself.
     pub fn extract_keys(&mut self) -> Result<&[KeyBlock; 2], String> {
-        let conn = self.conn.take().ok_or("rustls' connection is gone")?;
+        let Records::Rustls(conn) = std::mem::replace(&mut self.records, Records::Gone) else {
+            return Err("rustls' connection is gone".into());
+        };
         let version = conn
             .protocol_version()
             .ok_or("no protocol version was negotiated")?;
@@ -254,7 +288,7 @@ impl TlsStream {
         let rx = KeyBlock::new(version, secrets.rx.0, &secrets.rx.1);
         match (tx, rx) {
             (Some(tx), Some(rx)) => {
-                self.kernel = Some(Box::new(KernelKeys::new(kernel, rekey_after_override())));
+                self.records = Records::Kernel(KernelKeys::new(kernel, rekey_after_override()));
                 Ok(self.keys.insert(Box::new([tx, rx])))
             }
             _ => Err(format!(
@@ -353,7 +387,7 @@ impl TlsStream {
             self.carry = Vec::new();
         }
         if self.is_established() && !was_established {
-            let conn = self.conn.as_ref();
+            let conn = self.rustls();
             return Ok(Some(Secured {
                 resumed: conn.and_then(|c| c.handshake_kind())
                     == Some(rustls::HandshakeKind::Resumed),
@@ -374,7 +408,7 @@ impl TlsStream {
         let mut used = 0;
         let mut flight = Vec::new();
         for _ in 0..MAX_STEPS {
-            let Some(conn) = self.conn.as_mut() else {
+            let Some(conn) = self.rustls_mut() else {
                 return Err(rustls::Error::General("the kernel holds the keys".into()));
             };
             let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[used..]);
@@ -432,7 +466,7 @@ impl TlsStream {
     /// its buffer, which rustls must be shown again.
     fn send_alert(&mut self, rest: &mut [u8], flight: &mut Vec<u8>, queue: &mut SendQueue) {
         for _ in 0..8 {
-            let Some(conn) = self.conn.as_mut() else {
+            let Some(conn) = self.rustls_mut() else {
                 break;
             };
             match conn.process_tls_records(rest).state {
@@ -502,7 +536,7 @@ impl TlsStream {
         &mut self,
         f: impl FnOnce(&mut Traffic<'_>) -> Result<T, Seal>,
     ) -> Result<T, Seal> {
-        let Some(conn) = self.conn.as_mut() else {
+        let Records::Rustls(conn) = &mut self.records else {
             return Err(Seal::Never);
         };
         let status = conn.process_tls_records(&mut self.carry);
