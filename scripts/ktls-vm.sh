@@ -178,7 +178,11 @@ for path in "${!closure[@]}"; do
 done
 # Newer packages ship no modules.order or modules.builtin: nothing is built in then.
 for list in modules.order modules.builtin modules.builtin.modinfo; do
-  if [ -e "$modules/$list" ]; then cp "$modules/$list" "$root/lib/modules/$version/"; fi
+  if [ -e "$modules/$list" ]; then
+    cp "$modules/$list" "$root/lib/modules/$version/"
+  else
+    : >"$root/lib/modules/$version/$list"
+  fi
 done
 depmod -b "$root" "$version"
 
