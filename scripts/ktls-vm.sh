@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Kernel TLS, verified for real: boots a Debian kernel that has `tls.ko` in a QEMU guest,
-# runs the release ringws with a TLS listener and ringws-loadgen's wss echo against it, and
-# checks that the echo came back intact, that the kernel's TLS counters
-# (/proc/net/tls_stat) rose, and that ringws counted the connections as offloaded.
+# runs the release ringws with a TLS listener (its transmit keys replaced every 64 records),
+# ringws-loadgen's wss echo and the ktls_client example against it (TLS 1.3 and 1.2,
+# AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305, the client's KeyUpdates mid-stream, the
+# server's close_notify), and checks that every echo came back intact, that the kernel's TLS
+# counters (/proc/net/tls_stat) rose, key updates included, and that ringws counted the
+# connections as offloaded and the key updates both ways.
 #
 #   scripts/ktls-vm.sh                  the check (about a minute once cached)
 #   scripts/ktls-vm.sh --bench [ROUNDS] [SECONDS]
@@ -13,9 +16,11 @@
 #
 # Exits 0 when it passes, 1 when it fails; 77 when KVM is unusable here and
 # KTLS_VM_REQUIRE_KVM=1 (else the guest runs under TCG, see below). Needs qemu-system-x86, busybox-static and cpio (installed with apt-get when
-# missing). The kernel package is fetched with `apt-get download` and unpacked into
-# target/ktls-vm, never installed: Debian's newest `linux-image-*-amd64` of at least 6.7
-# (io_uring's setsockopt, which sets the keys on direct descriptors, came in 6.7).
+# missing). The kernel package is fetched with `apt-get download` from Debian's
+# trixie-backports (apt pointed at a sources list and lists of its own under
+# target/ktls-vm/apt, the host's apt configuration untouched) and unpacked into
+# target/ktls-vm, never installed: the newest `linux-image-*-amd64` of at least 6.14 (kernel
+# TLS takes new keys, TLS 1.3 KeyUpdate, from 6.14; io_uring's setsockopt from 6.7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,31 +71,66 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" >&2
 fi
 
-# The kernel: the newest Debian amd64 image package of 6.7 or later, unpacked once.
-kernel_package() {
-  apt-cache search --names-only '^linux-image-[0-9].*-amd64$' | awk '{print $1}' |
-    grep -Ev -- '-(cloud|rt)-amd64$' | sort -V |
-    awk -F- '{ split($3, v, "."); if (v[1] > 6 || (v[1] == 6 && v[2] >= 7)) print }' | tail -1
+# The kernel: the newest amd64 image package of 6.14 or later in trixie-backports, unpacked
+# once. apt reads a sources list of its own and keeps its lists under $cache/apt.
+apt_dir=$PWD/$cache/apt
+apt_options=(-o Dir::Etc::SourceList="$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+  -o Dir::State::Lists="$apt_dir/lists" -o Dir::Cache::Archives="$apt_dir/archives"
+  -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Dir::Etc::Preferences=/dev/null
+  -o Dir::Etc::PreferencesParts=/dev/null -o Acquire::Languages=none)
+at_least_6_14() { # reads package or kernel names, prints those of 6.14 or later
+  awk -F- '{ split($3, v, "."); if (v[1] > 6 || (v[1] == 6 && v[2] >= 14)) print }'
 }
-if ! ls "$cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
+kernel_package() {
+  apt-cache "${apt_options[@]}" search --names-only '^linux-image-[0-9].*-amd64$' |
+    awk '{print $1}' | grep -Ev -- '-(cloud|rt)-amd64$' | sort -V | at_least_6_14 | tail -1
+}
+# The unpacked kernel's version: from /boot/vmlinuz-VERSION, or (newer packages) from
+# /usr/lib/modules/VERSION/vmlinuz.
+kernel_version() {
+  local image
+  for image in "$cache"/kernel/boot/vmlinuz-* "$cache"/kernel/usr/lib/modules/*/vmlinuz; do
+    case $image in
+      *'*'*) ;;
+      */vmlinuz) basename "$(dirname "$image")"; return ;;
+      *) echo "${image##*/vmlinuz-}"; return ;;
+    esac
+  done
+}
+cached=$(kernel_version)
+if [ -z "$cached" ] || [ -z "$(echo "linux-image-$cached" | at_least_6_14)" ]; then
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial"
+  echo "deb http://deb.debian.org/debian trixie-backports main" >"$apt_dir/sources.list"
+  apt-get "${apt_options[@]}" update -qq >&2
   package=$(kernel_package)
-  if [ -z "$package" ]; then
-    $sudo apt-get update -qq >&2
-    package=$(kernel_package)
-  fi
-  [ -n "$package" ] || { echo "ktls-vm: no Debian kernel package of 6.7 or later found" >&2; exit 1; }
-  echo "ktls-vm: fetching $package (once)" >&2
+  [ -n "$package" ] ||
+    { echo "ktls-vm: no kernel package of 6.14 or later in trixie-backports" >&2; exit 1; }
+  # Newer kernels split the image package: the kernel and its modules come in these.
+  packages=("$package")
+  for part in linux-binary linux-modules; do
+    name="$part-${package#linux-image-}"
+    apt-cache "${apt_options[@]}" show "$name" >/dev/null 2>&1 && packages+=("$name")
+  done
+  echo "ktls-vm: fetching ${packages[*]} (once)" >&2
   rm -rf "$cache/deb" "$cache/kernel"
   mkdir -p "$cache/deb"
-  (cd "$cache/deb" && apt-get download -q "$package" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2)
-  dpkg -x "$cache"/deb/*.deb "$cache/kernel"
+  (cd "$cache/deb" && apt-get "${apt_options[@]}" download -q "${packages[@]}" 2>&1 |
+    grep -v '^W: Download is performed unsandboxed' >&2)
+  for deb in "$cache"/deb/*.deb; do dpkg -x "$deb" "$cache/kernel"; done
+  # Trixie's packages keep modules under /usr/lib; depmod -b looks under /lib.
+  if [ -d "$cache/kernel/usr/lib/modules" ] && [ ! -e "$cache/kernel/lib/modules" ]; then
+    mkdir -p "$cache/kernel/lib"
+    ln -s ../usr/lib/modules "$cache/kernel/lib/modules"
+  fi
 fi
-vmlinuz=$(ls "$cache"/kernel/boot/vmlinuz-* | head -1)
-version=${vmlinuz##*/vmlinuz-}
+version=$(kernel_version)
+vmlinuz="$cache/kernel/boot/vmlinuz-$version"
+[ -e "$vmlinuz" ] || vmlinuz="$cache/kernel/usr/lib/modules/$version/vmlinuz"
 modules="$cache/kernel/lib/modules/$version"
 [ -e "$modules/modules.dep" ] || depmod -b "$cache/kernel" "$version"
 
 cargo build --release --quiet -p ringws -p ringws-loadgen --bins
+cargo build --release --quiet -p ringws --example ktls_client
 
 # The initramfs: busybox, the two binaries and the libraries they load, a test PKI, the
 # modules kernel TLS and its ciphers need (uncompressed, with their modules.dep), the init.
@@ -98,8 +138,8 @@ root="$cache/root"
 rm -rf "$root"
 mkdir -p "$root"/{bin,sbin,etc,pki,proc,sys,dev,tmp} "$root/lib/modules/$version"
 cp /bin/busybox "$root/bin/busybox"
-for bin in ringws ringws-loadgen; do
-  strip -o "$root/bin/$bin" "target/release/$bin"
+for bin in ringws ringws-loadgen examples/ktls_client; do
+  strip -o "$root/bin/${bin#examples/}" "target/release/$bin"
   for lib in $(ldd "target/release/$bin" | grep -o '/[^ ]*'); do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
@@ -108,8 +148,11 @@ done
 cp scripts/lib/ktls-vm-init.sh "$root/init"
 chmod +x "$root/init"
 
-wanted=(net/tls/tls crypto/gcm crypto/ghash-generic crypto/chacha20poly1305
-  arch/x86/crypto/aesni-intel arch/x86/crypto/chacha-x86_64 arch/x86/crypto/poly1305-x86_64)
+# Where each lives moved between kernels (6.17: the ChaCha20 and Poly1305 code in lib/crypto);
+# a name this kernel lacks is skipped.
+wanted=(net/tls/tls crypto/gcm crypto/ghash-generic crypto/chacha20poly1305 crypto/chacha
+  arch/x86/crypto/aesni-intel arch/x86/crypto/chacha-x86_64 arch/x86/crypto/poly1305-x86_64
+  lib/crypto/x86/chacha-x86_64 lib/crypto/x86/poly1305-x86_64)
 declare -A closure=()
 add_module() { # a module's path in modules.dep, and what it depends on
   local path=$1
@@ -133,7 +176,14 @@ for path in "${!closure[@]}"; do
     *) cp "$modules/$path" "$out" ;;
   esac
 done
-cp "$modules"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$version/"
+# Newer packages ship no modules.order or modules.builtin: nothing is built in then.
+for list in modules.order modules.builtin modules.builtin.modinfo; do
+  if [ -e "$modules/$list" ]; then
+    cp "$modules/$list" "$root/lib/modules/$version/"
+  else
+    : >"$root/lib/modules/$version/$list"
+  fi
+done
 depmod -b "$root" "$version"
 
 # A CA and a P-256 leaf for 127.0.0.1, as the tests make them.

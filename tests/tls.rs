@@ -383,14 +383,21 @@ fn tls_settings_are_checked_at_start() {
 /// the kernel has none (this machine's), the `tls` ULP is refused and each connection goes
 /// on with user-space records: the upgrade request that arrived during the handoff, and
 /// everything after, echo intact; each is counted as a fallback. Where the kernel has it,
-/// each is counted as offloaded instead. `--tls-kernel off` tries nothing.
+/// each is counted as offloaded instead. `--tls-kernel off` tries nothing, and neither does
+/// the default (`auto`) unless the kernel has kernel TLS that takes new keys.
 #[test]
 fn kernel_tls_handoff_falls_back_or_offloads_and_loses_nothing() {
     let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
     let pki = TestPki::new("kernel-tls", KeyFormat::EcPkcs8);
-    let offered = ringws::runtime::tls::probe_kernel_tls().available;
-    for (mode, tried) in [("always", 2), ("off", 0)] {
-        let server = start(&pki, &["--tls-kernel", mode]);
+    let probe = ringws::runtime::tls::probe_kernel_tls();
+    let offered = probe.available;
+    let auto = if probe.available && probe.rekey { 2 } else { 0 };
+    for (mode, args, tried) in [
+        ("always", &["--tls-kernel", "always"][..], 2),
+        ("off", &["--tls-kernel", "off"][..], 0),
+        ("auto (the default)", &[][..], auto),
+    ] {
+        let server = start(&pki, args);
         for versions in [TLS13, TLS12] {
             let mut tls = open_wss(tls_addr(&server), &config(&pki, versions));
             echo(&mut tls, OpCode::Text, b"hello after the handoff");

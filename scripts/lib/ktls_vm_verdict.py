@@ -2,7 +2,9 @@
 
     ktls_vm_verdict.py check|bench CONSOLE KERNEL_VERSION
 
-check: the echo came back intact, the kernel's TLS counters rose, ringws counted offloads.
+check: the echo came back intact, every ktls_client run passed (each version and cipher, key
+updates, close_notify), the kernel's TLS counters rose (key updates both ways included),
+ringws counted offloads and key updates.
 bench: server CPU per message, kernel TLS against user-space records, as a Markdown table.
 """
 
@@ -39,6 +41,27 @@ def metrics(text):
     }
 
 
+CLIENT_RUNS = [(v, c) for v in ("tls13", "tls12") for c in ("aes128", "aes256", "chacha")]
+
+
+def client_problems(text):
+    """Each ktls_client run said it passed: echo intact, its key updates, close_notify."""
+    problems = []
+    for version, cipher in CLIENT_RUNS:
+        match = re.search(rf"^ktls_client: {version} {cipher}: (.*)$", text, re.M)
+        if not match:
+            failed = re.search(r"^ktls_client: FAIL: .*$", text, re.M)
+            problems.append(f"ktls_client {version} {cipher} did not pass"
+                            + (f" ({failed.group(0)})" if failed else ""))
+            continue
+        line = match.group(1)
+        updates = 2 if version == "tls13" else 0
+        if f"{updates} key updates sent" not in line or "close_notify seen" not in line:
+            problems.append(f"ktls_client {version} {cipher}: {line}")
+        print(f"ktls-vm: {version} {cipher}: {line}")
+    return problems
+
+
 def echo_problems(name, text):
     match = re.search(r"\{.*\}", text, re.S)
     if not match:
@@ -64,13 +87,21 @@ def check(parts):
     problems = []
     for name in ("small", "large"):
         problems += echo_problems(name, parts.get(f"echo {name}", ""))
+    problems += client_problems(parts.get("clients", ""))
     before, after = tls_stat(parts.get("tls_stat before", "")), tls_stat(parts.get("tls_stat after", ""))
     for counter in ("TlsTxSw", "TlsRxSw"):
         rose = after.get(counter, 0) - before.get(counter, 0)
         print(f"ktls-vm: /proc/net/tls_stat {counter} rose by {rose}")
         if rose <= 0:
             problems.append(f"{counter} did not rise: the kernel encrypted nothing")
-    for counter in ("TlsDecryptError", "TlsRxNoPadViolation", "TlsDecryptRetry"):
+    # Key updates: the clients' (received) and the server's own every 64 records (sent).
+    for counter in ("TlsRxRekeyOk", "TlsTxRekeyOk", "TlsRxRekeyReceived"):
+        rose = after.get(counter, 0) - before.get(counter, 0)
+        print(f"ktls-vm: /proc/net/tls_stat {counter} rose by {rose}")
+        if rose <= 0:
+            problems.append(f"{counter} did not rise: no key was replaced")
+    for counter in ("TlsDecryptError", "TlsRxNoPadViolation", "TlsDecryptRetry",
+                    "TlsRxRekeyError", "TlsTxRekeyError"):
         if after.get(counter, 0) > before.get(counter, 0):
             problems.append(f"/proc/net/tls_stat {counter} rose")
     found = metrics(parts.get("metrics", ""))
@@ -81,6 +112,16 @@ def check(parts):
         problems.append("ringws_tls_kernel_offloaded_total did not rise")
     if fallbacks > 0:
         problems.append("some connections fell back to user-space records")
+    received = found.get('ringws_tls_kernel_key_updates_total{direction="received"}', 0)
+    sent = found.get('ringws_tls_kernel_key_updates_total{direction="sent"}', 0)
+    print(f"ktls-vm: ringws key updates: {received:.0f} received, {sent:.0f} sent")
+    tls13_runs = sum(1 for version, _ in CLIENT_RUNS if version == "tls13")
+    if received < 2 * tls13_runs:
+        problems.append(f"ringws counted {received:.0f} key updates received, "
+                        f"not the clients' {2 * tls13_runs}")
+    if sent <= received:
+        problems.append(f"ringws counted {sent:.0f} key updates sent: fewer than the "
+                        "answers to the clients' and its own every 64 records")
     return problems
 
 

@@ -209,9 +209,13 @@ impl<H: Handler> Shard<H> {
                         self.handler.on_closed(&mut self.io, conn, cause);
                     }
                 }
-                Op::Shutdown | Op::SockOpt => self.io.on_fd_op_done(index, generation),
+                Op::Shutdown | Op::SockOpt | Op::TlsCloseNotify => {
+                    self.io.on_fd_op_done(index, generation)
+                }
                 Op::TlsOffload => self.io.on_offload_op(index, generation, result),
                 Op::TlsControl => self.io.on_control_record(index, generation, result),
+                Op::TlsRxKey => self.io.on_rx_key(index, generation, result),
+                Op::TlsTxKey => self.io.on_tx_key(index, generation, result),
                 Op::Wake => {
                     self.mail_ready = true;
                     self.arm_wake();

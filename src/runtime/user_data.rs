@@ -24,6 +24,12 @@ pub(crate) enum Op {
     TlsOffload,
     /// The recvmsg reading a record other than application data from kernel TLS.
     TlsControl,
+    /// The setsockopt of a kernel TLS connection's new receive key (the peer's KeyUpdate).
+    TlsRxKey,
+    /// Our KeyUpdate on a kernel TLS connection, and the setsockopt of the new transmit key.
+    TlsTxKey,
+    /// Our close_notify on a kernel TLS connection.
+    TlsCloseNotify,
 }
 
 impl Op {
@@ -40,6 +46,9 @@ impl Op {
             9 => Self::RingWake,
             10 => Self::TlsOffload,
             11 => Self::TlsControl,
+            12 => Self::TlsRxKey,
+            13 => Self::TlsTxKey,
+            14 => Self::TlsCloseNotify,
             _ => return None,
         })
     }
@@ -84,6 +93,9 @@ mod tests {
             Op::RingWake,
             Op::TlsOffload,
             Op::TlsControl,
+            Op::TlsRxKey,
+            Op::TlsTxKey,
+            Op::TlsCloseNotify,
         ] {
             let packed = pack(op, 0xDEAD_BEEF, 0x12_3456);
             assert_eq!(unpack(packed), Some((op, 0xDEAD_BEEF, 0x12_3456)));

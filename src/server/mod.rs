@@ -316,11 +316,17 @@ fn kernel_tls_line(mode: TlsKernelMode) -> bool {
         return false;
     }
     let kernel = runtime::tls::probe_kernel_tls();
-    let tries = mode.tries(kernel.available);
+    let tries = mode.tries(&kernel);
     match (kernel.available, tries) {
-        (true, _) => tracing::info!(
+        (true, true) => tracing::info!(
             "TLS records are encrypted by the kernel after each handshake (kernel TLS; {}); \
              a connection it cannot carry stays in user space",
+            kernel.detail
+        ),
+        (true, false) => tracing::info!(
+            "TLS records are encrypted in user space: this kernel's TLS cannot update keys \
+             ({}); --tls-kernel always offloads anyway, closing a connection whose keys \
+             must change",
             kernel.detail
         ),
         (false, true) => tracing::info!(

@@ -14,6 +14,7 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::runtime::TlsAcceptor;
+use crate::runtime::tls::KernelTls;
 
 /// Where the server's certificate chain and private key are: PEM files, the chain leaf
 /// first, the key PKCS#8, RSA (PKCS#1) or EC (SEC1).
@@ -27,23 +28,24 @@ pub struct TlsFiles {
 /// handshake is done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TlsKernelMode {
-    /// Where the startup probe finds kernel TLS; each connection the kernel cannot carry
-    /// stays on user-space records.
-    Auto,
-    /// Never: rustls encrypts every record. The default while offloaded connections neither
-    /// update their keys nor send their own close_notify (docs/operations.md).
+    /// Where the startup probe finds kernel TLS that also takes new keys (TLS 1.3 key
+    /// updates, Linux 6.14), so an offloaded connection behaves as a user-space one; each
+    /// connection the kernel cannot carry stays on user-space records.
     #[default]
+    Auto,
+    /// Never: rustls encrypts every record.
     Off,
     /// On every connection, even where the startup probe found no kernel TLS (each then
-    /// stays in user space on its own, counted): for testing the fallback.
+    /// stays in user space on its own, counted) or one without key updates (a connection
+    /// whose keys must change then closes): for testing.
     Always,
 }
 
 impl TlsKernelMode {
     /// Whether to try, given what the startup probe found.
-    pub fn tries(self, offered: bool) -> bool {
+    pub fn tries(self, kernel: &KernelTls) -> bool {
         match self {
-            TlsKernelMode::Auto => offered,
+            TlsKernelMode::Auto => kernel.available && kernel.rekey,
             TlsKernelMode::Off => false,
             TlsKernelMode::Always => true,
         }

@@ -8,10 +8,11 @@ use crate::runtime::ring;
 use crate::runtime::send_queue::{SendBuf, SendQueue};
 use crate::runtime::slot::{Action, Actions, CANCEL_BOUND, Phase, Slot};
 use crate::runtime::timer;
-use crate::runtime::tls::{Seal, Sending, TlsAcceptor, TlsStream};
+use crate::runtime::tls::{KeyDue, Seal, Sending, TlsAcceptor, TlsStream};
 use crate::runtime::user_data::{Op, pack};
 use crate::runtime::{CloseCause, ConnId, Secured};
 
+use super::offload::shutdown_write;
 use super::*;
 
 /// The request that writes what `header` describes: a plain send when it is one
@@ -225,7 +226,13 @@ impl Io {
                         }
                     }
                     Sending::Wait => continue,
-                    Sending::Plain => {}
+                    Sending::Plain => match tls.key_due(queue.written()) {
+                        KeyDue::No => tls.count_send(),
+                        due => {
+                            self.update_tx_key(index, due);
+                            continue;
+                        }
+                    },
                 }
             }
             let buf = self.send_pool.pop().unwrap_or_else(SendBuf::new);
@@ -270,9 +277,13 @@ impl Io {
                 Action::CancelSend => opcode::AsyncCancel::new(of(Op::Send))
                     .build()
                     .user_data(of(Op::Cancel)),
-                Action::ShutdownWrite => opcode::Shutdown::new(fd, libc::SHUT_WR)
-                    .build()
-                    .user_data(of(Op::Shutdown)),
+                Action::ShutdownWrite => {
+                    // Kernel TLS: our close_notify goes first, linked.
+                    if self.before_shutdown(conn) {
+                        continue;
+                    }
+                    shutdown_write(fd).user_data(of(Op::Shutdown))
+                }
                 Action::ShutdownBoth => opcode::Shutdown::new(fd, libc::SHUT_RDWR)
                     .build()
                     .user_data(of(Op::Shutdown)),

@@ -12,11 +12,19 @@
 //!    kernel that refuses a key closes it.
 //! 4. Done: the queue becomes a plain one (its waiting plaintext goes out unsealed, the
 //!    kernel seals it) and the receive starts again, now bringing plaintext.
+//!
+//! After it, the connection's TLS 1.3 keys still change (`tls/rekey.rs`): the peer's
+//! KeyUpdate sets a new receive key before the receive starts again, and ours goes out,
+//! followed by a new transmit key, when the peer asks or the key wears out, before the next
+//! send. Our close_notify goes out, linked, before the shutdown of our side.
 
+use io_uring::opcode;
 use io_uring::squeue;
+use io_uring::types::Fixed;
 
+use crate::runtime::slot::Actions;
 use crate::runtime::tls::offload::{self, attach_ulp, set_key};
-use crate::runtime::tls::{ControlRecord, Handoff};
+use crate::runtime::tls::{BeforeShutdown, ControlRecord, Handoff, KeyDue, TxUpdate};
 use crate::runtime::user_data::{Op, pack};
 use crate::runtime::{CloseCause, ConnId};
 
@@ -283,9 +291,32 @@ impl Io {
                 }
                 slot.abort(CloseCause::PeerClosed, false)
             }
-            (_, Some(ControlRecord::KeyUpdate)) => {
-                offload::log_key_update(shard);
-                slot.abort(CloseCause::Error(libc::EPROTO), false)
+            // Closing: nothing more is read, and nothing may be submitted after the close.
+            (_, Some(ControlRecord::KeyUpdate { .. })) if slot.phase() == Phase::Closing => {
+                Actions::default()
+            }
+            (_, Some(ControlRecord::KeyUpdate { requested })) => {
+                let fd = self.rings.fixed(index);
+                let update = slot
+                    .tls()
+                    .and_then(|(tls, _)| tls.kernel_keys())
+                    .map(|keys| keys.update_rx(fd, requested));
+                match update {
+                    Some(Ok(entry)) => {
+                        slot.hold_fd();
+                        let entry = entry.user_data(pack(Op::TlsRxKey, index, generation));
+                        // SAFETY: the setsockopt reads the key block the connection's TLS
+                        // state keeps boxed until the completion; that state lives in the
+                        // slot, whose close waits for this request (`hold_fd`).
+                        unsafe { self.rings.push_for(index, &entry) };
+                        Actions::default()
+                    }
+                    Some(Err(why)) => {
+                        offload::log_key_update_failed(shard, &why);
+                        slot.abort(CloseCause::Error(libc::EPROTO), false)
+                    }
+                    None => slot.abort(CloseCause::Error(libc::EPROTO), false),
+                }
             }
             (_, record) => {
                 tracing::debug!(
@@ -302,4 +333,165 @@ impl Io {
         self.apply(index, ended);
         self.apply(index, rearm);
     }
+}
+
+impl Io {
+    /// The new receive key after the peer's KeyUpdate is set (or refused): the receive
+    /// starts again, or the connection ends.
+    pub(in crate::runtime) fn on_rx_key(&mut self, index: u32, generation: u32, result: i32) {
+        let conn = ConnId::new(index, generation);
+        let shard = self.shard;
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        let actions = slot.on_fd_op_done();
+        if let Some(keys) = slot.tls().and_then(|(tls, _)| tls.kernel_keys()) {
+            keys.rx_key_set();
+        }
+        let next = if result < 0 {
+            let err = std::io::Error::from_raw_os_error(-result);
+            offload::log_key_update_failed(shard, &format!("setsockopt(TLS_RX): {err}"));
+            slot.abort(CloseCause::Error(libc::EPROTO), false)
+        } else {
+            offload::count_key_update(false);
+            tracing::trace!(shard, slot = index, "kernel TLS: the peer's new key is set");
+            slot.arm_recv()
+        };
+        self.apply(index, actions);
+        self.apply(index, next);
+    }
+
+    /// The flush found `conn`'s transmit key due for replacement (`due`) before its next
+    /// send: our KeyUpdate goes out, the new key after it; or, where the key cannot be
+    /// replaced (TLS 1.2), the connection ends.
+    pub(super) fn update_tx_key(&mut self, index: u32, due: KeyDue) {
+        let shard = self.shard;
+        let fd = self.rings.fixed(index);
+        let slot = &mut self.slots[index as usize];
+        let generation = slot.generation();
+        let update = match due {
+            KeyDue::No => return,
+            KeyDue::Exhausted => Err(
+                "a TLS 1.2 key reached its cipher's record limit, and TLS 1.2 cannot replace it"
+                    .to_string(),
+            ),
+            KeyDue::Update => match slot.tls().and_then(|(tls, _)| tls.kernel_keys()) {
+                Some(keys) => keys.update_tx(fd),
+                None => return,
+            },
+        };
+        let entries = match update {
+            Ok(entries) => entries,
+            Err(why) => {
+                offload::log_key_update_failed(shard, &why);
+                let actions = slot.abort(CloseCause::Error(libc::EPROTO), false);
+                self.apply(index, actions);
+                return;
+            }
+        };
+        slot.hold_fd();
+        slot.hold_fd();
+        for entry in entries {
+            let entry = entry.user_data(pack(Op::TlsTxKey, index, generation));
+            // SAFETY: the sendmsg and the setsockopt read the record and key block the
+            // connection's TLS state keeps boxed until both complete; that state lives in the
+            // slot, whose close waits for both requests (`hold_fd`).
+            unsafe { self.rings.push_for(index, &entry) };
+        }
+    }
+
+    /// A request of our KeyUpdate completed: once both have, sending goes on (or the
+    /// shutdown that waited for them goes out), or the connection ends.
+    pub(in crate::runtime) fn on_tx_key(&mut self, index: u32, generation: u32, result: i32) {
+        let conn = ConnId::new(index, generation);
+        let shard = self.shard;
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return;
+        };
+        let actions = slot.on_fd_op_done();
+        let written = slot.queue.written();
+        let step = slot.tls().and_then(|(tls, _)| tls.tx_step(result, written));
+        self.apply(index, actions);
+        let shutdown_waits = match step {
+            Some(TxUpdate::Done { shutdown_waits }) => {
+                offload::count_key_update(true);
+                tracing::trace!(shard, slot = index, "kernel TLS: our new key is set");
+                if !shutdown_waits
+                    && let Some(slot) = slot_of(&mut self.slots, conn)
+                    && !slot.queue.is_empty()
+                    && slot.mark_dirty()
+                {
+                    self.dirty.push(index);
+                }
+                shutdown_waits
+            }
+            Some(TxUpdate::Failed { shutdown_waits }) => {
+                let err = if result < 0 {
+                    std::io::Error::from_raw_os_error(-result).to_string()
+                } else {
+                    format!("{result}")
+                };
+                offload::log_key_update_failed(
+                    shard,
+                    &format!("our KeyUpdate or setsockopt(TLS_TX): {err}"),
+                );
+                if let Some(slot) = slot_of(&mut self.slots, conn) {
+                    let actions = slot.abort(CloseCause::Error(libc::EPROTO), false);
+                    self.apply(index, actions);
+                }
+                shutdown_waits
+            }
+            Some(TxUpdate::Pending) | None => false,
+        };
+        if shutdown_waits {
+            // The slot counted the shutdown when it asked for it: it must complete.
+            let fd = self.rings.fixed(index);
+            if !self.before_shutdown(conn) {
+                let entry = shutdown_write(fd).user_data(pack(Op::Shutdown, index, generation));
+                // SAFETY: a shutdown points at no memory; the slot's close waits for it.
+                unsafe { self.rings.push_for(index, &entry) };
+            }
+        }
+    }
+
+    /// The slot asked for the shutdown of its side: on kernel TLS our close_notify goes
+    /// first, linked to the shutdown, which runs whatever the sendmsg's outcome; while our
+    /// KeyUpdate is in flight, both wait for it. Returns whether this took the shutdown
+    /// over.
+    pub(super) fn before_shutdown(&mut self, conn: ConnId) -> bool {
+        let fd = self.rings.fixed(conn.slot);
+        let Some(slot) = slot_of(&mut self.slots, conn) else {
+            return false;
+        };
+        let Some((tls, _)) = slot.tls() else {
+            return false;
+        };
+        match tls.before_shutdown(fd) {
+            BeforeShutdown::Nothing => false,
+            BeforeShutdown::Wait => true,
+            BeforeShutdown::CloseNotify(entry) => {
+                slot.hold_fd();
+                let entries = [
+                    entry.flags(squeue::Flags::IO_HARDLINK).user_data(pack(
+                        Op::TlsCloseNotify,
+                        conn.slot,
+                        conn.generation,
+                    )),
+                    shutdown_write(fd).user_data(pack(Op::Shutdown, conn.slot, conn.generation)),
+                ];
+                for entry in &entries {
+                    // SAFETY: the sendmsg reads the record the connection's TLS state keeps
+                    // boxed until the slot is freed, which waits for it (`hold_fd`); the
+                    // shutdown points at no memory, and the slot counted it.
+                    unsafe { self.rings.push_for(conn.slot, entry) };
+                }
+                true
+            }
+        }
+    }
+}
+
+/// shutdown(SHUT_WR) of `fd`: our FIN.
+pub(super) fn shutdown_write(fd: Fixed) -> squeue::Entry {
+    opcode::Shutdown::new(fd, libc::SHUT_WR).build()
 }

@@ -15,6 +15,7 @@
 mod control;
 mod kernel;
 pub(crate) mod offload;
+mod rekey;
 mod stream;
 
 use std::fmt;
@@ -24,7 +25,8 @@ use bytes::Bytes;
 
 pub(crate) use control::ControlRecord;
 pub use kernel::{KernelTls, probe_kernel_tls};
-pub use offload::{KernelTlsCounts, kernel_tls_counts};
+pub use offload::{KernelTlsCounts, REKEY_AFTER_ENV, kernel_tls_counts};
+pub(crate) use rekey::{BeforeShutdown, KeyDue, TxUpdate};
 pub(crate) use stream::{Handoff, Seal, Sending, TlsStream};
 
 /// What a TLS listener needs to accept connections: the rustls server configuration (its

@@ -6,6 +6,7 @@
 //! itself (when it is safe, what happens to queued plaintext) is `Io`'s: see
 //! `io_handle/offload.rs`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use io_uring::opcode;
@@ -107,8 +108,7 @@ impl KeyBlock {
         self.len += bytes.len();
     }
 
-    #[cfg(test)]
-    fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }
@@ -146,16 +146,45 @@ pub(crate) fn set_key(fd: Fixed, transmit: bool, block: &KeyBlock) -> squeue::En
     .build()
 }
 
-/// Connections whose records the kernel took, and those that stayed in user space (or,
-/// past the point of no return, closed), over the process.
+/// The environment variable that sets how many records one transmit key seals before it
+/// is replaced, in place of half the cipher's confidentiality limit: for tests, which must
+/// see a key update without sending millions of records.
+pub const REKEY_AFTER_ENV: &str = "RINGWS_TLS_KERNEL_REKEY_AFTER_RECORDS";
+
+/// The override of [`REKEY_AFTER_ENV`], read once.
+pub(crate) fn rekey_after_override() -> Option<u64> {
+    static OVERRIDE: OnceLock<Option<u64>> = OnceLock::new();
+    *OVERRIDE.get_or_init(|| {
+        let value = std::env::var(REKEY_AFTER_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        match value.parse::<u64>() {
+            Ok(records) if records > 0 => Some(records),
+            _ => {
+                tracing::warn!("{REKEY_AFTER_ENV}={value:?} is not a positive count; ignored");
+                None
+            }
+        }
+    })
+}
+
+/// Connections whose records the kernel took, those that stayed in user space (or, past
+/// the point of no return, closed), and the TLS 1.3 key updates of offloaded connections,
+/// over the process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelTlsCounts {
     pub offloaded: u64,
     pub fallbacks: u64,
+    /// The peer's KeyUpdate, its new receive key set.
+    pub key_updates_received: u64,
+    /// Our KeyUpdate sent and the new transmit key set.
+    pub key_updates_sent: u64,
 }
 
 static OFFLOADED: AtomicU64 = AtomicU64::new(0);
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+static KEY_UPDATES_RECEIVED: AtomicU64 = AtomicU64::new(0);
+static KEY_UPDATES_SENT: AtomicU64 = AtomicU64::new(0);
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// The counts so far.
@@ -163,7 +192,18 @@ pub fn kernel_tls_counts() -> KernelTlsCounts {
     KernelTlsCounts {
         offloaded: OFFLOADED.load(Ordering::Relaxed),
         fallbacks: FALLBACKS.load(Ordering::Relaxed),
+        key_updates_received: KEY_UPDATES_RECEIVED.load(Ordering::Relaxed),
+        key_updates_sent: KEY_UPDATES_SENT.load(Ordering::Relaxed),
     }
+}
+
+pub(crate) fn count_key_update(sent: bool) {
+    let counter = if sent {
+        &KEY_UPDATES_SENT
+    } else {
+        &KEY_UPDATES_RECEIVED
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 pub(crate) fn count_offloaded() {
@@ -190,15 +230,17 @@ pub(crate) fn count_fallback(shard: usize, why: &str) {
 
 static KEY_UPDATE_LOGGED: AtomicBool = AtomicBool::new(false);
 
-/// A client sent a TLS 1.3 KeyUpdate to a kernel TLS connection: the connection closes, as
-/// the new receive key is not handed to the kernel. Logged once.
-pub(crate) fn log_key_update(shard: usize) {
+/// A key update of a kernel TLS connection failed (a kernel before 6.14 refuses a second
+/// key): the connection closes. Logged once as a warning, the rest at debug level.
+pub(crate) fn log_key_update_failed(shard: usize, why: &str) {
     if !KEY_UPDATE_LOGGED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             shard,
-            "kernel TLS: a client sent a TLS 1.3 KeyUpdate; its connection is closed, as the \
-             new key is not handed to the kernel (logged once)"
+            "kernel TLS: a TLS 1.3 key update failed, so its connection is closed: {why} \
+             (kernel TLS takes new keys from Linux 6.14; logged once)"
         );
+    } else {
+        tracing::debug!(shard, "kernel TLS: a key update failed: {why}");
     }
 }
 

@@ -11,8 +11,9 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
 
-use super::control::{ControlRead, ControlRecord};
-use super::offload::{KeyBlock, kernel_can_carry};
+use super::control::ControlRecord;
+use super::offload::{KeyBlock, kernel_can_carry, rekey_after_override};
+use super::rekey::{BeforeShutdown, KernelKeys, KeyDue, TxUpdate};
 use super::{Secured, TlsAcceptor, TlsFailure};
 use crate::runtime::send_queue::SendQueue;
 
@@ -41,8 +42,8 @@ const MAX_STEPS: usize = 4096;
 type Traffic<'c> = rustls::unbuffered::WriteTraffic<'c, rustls::server::ServerConnectionData>;
 
 pub(crate) struct TlsStream {
-    /// rustls' connection; gone once the kernel holds the record keys.
-    conn: Option<UnbufferedServerConnection>,
+    /// Who seals and opens the records.
+    records: Records,
     /// A record (or handshake message) not yet complete. Empty, without an allocation,
     /// whenever nothing is half-received.
     carry: Vec<u8>,
@@ -50,9 +51,22 @@ pub(crate) struct TlsStream {
     /// The record keys on their way to the kernel: the setsockopt requests read them from
     /// here until they complete (the slot, and so this, outlives them).
     keys: Option<Box<[KeyBlock; 2]>>,
-    /// The recvmsg reading a record that is not application data, once the kernel holds
-    /// the keys, while it is in flight.
-    control: Option<Box<ControlRead>>,
+}
+
+/// Who seals and opens a connection's records. What rustls leaves once it gave its keys to
+/// the kernel takes the place of its connection, so an offloaded connection holds no more
+/// than a user-space one.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one replaces the other in place: boxing either costs every connection an allocation"
+)]
+enum Records {
+    /// rustls.
+    Rustls(UnbufferedServerConnection),
+    /// The kernel: rustls' remains derive the next keys; the control records in flight.
+    Kernel(KernelKeys),
+    /// Neither: rustls gave its keys away and the kernel did not take them.
+    Gone,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,12 +121,33 @@ pub(crate) enum Seal {
 impl TlsStream {
     pub fn new(acceptor: &TlsAcceptor) -> Result<Self, rustls::Error> {
         Ok(Self {
-            conn: Some(UnbufferedServerConnection::new(acceptor.config().clone())?),
+            records: Records::Rustls(UnbufferedServerConnection::new(acceptor.config().clone())?),
             carry: Vec::new(),
             phase: Phase::New,
             keys: None,
-            control: None,
         })
+    }
+
+    /// rustls' connection, while it holds the keys.
+    fn rustls(&self) -> Option<&UnbufferedServerConnection> {
+        match &self.records {
+            Records::Rustls(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn rustls_mut(&mut self) -> Option<&mut UnbufferedServerConnection> {
+        match &mut self.records {
+            Records::Rustls(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn kernel(&self) -> Option<&KernelKeys> {
+        match &self.records {
+            Records::Kernel(keys) => Some(keys),
+            _ => None,
+        }
     }
 
     pub fn is_established(&self) -> bool {
@@ -127,9 +162,18 @@ impl TlsStream {
         }
     }
 
-    /// Whether the receive must stay stopped: a handoff, or a control record being read.
+    /// Whether the receive must stay stopped: a handoff, a control record being read, a new
+    /// receive key on its way.
     pub fn holds_recv(&self) -> bool {
-        self.handoff().is_some() || self.control.is_some()
+        self.handoff().is_some() || self.kernel().is_some_and(|keys| keys.holds_recv())
+    }
+
+    /// The keys of a connection the kernel carries.
+    pub fn kernel_keys(&mut self) -> Option<&mut KernelKeys> {
+        match &mut self.records {
+            Records::Kernel(keys) => Some(keys),
+            _ => None,
+        }
     }
 
     /// Starts reading a control record (the kernel TLS receive failed with EIO): the
@@ -138,16 +182,43 @@ impl TlsStream {
         &mut self,
         fd: io_uring::types::Fixed,
     ) -> Option<io_uring::squeue::Entry> {
-        if self.phase != Phase::Kernel || self.control.is_some() {
+        if self.phase != Phase::Kernel {
             return None;
         }
-        Some(self.control.insert(ControlRead::new()).entry(fd))
+        self.kernel_keys()?.start_control_read(fd)
     }
 
     /// The control record's recvmsg completed with `len` bytes (0 when none).
     pub fn end_control_read(&mut self, len: usize) -> Option<ControlRecord> {
-        let read = self.control.take()?;
+        let read = self.kernel_keys()?.take_control_read()?;
         (len > 0).then(|| read.record(len))
+    }
+
+    /// Whether the transmit key must change first, before the next send of application
+    /// data; `written` is the bytes written since the connection opened.
+    pub fn key_due(&self, written: u64) -> KeyDue {
+        self.kernel().map_or(KeyDue::No, |keys| keys.due(written))
+    }
+
+    /// A sendmsg of application data starts on a kernel TLS connection.
+    pub fn count_send(&mut self) {
+        if let Some(keys) = self.kernel_keys() {
+            keys.count_send();
+        }
+    }
+
+    /// One request of our KeyUpdate completed.
+    pub fn tx_step(&mut self, result: i32, written: u64) -> Option<TxUpdate> {
+        Some(self.kernel_keys()?.tx_step(result, written))
+    }
+
+    /// The server shuts its side down: what goes first (nothing in user space, where the
+    /// close_notify was queued as a sealed record).
+    pub fn before_shutdown(&mut self, fd: io_uring::types::Fixed) -> BeforeShutdown {
+        match &mut self.records {
+            Records::Kernel(keys) if self.phase == Phase::Kernel => keys.before_shutdown(fd),
+            _ => BeforeShutdown::Nothing,
+        }
     }
 
     /// The kernel holds the record keys.
@@ -157,6 +228,7 @@ impl TlsStream {
 
     pub fn sending(&self) -> Sending {
         match self.phase {
+            Phase::Kernel if self.kernel().is_some_and(|keys| keys.updating_tx()) => Sending::Wait,
             Phase::Kernel => Sending::Plain,
             Phase::Handoff(Handoff::Keying(_)) => Sending::Wait,
             _ => Sending::Sealed,
@@ -167,8 +239,7 @@ impl TlsStream {
     /// can carry the negotiated suite.
     pub fn begin_handoff(&mut self) -> bool {
         let carried = self
-            .conn
-            .as_ref()
+            .rustls()
             .is_some_and(|conn| kernel_can_carry(conn.negotiated_cipher_suite()));
         if self.phase != Phase::Established || !carried {
             return false;
@@ -204,17 +275,22 @@ impl TlsStream {
     /// Takes rustls' record keys and sequence numbers for the kernel: transmit, then
     /// receive. From here the connection cannot seal or open a record itself.
     pub fn extract_keys(&mut self) -> Result<&[KeyBlock; 2], String> {
-        let conn = self.conn.take().ok_or("rustls' connection is gone")?;
+        let Records::Rustls(conn) = std::mem::replace(&mut self.records, Records::Gone) else {
+            return Err("rustls' connection is gone".into());
+        };
         let version = conn
             .protocol_version()
             .ok_or("no protocol version was negotiated")?;
-        let (secrets, _) = conn
+        let (secrets, kernel) = conn
             .dangerous_into_kernel_connection()
             .map_err(|err| format!("rustls would not give its keys: {err}"))?;
         let tx = KeyBlock::new(version, secrets.tx.0, &secrets.tx.1);
         let rx = KeyBlock::new(version, secrets.rx.0, &secrets.rx.1);
         match (tx, rx) {
-            (Some(tx), Some(rx)) => Ok(self.keys.insert(Box::new([tx, rx]))),
+            (Some(tx), Some(rx)) => {
+                self.records = Records::Kernel(KernelKeys::new(kernel, rekey_after_override()));
+                Ok(self.keys.insert(Box::new([tx, rx])))
+            }
             _ => Err(format!(
                 "{version:?} with this cipher is not one the kernel takes"
             )),
@@ -311,7 +387,7 @@ impl TlsStream {
             self.carry = Vec::new();
         }
         if self.is_established() && !was_established {
-            let conn = self.conn.as_ref();
+            let conn = self.rustls();
             return Ok(Some(Secured {
                 resumed: conn.and_then(|c| c.handshake_kind())
                     == Some(rustls::HandshakeKind::Resumed),
@@ -332,7 +408,7 @@ impl TlsStream {
         let mut used = 0;
         let mut flight = Vec::new();
         for _ in 0..MAX_STEPS {
-            let Some(conn) = self.conn.as_mut() else {
+            let Some(conn) = self.rustls_mut() else {
                 return Err(rustls::Error::General("the kernel holds the keys".into()));
             };
             let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[used..]);
@@ -390,7 +466,7 @@ impl TlsStream {
     /// its buffer, which rustls must be shown again.
     fn send_alert(&mut self, rest: &mut [u8], flight: &mut Vec<u8>, queue: &mut SendQueue) {
         for _ in 0..8 {
-            let Some(conn) = self.conn.as_mut() else {
+            let Some(conn) = self.rustls_mut() else {
                 break;
             };
             match conn.process_tls_records(rest).state {
@@ -460,7 +536,7 @@ impl TlsStream {
         &mut self,
         f: impl FnOnce(&mut Traffic<'_>) -> Result<T, Seal>,
     ) -> Result<T, Seal> {
-        let Some(conn) = self.conn.as_mut() else {
+        let Records::Rustls(conn) = &mut self.records else {
             return Err(Seal::Never);
         };
         let status = conn.process_tls_records(&mut self.carry);

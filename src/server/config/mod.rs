@@ -156,7 +156,7 @@ impl Default for ServerConfig {
             ],
             tls_listen: Vec::new(),
             tls: None,
-            tls_kernel: TlsKernelMode::Off,
+            tls_kernel: TlsKernelMode::Auto,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             max_connections: defaults::MAX_CONNECTIONS,
             max_message_size: defaults::MAX_MESSAGE_SIZE,

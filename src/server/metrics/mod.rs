@@ -463,8 +463,15 @@ impl Metrics {
              ringws_tls_kernel_offloaded_total {}\n\
              # HELP ringws_tls_kernel_fallbacks_total TLS connections kernel TLS was tried on that stayed in user space (or closed).\n\
              # TYPE ringws_tls_kernel_fallbacks_total counter\n\
-             ringws_tls_kernel_fallbacks_total {}\n",
-            kernel.offloaded, kernel.fallbacks
+             ringws_tls_kernel_fallbacks_total {}\n\
+             # HELP ringws_tls_kernel_key_updates_total TLS 1.3 key updates of connections kernel TLS carries: the peer's (received) and ours (sent).\n\
+             # TYPE ringws_tls_kernel_key_updates_total counter\n\
+             ringws_tls_kernel_key_updates_total{{direction=\"received\"}} {}\n\
+             ringws_tls_kernel_key_updates_total{{direction=\"sent\"}} {}\n",
+            kernel.offloaded,
+            kernel.fallbacks,
+            kernel.key_updates_received,
+            kernel.key_updates_sent
         );
         for (name, help, value) in per_shard {
             let _ = write!(

@@ -49,8 +49,9 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_key: Option<PathBuf>,
     /// Kernel TLS: after each handshake the kernel encrypts and decrypts the records, where
-    /// it offers it (auto), or never (off); `always` tries even where it seems not offered.
-    #[arg(long, value_enum, default_value_t = TlsKernel::Off)]
+    /// it offers it with key updates (auto), or never (off); `always` tries even where it
+    /// seems not offered.
+    #[arg(long, value_enum, default_value_t = TlsKernel::Auto)]
     tls_kernel: TlsKernel,
     /// Shard threads, each pinned to a core [default: one per core].
     #[arg(long)]
@@ -302,7 +303,8 @@ pub enum LogFormat {
 #[derive(Clone, Copy, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum TlsKernel {
-    /// Where the kernel offers kernel TLS; a connection it cannot carry stays in user space.
+    /// Where the kernel offers kernel TLS with key updates (Linux 6.14); a connection it
+    /// cannot carry stays in user space.
     Auto,
     /// Never: records are encrypted in user space.
     Off,
