@@ -322,6 +322,7 @@ impl<H: Handler> Shard<H> {
     fn fire_deadlines(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
         self.io.timers.advance(self.io.now, &mut fired);
+        let mut overran = 0usize;
         for entry in fired.drain(..) {
             let conn = ConnId::new(entry.index, entry.generation);
             match entry.kind() {
@@ -335,10 +336,22 @@ impl<H: Handler> Shard<H> {
                         self.handler.on_deadline(&mut self.io, conn);
                     }
                 }
-                kind => self
-                    .io
-                    .on_closing_timer(entry.index, entry.generation, kind),
+                kind => {
+                    overran += usize::from(self.io.on_closing_timer(
+                        entry.index,
+                        entry.generation,
+                        kind,
+                    ));
+                }
             }
+        }
+        // One line per turn: a stuck kernel would otherwise log once per connection.
+        if overran > 0 {
+            tracing::warn!(
+                shard = self.io.shard(),
+                connections = overran,
+                "cancelled requests outlived their bound: shutting those sockets down"
+            );
         }
         self.fired = fired;
     }

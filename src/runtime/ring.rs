@@ -137,6 +137,10 @@ pub(crate) struct Ring {
     in_flight: usize,
 }
 
+/// How many times one reap enters the kernel for completions it still holds: enough for a
+/// whole table closing at once, bounded so a turn still ends.
+const MAX_OVERFLOW_FLUSHES: usize = 64;
+
 impl Ring {
     /// A ring for one shard's thread, single issuer with deferred task running where the
     /// kernel has them (6.1), else the plain setup; and a sparse table of `table` direct
@@ -212,15 +216,38 @@ impl Ring {
         }
     }
 
-    /// Moves every completion the kernel posted into `into`, marked as ring `ring`'s.
+    /// Moves every completion the kernel has for this ring into `into`, marked as ring
+    /// `ring`'s: those posted, those the completion queue had no room for, and those an
+    /// extra ring's deferred work has yet to post.
+    ///
+    /// The deadlines fired after reaping would otherwise count requests whose completions
+    /// already exist as stuck. A mass close (a shard's every connection at once) posts more
+    /// completions than the queue holds, and the kernel keeps the rest in its overflow list
+    /// until an entry asks for events; an extra ring's cancellations complete only when it
+    /// is next entered, which would be after the deadlines.
     pub fn reap(&mut self, ring: usize, into: &mut Vec<Completion>) {
         let start = into.len();
-        into.extend(self.uring.completion().map(|c| Completion {
-            ring,
-            user_data: c.user_data(),
-            result: c.result(),
-            flags: c.flags(),
-        }));
+        for _ in 0..MAX_OVERFLOW_FLUSHES {
+            into.extend(self.uring.completion().map(|c| Completion {
+                ring,
+                user_data: c.user_data(),
+                result: c.result(),
+                flags: c.flags(),
+            }));
+            let waiting = {
+                let submission = self.uring.submission();
+                submission.cq_overflow() || submission.taskrun()
+            };
+            if !waiting {
+                break;
+            }
+            // With either flag up, a non-waiting entry asks for events: it runs the deferred
+            // work and moves the overflow list into the room just made.
+            if let Err(err) = self.uring.submitter().submit() {
+                tracing::debug!("io_uring entry to flush overflowed completions failed: {err}");
+                break;
+            }
+        }
         let ended = into[start..]
             .iter()
             .filter(|c| !cqueue::more(c.flags))

@@ -149,6 +149,9 @@ impl Flags {
     const CLOSE_SUBMITTED: u8 = 1 << 3;
     /// Listed for this turn's flush.
     const DIRTY: u8 = 1 << 4;
+    /// The peer said its last word (a WebSocket close frame) on a plain connection: once
+    /// ours is written, the descriptor closes without lingering for the peer's FIN.
+    const PEER_DONE: u8 = 1 << 5;
 
     fn get(self, flag: u8) -> bool {
         self.0 & flag != 0
@@ -357,12 +360,17 @@ impl Slot {
         self.fd_ops += 1;
     }
 
-    /// The handler closes: write out the queue, then FIN and linger.
-    pub fn close(&mut self) -> Actions {
+    /// The handler closes: write out the queue, then FIN and linger; with `peer_done`, the
+    /// peer has nothing more to send, and a plain connection closes without lingering.
+    pub fn close(&mut self, peer_done: bool) -> Actions {
         if self.phase != Phase::Open {
             return Actions::none();
         }
         self.phase = Phase::Draining;
+        // A TLS peer still sends its close_notify after its last message; arriving at a
+        // closed socket it would be answered with a reset.
+        self.flags
+            .set(Flags::PEER_DONE, peer_done && !self.is_tls());
         if self.queue.is_idle() {
             return self.linger();
         }
@@ -378,7 +386,10 @@ impl Slot {
     /// Everything is written: our FIN, then read (and discard) until the peer's arrives or
     /// the linger deadline passes, so the peer gets all we sent before any reset.
     fn linger(&mut self) -> Actions {
-        if self.flags.get(Flags::PEER_CLOSED) {
+        // Lingering costs a shutdown, which io_uring runs on a worker thread; a whole table
+        // closing at once queues one per connection there, and every cancellation walks that
+        // queue. A peer that said its last has nothing a close could reset.
+        if self.flags.get(Flags::PEER_CLOSED) || self.flags.get(Flags::PEER_DONE) {
             return self.begin_closing(self.cause, false);
         }
         self.phase = Phase::Lingering;

@@ -275,6 +275,10 @@ impl Transport for Io {
         Io::close(self, conn);
     }
 
+    fn close_answered(&mut self, conn: ConnId) {
+        Io::close_answered(self, conn);
+    }
+
     fn abort(&mut self, conn: ConnId) {
         Io::abort(self, conn);
     }

@@ -22,6 +22,9 @@ pub(crate) trait Transport {
     fn written_bytes(&self, conn: ConnId) -> u64;
     /// Closes once everything queued has been written (within the runtime's deadlines).
     fn close(&mut self, conn: ConnId);
+    /// Closes like [`Transport::close`] when the peer has said its last word: no lingering
+    /// for its FIN.
+    fn close_answered(&mut self, conn: ConnId);
     /// Closes now, dropping whatever is queued, with a reset.
     fn abort(&mut self, conn: ConnId);
     /// Stops delivering received bytes until [`Transport::resume_recv`].
@@ -46,6 +49,8 @@ pub struct Recording {
     pub written: Vec<u8>,
     pub written_total: u64,
     pub closing: bool,
+    /// The close was [`Transport::close_answered`]: the peer's close frame had arrived.
+    pub answered: bool,
     pub aborted: bool,
     pub paused: bool,
     pub dropped: usize,
@@ -122,6 +127,11 @@ impl Transport for Recording {
 
     fn close(&mut self, _conn: ConnId) {
         self.closing = true;
+    }
+
+    fn close_answered(&mut self, _conn: ConnId) {
+        self.closing = true;
+        self.answered = true;
     }
 
     fn abort(&mut self, _conn: ConnId) {

@@ -113,7 +113,7 @@ impl Io {
             self.dirty.push(conn.slot);
         }
         if outcome.is_err() {
-            let actions = slot.close();
+            let actions = slot.close(false);
             self.apply(conn.slot, actions);
         }
         outcome.ok().flatten()
@@ -158,25 +158,29 @@ impl Io {
         }
     }
 
-    /// One of the runtime's closing deadlines passed.
+    /// One of the runtime's closing deadlines passed. Whether it found requests that outlived
+    /// their cancellation, and shut the socket down to end them.
     pub(in crate::runtime) fn on_closing_timer(
         &mut self,
         index: u32,
         generation: u32,
         kind: timer::Kind,
-    ) {
+    ) -> bool {
         let reset = self.reset;
-        if let Some(slot) = self.slot_for(index, generation) {
-            let actions = slot.on_timer(kind, reset);
-            if kind == timer::Kind::Cancel && !actions.is_empty() {
-                tracing::warn!(
-                    shard = self.shard,
-                    slot = index,
-                    "cancelled requests outlived their bound: shutting the socket down"
-                );
-            }
-            self.apply(index, actions);
+        let Some(slot) = self.slot_for(index, generation) else {
+            return false;
+        };
+        let actions = slot.on_timer(kind, reset);
+        let overran = kind == timer::Kind::Cancel && !actions.is_empty();
+        if overran {
+            tracing::debug!(
+                shard = self.shard,
+                slot = index,
+                "cancelled requests outlived their bound"
+            );
         }
+        self.apply(index, actions);
+        overran
     }
 
     /// The descriptor is closed and the slot free: the kernel may hand it to the very next
@@ -295,8 +299,11 @@ impl Io {
                         timer::Kind::Linger => self.linger,
                         _ => CANCEL_BOUND,
                     };
-                    // Validated at start: now + the configured durations never overflows.
-                    let at = self.now.checked_add(after).unwrap_or(self.now);
+                    // From the clock, not the turn's start: a turn that closes a whole table
+                    // can take longer than the bound itself. Validated at start: now + the
+                    // configured durations never overflows.
+                    let now = Instant::now();
+                    let at = now.checked_add(after).unwrap_or(now);
                     self.timers.schedule(index, generation, kind, at);
                     continue;
                 }

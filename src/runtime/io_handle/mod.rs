@@ -179,6 +179,18 @@ impl Io {
     /// has not finished can send none of its plaintext: that is dropped, and the connection
     /// ends with [`TlsFailure::Unfinished`](super::TlsFailure::Unfinished).
     pub fn close(&mut self, conn: ConnId) {
+        self.close_with(conn, false);
+    }
+
+    /// Closes like [`Io::close`] a connection whose peer has said its last word (its
+    /// WebSocket close frame arrived): once the queue is written, a plain connection's
+    /// descriptor closes at once, its FIN following what was queued, without lingering for
+    /// the peer's.
+    pub fn close_answered(&mut self, conn: ConnId) {
+        self.close_with(conn, true);
+    }
+
+    fn close_with(&mut self, conn: ConnId, peer_done: bool) {
         let Some(slot) = slot_of(&mut self.slots, conn) else {
             return;
         };
@@ -190,7 +202,7 @@ impl Io {
                 self.dirty.push(conn.slot);
             }
         }
-        let actions = slot.close();
+        let actions = slot.close(peer_done);
         self.apply(conn.slot, actions);
     }
 

@@ -57,7 +57,7 @@ fn open_draining_lingering_closing_free() {
     let generation = slot.generation;
     sending(&mut slot, b"last words");
     // Closing with a send in flight: drain first, under a deadline.
-    assert_eq!(actions(slot.close()), [StartTimer(Kind::Drain)]);
+    assert_eq!(actions(slot.close(false)), [StartTimer(Kind::Drain)]);
     assert_eq!(slot.phase, Phase::Draining);
     assert!(
         slot.accepts_bytes(),
@@ -83,19 +83,46 @@ fn open_draining_lingering_closing_free() {
 fn closing_with_nothing_queued_lingers_at_once() {
     let mut slot = open();
     assert_eq!(
-        actions(slot.close()),
+        actions(slot.close(false)),
         [ShutdownWrite, StartTimer(Kind::Linger)]
     );
     assert_eq!(slot.phase, Phase::Lingering);
     // A second close, or bytes queued after it, change nothing.
-    assert_eq!(actions(slot.close()), []);
+    assert_eq!(actions(slot.close(false)), []);
     assert!(!slot.accepts_bytes());
+}
+
+#[test]
+fn a_peer_that_said_its_last_is_not_lingered_for() {
+    // Nothing queued: no shutdown (a worker thread's job in io_uring), straight to closing.
+    let mut slot = open();
+    assert_eq!(
+        actions(slot.close(true)),
+        [CancelRecv, StartTimer(Kind::Cancel)]
+    );
+    assert_eq!(actions(slot.on_recv(-libc::ECANCELED, false)), [Close]);
+    assert_eq!(finish(&mut slot), CloseCause::Local);
+
+    // The close reply still being written: drained first, then closed, FIN after it.
+    let mut slot = open();
+    sending(&mut slot, b"close reply");
+    assert_eq!(actions(slot.close(true)), [StartTimer(Kind::Drain)]);
+    assert_eq!(sent(&mut slot, 11), [CancelRecv, StartTimer(Kind::Cancel)]);
+    assert_eq!(actions(slot.on_recv(-libc::ECANCELED, false)), [Close]);
+    assert_eq!(finish(&mut slot), CloseCause::Local);
+
+    // The next connection in the slot lingers again.
+    assert_eq!(actions(slot.open()), [ArmRecv]);
+    assert_eq!(
+        actions(slot.close(false)),
+        [ShutdownWrite, StartTimer(Kind::Linger)]
+    );
 }
 
 #[test]
 fn the_close_waits_for_the_shutdown_before_it() {
     let mut slot = open();
-    slot.close(); // shutdown(SHUT_WR) in flight
+    slot.close(false); // shutdown(SHUT_WR) in flight
     // The linger deadline passes with the shutdown still in flight: abort, but the close
     // must not overtake the shutdown (nor the setsockopt).
     assert_eq!(
@@ -118,7 +145,7 @@ fn a_drain_that_never_ends_is_aborted() {
     let mut slot = open();
     sending(&mut slot, b"megabytes the peer never reads");
     slot.queue.push(Bytes::from_static(b"more"), false);
-    slot.close();
+    slot.close(false);
     assert_eq!(
         actions(slot.on_timer(Kind::Drain, true)),
         [LingerZero, CancelRecv, CancelSend, StartTimer(Kind::Cancel)]
@@ -141,7 +168,7 @@ fn a_deadline_of_another_phase_is_ignored() {
     for kind in [Kind::Drain, Kind::Linger, Kind::Cancel, Kind::Handler] {
         assert_eq!(actions(slot.on_timer(kind, true)), []);
     }
-    slot.close(); // straight to lingering
+    slot.close(false); // straight to lingering
     assert_eq!(
         actions(slot.on_timer(Kind::Drain, true)),
         [],
@@ -160,7 +187,7 @@ fn abort_without_a_reset_closes_as_soon_as_nothing_is_in_flight() {
     assert_eq!(actions(slot.on_recv(-libc::ECANCELED, false)), [Close]);
     // Anything after that changes nothing.
     assert_eq!(actions(slot.abort(CloseCause::Local, true)), []);
-    assert_eq!(actions(slot.close()), []);
+    assert_eq!(actions(slot.close(false)), []);
 }
 
 #[test]
@@ -212,7 +239,7 @@ fn the_peers_fin_while_open_and_idle_closes() {
 fn the_peers_fin_while_draining_waits_for_the_queue() {
     let mut slot = open();
     sending(&mut slot, b"bytes");
-    slot.close();
+    slot.close(false);
     assert_eq!(actions(slot.on_recv(0, false)), []);
     assert_eq!(slot.phase, Phase::Draining);
     assert_eq!(sent(&mut slot, 5), [Close], "no FIN of ours to wait on");
@@ -229,7 +256,7 @@ fn the_peers_fin_while_closing_lets_the_close_go() {
 #[test]
 fn bytes_after_our_fin_are_read_and_the_receive_kept_alive() {
     let mut slot = open();
-    slot.close();
+    slot.close(false);
     assert_eq!(actions(slot.on_recv(100, true)), []);
     // The multishot receive ended (ring dry): start it again, still lingering.
     assert_eq!(actions(slot.on_recv(-libc::ENOBUFS, false)), [RearmRecv]);

@@ -307,6 +307,8 @@ impl<S> Connection<S> {
         let mut asked = Asked::default();
         let mut data = data;
         let mut ended = false;
+        // The peer's close frame arrived: it has nothing more to send.
+        let mut answered = false;
         while !data.is_empty() && !ended {
             // Replies the protocol writes (pong, the close reply, the failing close frame)
             // and the application's sends stay in the arena until the read ends, so a burst
@@ -337,6 +339,7 @@ impl<S> Connection<S> {
                         frame.map_or((CloseCode::NO_STATUS, ""), |f| (f.code, f.reason));
                     note_ending(&mut self.ending, code, reason);
                     ended = true;
+                    answered = true;
                 }
                 Some(Event::Pong(payload)) => {
                     if deadlines::answers_ping(&self.timers, payload, cx.shard.config.idle_timeout)
@@ -356,6 +359,9 @@ impl<S> Connection<S> {
         if ended {
             // The close handshake is done, or the connection failed: the reply or the
             // failing close frame is queued, and the runtime closes once it is written.
+            if answered {
+                return self.finish_answered(cx);
+            }
             return self.finish(cx);
         }
         self.apply(cx, asked);
@@ -526,6 +532,13 @@ impl<S> Connection<S> {
     fn finish(&mut self, cx: &mut Cx<'_>) {
         self.timers.stop_all();
         cx.io.close(cx.id);
+    }
+
+    /// [`Connection::finish`] after the close handshake: the peer has nothing more to send,
+    /// so the runtime need not linger for its FIN.
+    fn finish_answered(&mut self, cx: &mut Cx<'_>) {
+        self.timers.stop_all();
+        cx.io.close_answered(cx.id);
     }
 
     fn abort(&mut self, cx: &mut Cx<'_>) {

@@ -109,6 +109,10 @@ fn a_peer_answering_our_close_ends_the_session_cleanly() {
     h.send_frame(OpCode::Close, true, &[0x03, 0xE8]);
     assert_eq!(h.seen(), [Seen::Close(Some(1000), String::new())]);
     assert!(h.transport().closing && !h.transport().aborted);
+    assert!(
+        h.transport().answered,
+        "the peer said its last: no lingering for its FIN"
+    );
     assert_eq!(h.next_deadline(), None, "the runtime owns the end now");
 }
 
@@ -129,6 +133,10 @@ fn a_protocol_error_fails_with_its_code_and_closes() {
         "{seen:?}"
     );
     assert!(h.transport().closing);
+    assert!(
+        !h.transport().answered,
+        "the peer may still be sending: linger so our close frame is not lost to a reset"
+    );
 }
 
 #[test]
