@@ -11,8 +11,10 @@
 #   1. holds N idle connections: the server's RSS growth per connection, the kernel's memory
 #      per connection end (slab and TCP buffer pages, both ends of each loopback connection
 #      counted, so halved), and the time until all N were established;
-#   2. subscribes N connections to one topic and publishes one message a second to it: the
-#      largest delivery latency is the time a publish takes to reach all N;
+#   2. subscribes N connections to one topic and publishes to it, one message a second up to
+#      50,000 subscribers and one per N/50,000 seconds beyond (so that one publish has reached
+#      all before the next), for 30 s: the largest delivery latency is the time a publish
+#      takes to reach all N;
 #   3. holds N connections that all drop at once and reconnect (churn with a storm): the
 #      time until the last one was back.
 # Writes target/bench-hold/results-N.md and the loadgen JSON reports beside it.
@@ -92,8 +94,9 @@ fi
 
 # 2. A publish to one topic all N subscribed to.
 start_server fanout
+rate=$(awk -v n="$n" 'BEGIN { r = 50000 / n; print (r > 1 ? 1 : r) }')
 "$loadgen" --url "ws://$addr/pubsub/all" --scenario fanout --connections "$n" --publishers 1 \
-  --rate 1 --duration 20 --quiet --json "$out/fanout-$n.json" >"$out/fanout-$n.txt" 2>&1 \
+  --rate "$rate" --duration 30 --quiet --json "$out/fanout-$n.json" >"$out/fanout-$n.txt" 2>&1 \
   || echo "bench: the fan-out run reported errors; see $out/fanout-$n.json" >&2
 fanout_max=$(field "$out/fanout-$n.json" 'latency_us["max"]')
 fanout_p50=$(field "$out/fanout-$n.json" 'latency_us["p50"]')

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::client::{Behaviour, Conn};
@@ -74,6 +74,12 @@ pub async fn handshakes(
 /// or refuses moves on to the next node, as a client with a list of servers or behind a load
 /// balancer does, and reconnects at once. Records how long each client took to be back, and
 /// when (the reconnect rate), in the bucket of the node it reached.
+///
+/// Connects and upgrades pass `gate`, the thread's bound on handshakes in progress, as the
+/// other scenarios' first connects do: a quarter of a million clients connecting at once
+/// would overflow the server's listen backlog and its SYN queue, and the dropped SYNs would
+/// come back only after the kernel's retransmission back-off (1, 3, 7, 15 s...), measuring
+/// that back-off rather than the server.
 pub async fn churn(
     plan: Arc<Plan>,
     id: u32,
@@ -81,6 +87,7 @@ pub async fn churn(
     mut phase: watch::Receiver<Phase>,
     buckets: Vec<Rc<RefCell<Stats>>>,
     mut on_first: Option<Box<dyn FnOnce(bool)>>,
+    gate: Rc<Semaphore>,
 ) {
     let rng = Rng::new(u64::from(id) + 1);
     let mut node = plan.node_of(id);
@@ -94,7 +101,11 @@ pub async fn churn(
         }
         let stats = buckets[plan.bucket_on(id, node)].clone();
         let started = std::time::Instant::now();
-        let Some(opened) = open_recorded_on(&plan, id, node, &stats).await else {
+        let opened = {
+            let _permit = gate.acquire().await;
+            open_recorded_on(&plan, id, node, &stats).await
+        };
+        let Some(opened) = opened else {
             if let Some(first) = on_first.take() {
                 first(false);
             }
@@ -122,6 +133,7 @@ pub async fn churn(
         }
         // The connection is serviced (pings, the server's close) while it lives.
         let (closing, closed) = watch::channel(Phase::Running);
+        let link = opened.link.clone();
         let mut connection = Box::pin(hold(opened, id, stats.clone(), closed));
         if *phase.borrow() == Phase::Connecting {
             let _ = phase.wait_for(|p| *p != Phase::Connecting).await;
@@ -143,8 +155,11 @@ pub async fn churn(
                 connection.await;
             }
             _ = sleep_until(storm.unwrap_or_else(far_future)), if storm.is_some() => {
-                // Everyone at once, without a close handshake, as when a load balancer dies:
-                // dropping the connection's future cuts it.
+                // Everyone at once, without a close handshake, as when a load balancer dies.
+                // Dropping the connection's future leaves its read in the kernel, holding the
+                // socket open until the server ends it: the shutdown ends the read, so the
+                // socket closes now and its descriptor is free for the reconnect.
+                link.shutdown();
                 drop(connection);
                 dropped_at = Some(Instant::now());
                 stats.borrow_mut().reconnect_log.dropped(Clock.now_ns());

@@ -111,7 +111,7 @@ async fn run_tasks(
                 Workload::Churn(churn) => {
                     let churn = *churn;
                     let first = Box::new(settled);
-                    cycle::churn(plan.clone(), id, churn, phase, all, Some(first)).await;
+                    cycle::churn(plan.clone(), id, churn, phase, all, Some(first), gate).await;
                 }
                 Workload::Echo(_) | Workload::Hold | Workload::Fanout(_) => {
                     let opened = {
