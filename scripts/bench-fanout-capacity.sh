@@ -17,8 +17,10 @@
 #     --wide-rate R       its publish rate (default 1)
 #
 # The server runs pinned to core 0 (`--shards 1`), ringws-loadgen pinned to core 1 with one
-# thread. Server CPU counts the whole step, connecting included (1,000 upgrades cost about
-# 45 ms of server CPU, under 1% of a step's). Appends rows to target/bench-fanout/results.md
+# thread. Server CPU counts from the moment every connection is open (the server's
+# `ringws_websockets`) to the last moment all still are: the measurement and its drain,
+# when the last deliveries arrive, without the generator's connecting and closing; its
+# share of that time is the CPU column. Appends rows to target/bench-fanout/results.md
 # and leaves each step's loadgen JSON and /metrics beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,14 +97,33 @@ step() {
   taskset -c "$cpus" "$ringws" serve --listen 127.0.0.1:0 --shards "$shards" --idle-timeout 0 \
     --max-connections $((subs + 1000)) $ringws_args >"$log" 2>&1 &
   started "$log" ringws
-  local before wall_before
+  "$@" --url "ws://$addr/pubsub/bench" --scenario fanout --connections "$subs" --rate "$rate" \
+    --message-size 20 --duration "$seconds" --quiet --json "$j" >"$out/$name.txt" 2>&1 &
+  local gen=$!
+  # The server's CPU from the moment every subscriber and the publisher are connected.
+  until [ "$(curl -s "http://$addr/metrics" | metric /dev/stdin websockets)" -ge $((subs + 1)) ] \
+    || ! kill -0 "$gen" 2>/dev/null; do
+    sleep 0.2
+  done
+  local before wall_before after wall_after
   before=$(cpu_ticks "$pid")
   wall_before=$(date +%s.%N)
-  "$@" --url "ws://$addr/pubsub/bench" --scenario fanout --connections "$subs" --rate "$rate" \
-    --message-size 20 --duration "$seconds" --quiet --json "$j" >"$out/$name.txt" 2>&1 || true
+  after=$before
+  wall_after=$wall_before
+  # ... to the last moment all are still connected: the generator's closing is not counted.
+  while kill -0 "$gen" 2>/dev/null; do
+    local now_ticks now_wall
+    now_ticks=$(cpu_ticks "$pid")
+    now_wall=$(date +%s.%N)
+    [ "$(curl -s "http://$addr/metrics" | metric /dev/stdin websockets)" -ge $((subs + 1)) ] || break
+    after=$now_ticks
+    wall_after=$now_wall
+    sleep 0.2
+  done
+  wait "$gen" || true
   local used wall
-  used=$(( $(cpu_ticks "$pid") - before ))
-  wall=$(python3 -c "import time; print(time.time() - $wall_before)")
+  used=$(( after - before ))
+  wall=$(python3 -c "print($wall_after - $wall_before)")
   curl -s "http://$addr/metrics" >"$m" || true
   stop
   local received dropped
