@@ -7,10 +7,14 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringws::proto::OpCode;
-use support::{Server, expect_close, frame, metrics, open, read_frame, send, wait_for_metrics};
+use ringws::runtime::socket::{set_int_option, tcp_socket_for, to_sockaddr};
+use support::{
+    Server, expect_close, frame, metrics, open, read_frame, read_head, send, upgrade_request,
+    wait_for_metrics,
+};
 
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -133,25 +137,36 @@ fn a_bad_topic_path_is_refused_with_400() {
     }
 }
 
-/// Publishes `count` binary messages of `size` bytes, each starting with its sequence
+/// Publishes `FLOOD` binary messages of `SIZE` bytes, each starting with its sequence
 /// number, never more than `WINDOW` ahead of what the reader behind `progress` has read:
 /// the fast subscriber's queue stays far below the bound, whatever this machine's speed.
-fn publish_paced(addr: SocketAddr, topic: &str, progress: Receiver<u32>) -> TcpStream {
+/// Sleeps `pause` after every `WINDOW` messages; returns when each message was sent.
+fn publish_paced(
+    addr: SocketAddr,
+    topic: &str,
+    progress: Receiver<u32>,
+    pause: Duration,
+) -> (TcpStream, Vec<Instant>) {
     let mut publisher = open(addr, &format!("/pubsub/{topic}"));
     let mut payload = vec![0x5a; SIZE];
     let mut read = 0;
+    let mut sent = Vec::with_capacity(FLOOD as usize);
     for seq in 0..FLOOD {
         while seq >= read + WINDOW {
             read = progress
                 .recv()
                 .expect("the fast subscriber reports progress");
         }
+        if seq % WINDOW == 0 && !pause.is_zero() {
+            thread::sleep(pause);
+        }
         payload[..4].copy_from_slice(&seq.to_be_bytes());
+        sent.push(Instant::now());
         publisher
             .write_all(&frame(OpCode::Binary, true, &payload))
             .expect("publish");
     }
-    publisher
+    (publisher, sent)
 }
 
 fn sequence(payload: &[u8]) -> u32 {
@@ -182,10 +197,18 @@ const WINDOW: u32 = 8;
 
 #[test]
 fn a_stalled_subscriber_loses_its_oldest_messages_and_nobody_else_waits() {
-    let server = Server::start(&["--max-queued", "64KiB", "--slow-subscriber", "drop-oldest"]);
+    // The byte bound alone: no lag bound, which a loaded machine could trip first.
+    let server = Server::start(&[
+        "--max-queued",
+        "64KiB",
+        "--slow-subscriber",
+        "drop-oldest",
+        "--max-delivery-lag",
+        "0",
+    ]);
     let mut stalled = open(server.addr, "/pubsub/ticks");
     let (fast, progress) = fast_subscriber(server.addr, "ticks");
-    let publisher = publish_paced(server.addr, "ticks", progress);
+    let (publisher, _) = publish_paced(server.addr, "ticks", progress, Duration::ZERO);
     fast.join()
         .expect("the fast subscriber got every message in order");
     let dropped = wait_for_metrics(server.addr, SETTLE, |m| {
@@ -211,11 +234,18 @@ fn a_stalled_subscriber_loses_its_oldest_messages_and_nobody_else_waits() {
 
 #[test]
 fn a_stalled_subscriber_is_closed_with_1008_under_the_close_policy() {
-    let server = Server::start(&["--max-queued", "64KiB", "--slow-subscriber", "close"]);
+    let server = Server::start(&[
+        "--max-queued",
+        "64KiB",
+        "--slow-subscriber",
+        "close",
+        "--max-delivery-lag",
+        "0",
+    ]);
     let mut stalled = open(server.addr, "/pubsub/ticks");
     let (fast, progress) = fast_subscriber(server.addr, "ticks");
     let addr = server.addr;
-    let publisher = thread::spawn(move || publish_paced(addr, "ticks", progress));
+    let publisher = thread::spawn(move || publish_paced(addr, "ticks", progress, Duration::ZERO).0);
     // Read as soon as the server gives up on the stalled subscriber: the close frame waits
     // only behind what was already being written, and must be read before the server's
     // close timeout drops the connection.
@@ -232,4 +262,132 @@ fn a_stalled_subscriber_is_closed_with_1008_under_the_close_policy() {
     fast.join()
         .expect("the fast subscriber got every message in order");
     drop(publisher.join().expect("the publisher"));
+}
+
+/// A subscriber whose socket takes little: what it does not read stays in the server's
+/// queue, not in the kernel's buffers.
+fn open_small(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = tcp_socket_for(addr).expect("a socket");
+    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096).expect("SO_RCVBUF");
+    let (remote, len) = to_sockaddr(addr);
+    // SAFETY: `remote` holds a sockaddr of `len` bytes for the socket's family.
+    let rc = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            (&raw const remote).cast(),
+            len,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    assert!(
+        rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
+        "{err}"
+    );
+    let mut stream = TcpStream::from(socket);
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(SETTLE))
+        .expect("a read timeout");
+    stream
+        .write_all(upgrade_request(addr, path, &[]).as_bytes())
+        .expect("send the upgrade");
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    stream
+}
+
+#[test]
+fn a_lagging_subscriber_gets_recent_messages_and_the_stale_ones_are_dropped() {
+    const LAG: Duration = Duration::from_millis(300);
+    // The byte bound is far away: only the lag bound drops.
+    let server = Server::start(&["--max-queued", "256MiB", "--max-delivery-lag", "300ms"]);
+    let mut stalled = open_small(server.addr, "/pubsub/lag");
+    let (fast, progress) = fast_subscriber(server.addr, "lag");
+    // 750 pauses of 4 ms: the run lasts well past the bound.
+    let (publisher, sent) = publish_paced(server.addr, "lag", progress, Duration::from_millis(4));
+    fast.join()
+        .expect("the fast subscriber got every message in order");
+    let m = wait_for_metrics(server.addr, SETTLE, |m| {
+        m["ringws_pubsub_dropped_stale_total"] > 0
+    });
+    let dropped = m["ringws_pubsub_dropped_total"];
+    assert_eq!(
+        m["ringws_pubsub_dropped_stale_total"], dropped,
+        "all for lag"
+    );
+    // The stalled subscriber reads: what its socket took before it stalled, then what the
+    // server still held, in order and ending with the last message.
+    let mut got = Vec::new();
+    while got.last() != Some(&(FLOOD - 1)) {
+        let (header, payload) = read_frame(&mut stalled);
+        assert_eq!(header.opcode, OpCode::Binary);
+        let seq = sequence(&payload);
+        assert!(got.last().is_none_or(|&l| seq > l), "{seq} after {got:?}");
+        got.push(seq);
+    }
+    assert_eq!(got.len() as u64 + dropped, u64::from(FLOOD));
+    // Past the messages the kernel took (numbered from 0 without a gap) and the sendmsg in
+    // flight (at most 64 messages, never dropped), everything left was published within
+    // the bound of the last message. The margin covers this machine's scheduling: the
+    // server stamps a message when it reads it, not when the test wrote it.
+    let gap = got
+        .iter()
+        .enumerate()
+        .position(|(i, &seq)| seq != i as u32)
+        .expect("the stale ones are missing");
+    let last = sent[FLOOD as usize - 1];
+    let margin = Duration::from_millis(600);
+    for &seq in got.iter().skip(gap + 64) {
+        let behind = last.duration_since(sent[seq as usize]);
+        assert!(
+            behind <= LAG + margin,
+            "{seq} was {behind:?} behind the last"
+        );
+    }
+    assert!(
+        last.duration_since(sent[0]) > 2 * (LAG + margin),
+        "the run was long enough for the bound to tell"
+    );
+    assert_eq!(m["ringws_pubsub_slow_closed_total"], 0);
+    drop(publisher);
+}
+
+#[test]
+fn a_shard_behind_a_burst_sheds_whole_messages_and_stays_current() {
+    const BURST: u32 = 400_000;
+    let server = Server::start(&["--shards", "1", "--max-delivery-lag", "50ms"]);
+    let mut subscriber = open(server.addr, "/pubsub/burst");
+    let reader = thread::spawn(move || {
+        let mut got: Vec<u32> = Vec::new();
+        loop {
+            let (header, payload) = read_frame(&mut subscriber);
+            if header.opcode == OpCode::Text {
+                return got;
+            }
+            let seq = sequence(&payload);
+            assert!(
+                got.last().is_none_or(|&l| seq > l),
+                "{seq} after {:?}",
+                got.last()
+            );
+            got.push(seq);
+        }
+    });
+    let mut publisher = open(server.addr, "/pubsub/burst");
+    // Far more than one turn fans out: the shard's own queue grows, and what waits in it
+    // past 50 ms is dropped whole.
+    let burst: Vec<u8> = (0..BURST)
+        .flat_map(|seq| frame(OpCode::Binary, true, &seq.to_be_bytes()))
+        .collect();
+    publisher.write_all(&burst).expect("publish the burst");
+    let m = wait_for_metrics(server.addr, SETTLE, |m| {
+        m["ringws_pubsub_delivered_total"] + m["ringws_pubsub_shed_total"] == u64::from(BURST)
+    });
+    let shed = m["ringws_pubsub_shed_total"];
+    assert!(shed > 0, "the burst outran the shard: {m:?}");
+    // The shard caught up: a message published now is delivered, not shed.
+    send(&mut publisher, OpCode::Text, true, b"end");
+    let got = reader.join().expect("the subscriber read in order");
+    assert!(!got.is_empty());
+    assert!(got.len() as u64 + shed <= u64::from(BURST));
 }

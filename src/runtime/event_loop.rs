@@ -164,6 +164,7 @@ impl<H: Handler> Shard<H> {
                     self.handler.on_drained(&mut self.io, conn);
                 }
             }
+            let more_work = self.handler.on_turn(&mut self.io);
             self.io.advance_offloads();
             self.io.flush();
             for buffers in &mut self.buffers {
@@ -171,7 +172,7 @@ impl<H: Handler> Shard<H> {
                 buffers.publish();
             }
             let extra_ready = self.io.rings.submit_extra()?;
-            let wait = if self.mail_ready || extra_ready {
+            let wait = if self.mail_ready || extra_ready || more_work {
                 Duration::ZERO
             } else {
                 self.io.timers.tick()

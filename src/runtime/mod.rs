@@ -107,6 +107,12 @@ pub trait Handler: 'static {
     fn on_closed(&mut self, io: &mut Io, conn: ConnId, cause: CloseCause);
     /// A message from a [`Remote`].
     fn on_message(&mut self, _io: &mut Io, _message: Self::Message) {}
+    /// Once a turn, after the turn's events and before its sends are submitted: work the
+    /// handler put off to keep turns short. Returns whether some is still left, and the
+    /// shard then looks for completions without waiting.
+    fn on_turn(&mut self, _io: &mut Io) -> bool {
+        false
+    }
     /// Shutdown began: accepting stopped. Close connections now; the shard ends when none
     /// is left or the grace period runs out.
     fn on_shutdown(&mut self, _io: &mut Io) {}

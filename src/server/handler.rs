@@ -3,15 +3,17 @@
 //! deadline per connection.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::runtime::{self, CloseCause, ConnId, Dropped, Io, Secured, Tag};
 
 use super::app::App;
+use super::config::SlowSubscriberPolicy;
 use super::connection::{Clock, Connection, Cx, Time};
 use super::events;
-use super::pubsub::{Published, ShardMessage};
+use super::pubsub::{Published, ShardMessage, shed_before_fanout};
 use super::shard_state::ShardState;
 use super::transport::Transport;
 
@@ -24,11 +26,23 @@ struct Entry<S> {
     armed: u64,
 }
 
+/// Messages published on a shard that it fans out in one loop turn, at most, when it can
+/// shed what waits too long: one sendmsg per subscriber and turn carries at most this many
+/// (the send queue's 64 iovecs), so fanning out more would only queue them per
+/// subscriber, at a queue operation each, and make the turn (and the next sends) later.
+/// The rest wait in the shard's own queue, at no cost per subscriber, and are shed there
+/// once they wait past the lag bound.
+const FANOUTS_PER_TURN: usize = 64;
+
 pub(crate) struct ShardHandler<A: App> {
     app: A,
     shard: ShardState,
     /// Indexed by the connection's direct-descriptor slot.
     conns: Vec<Option<Entry<A::State>>>,
+    /// The turn the fan-outs below were counted in (its `Io::now`).
+    turn: Option<std::time::Instant>,
+    /// This shard's own publishes fanned out in that turn.
+    fanned: usize,
 }
 
 impl<A: App> ShardHandler<A> {
@@ -37,6 +51,8 @@ impl<A: App> ShardHandler<A> {
             app,
             shard,
             conns: Vec::new(),
+            turn: None,
+            fanned: 0,
         }
     }
 
@@ -73,8 +89,21 @@ impl<A: App> ShardHandler<A> {
     }
 
     /// Delivers what this shard's connections published during the last callback.
+    /// Up to [`FANOUTS_PER_TURN`] a turn while a lag bound can shed what is left waiting;
+    /// all of them without one (else the shard's queue would grow without a bound).
     fn deliver_pending(&mut self, io: &mut Io) {
-        while let Some(published) = self.shard.topics.next_pending() {
+        let config = &self.shard.config;
+        let budgeted = config.slow_subscriber == SlowSubscriberPolicy::DropOldest
+            && !config.max_delivery_lag.is_zero();
+        if self.turn != Some(io.now()) {
+            self.turn = Some(io.now());
+            self.fanned = 0;
+        }
+        while !budgeted || self.fanned < FANOUTS_PER_TURN {
+            let Some(published) = self.shard.topics.next_pending() else {
+                break;
+            };
+            self.fanned += 1;
             self.deliver(io, &published);
         }
     }
@@ -86,12 +115,30 @@ impl<A: App> ShardHandler<A> {
         let Some(subscribers) = self.shard.topics.lend(topic) else {
             return;
         };
+        let config = &self.shard.config;
+        let at = published.published_at();
+        if shed_before_fanout(
+            config.slow_subscriber,
+            config.max_delivery_lag,
+            at,
+            Instant::now(),
+        ) {
+            // Behind by more than the bound already: every subscriber here would get it
+            // stale. Counted as their drops (the publisher among them, if subscribed).
+            let counters = self.shard.counters();
+            counters.shed();
+            counters.dropped(subscribers.len());
+            counters.dropped_stale(subscribers.len());
+            self.shard.topics.give_back(topic, subscribers);
+            return;
+        }
+        let stamp = Tag::new(self.shard.clock.micros(at)).unwrap_or(Tag::MIN);
         let shard_index = self.shard.topics.shard();
         for (&id, &since) in &subscribers {
             if since > published.sequence() || published.is_from(shard_index, id) {
                 continue;
             }
-            self.drive(io, id, |conn, cx, _| conn.deliver(cx, published));
+            self.drive(io, id, |conn, cx, _| conn.deliver(cx, published, stamp));
         }
         self.shard.topics.give_back(topic, subscribers);
     }
@@ -230,6 +277,11 @@ impl<A: App> runtime::Handler for ShardHandler<A> {
         }
     }
 
+    fn on_turn(&mut self, io: &mut Io) -> bool {
+        self.deliver_pending(io);
+        self.shard.topics.has_pending()
+    }
+
     fn on_message(&mut self, io: &mut Io, message: ShardMessage) {
         match message {
             ShardMessage::Publish(published) => self.deliver(io, &published),
@@ -261,6 +313,14 @@ impl Transport for Io {
 
     fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped {
         Io::drop_oldest(self, conn, low_water)
+    }
+
+    fn oldest_tag(&self, conn: ConnId) -> Option<Tag> {
+        Io::oldest_tag(self, conn)
+    }
+
+    fn drop_stale(&mut self, conn: ConnId, stale: &mut dyn FnMut(Tag) -> bool) -> Dropped {
+        Io::drop_stale(self, conn, stale)
     }
 
     fn queued_bytes(&self, conn: ConnId) -> usize {

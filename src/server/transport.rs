@@ -16,6 +16,11 @@ pub(crate) trait Transport {
     /// Drops the oldest droppable messages not yet being written until the queue costs at
     /// most `low_water`.
     fn drop_oldest(&mut self, conn: ConnId, low_water: usize) -> Dropped;
+    /// The tag of the oldest message [`Transport::drop_stale`] could drop, if tagged.
+    fn oldest_tag(&self, conn: ConnId) -> Option<Tag>;
+    /// Drops the oldest tagged messages not yet being written while `stale` says their tag
+    /// is, stopping at the first it keeps.
+    fn drop_stale(&mut self, conn: ConnId, stale: &mut dyn FnMut(Tag) -> bool) -> Dropped;
     /// What the queue costs: bytes not yet written, plus its own overhead.
     fn queued_bytes(&self, conn: ConnId) -> usize;
     /// Bytes written to the socket so far, ever: progress shows as this growing.
@@ -43,8 +48,8 @@ pub(crate) trait Transport {
 #[cfg(any(test, feature = "fuzzing"))]
 #[derive(Debug, Default)]
 pub struct Recording {
-    /// Chunks queued and not yet written, each with whether it may be dropped.
-    queue: std::collections::VecDeque<(Bytes, bool)>,
+    /// Chunks queued and not yet written, each with whether it may be dropped and its tag.
+    queue: std::collections::VecDeque<(Bytes, bool, Option<Tag>)>,
     /// Bytes written out so far, in order.
     pub written: Vec<u8>,
     pub written_total: u64,
@@ -62,7 +67,7 @@ impl Recording {
     pub fn write_out(&mut self, mut limit: usize) -> usize {
         let mut moved = 0;
         while limit > 0 {
-            let Some((front, _)) = self.queue.front_mut() else {
+            let Some((front, _, _)) = self.queue.front_mut() else {
                 break;
             };
             let take = front.len().min(limit);
@@ -83,7 +88,7 @@ impl Recording {
     }
 
     pub fn queued(&self) -> usize {
-        self.queue.iter().map(|(bytes, _)| bytes.len()).sum()
+        self.queue.iter().map(|(bytes, _, _)| bytes.len()).sum()
     }
 }
 
@@ -91,20 +96,20 @@ impl Recording {
 impl Transport for Recording {
     fn send(&mut self, _conn: ConnId, bytes: Bytes) {
         if !self.aborted && !bytes.is_empty() {
-            self.queue.push_back((bytes, false));
+            self.queue.push_back((bytes, false, None));
         }
     }
 
-    fn send_tagged(&mut self, _conn: ConnId, bytes: Bytes, _tag: Tag) {
+    fn send_tagged(&mut self, _conn: ConnId, bytes: Bytes, tag: Tag) {
         if !self.aborted && !bytes.is_empty() {
-            self.queue.push_back((bytes, true));
+            self.queue.push_back((bytes, true, Some(tag)));
         }
     }
 
     fn drop_oldest(&mut self, _conn: ConnId, low_water: usize) -> Dropped {
         let mut dropped = Dropped::default();
         let mut queued = self.queued();
-        self.queue.retain(|(bytes, droppable)| {
+        self.queue.retain(|(bytes, droppable, _)| {
             if queued <= low_water || !droppable {
                 return true;
             }
@@ -113,6 +118,31 @@ impl Transport for Recording {
             dropped.bytes += bytes.len();
             false
         });
+        self.dropped += dropped.chunks;
+        dropped
+    }
+
+    fn oldest_tag(&self, _conn: ConnId) -> Option<Tag> {
+        self.queue
+            .iter()
+            .find(|(_, droppable, tag)| *droppable && tag.is_some())
+            .and_then(|(_, _, tag)| *tag)
+    }
+
+    fn drop_stale(&mut self, _conn: ConnId, stale: &mut dyn FnMut(Tag) -> bool) -> Dropped {
+        let mut dropped = Dropped::default();
+        let mut at = 0;
+        while let Some((bytes, droppable, tag)) = self.queue.get(at) {
+            match tag.filter(|_| *droppable) {
+                None => at += 1,
+                Some(tag) if stale(tag) => {
+                    dropped.chunks += 1;
+                    dropped.bytes += bytes.len();
+                    self.queue.remove(at);
+                }
+                Some(_) => break,
+            }
+        }
         self.dropped += dropped.chunks;
         dropped
     }

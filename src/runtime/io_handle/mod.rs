@@ -148,6 +148,22 @@ impl Io {
             .map_or(Dropped::default(), |slot| slot.queue.drop_oldest(low_water))
     }
 
+    /// The tag of `conn`'s oldest message [`Io::drop_stale`] could drop, if tagged.
+    pub fn oldest_tag(&self, conn: ConnId) -> Option<Tag> {
+        self.slots
+            .get(conn.slot as usize)
+            .filter(|slot| slot.generation() == conn.generation)
+            .and_then(|slot| slot.queue.oldest_tag())
+    }
+
+    /// Drops `conn`'s oldest tagged messages not yet being written while `stale` says their
+    /// tag is, and stops at the first it keeps: tags given in order make this drop exactly
+    /// the stale ones, in work proportional to what it drops.
+    pub fn drop_stale(&mut self, conn: ConnId, stale: impl FnMut(Tag) -> bool) -> Dropped {
+        slot_of(&mut self.slots, conn)
+            .map_or(Dropped::default(), |slot| slot.queue.drop_stale(stale))
+    }
+
     /// What `conn`'s queue costs: bytes not yet written, plus
     /// [`CHUNK_OVERHEAD`](super::CHUNK_OVERHEAD) per queued chunk, plus the capacity of the
     /// buffers the queue owns (bytes queued behind a sendmsg in flight are copied into

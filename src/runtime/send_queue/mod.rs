@@ -253,6 +253,26 @@ impl SendQueue {
         dropped
     }
 
+    /// The tag of the oldest droppable chunk [`SendQueue::drop_stale`] could drop, if it is
+    /// tagged; untagged and non-droppable chunks in front of it are walked past.
+    pub fn oldest_tag(&self) -> Option<Tag> {
+        self.pending
+            .as_ref()
+            .and_then(|pending| pending.oldest_tag())
+    }
+
+    /// Drops tagged droppable chunks, oldest first, while `stale` says their tag is; stops
+    /// at the first one it keeps. Untagged and non-droppable chunks stay and are walked
+    /// past, as are those [`SendQueue::drop_oldest`] protects.
+    pub fn drop_stale(&mut self, stale: impl FnMut(Tag) -> bool) -> Dropped {
+        let Some(pending) = &mut self.pending else {
+            return Dropped::default();
+        };
+        let dropped = pending.drop_stale(stale);
+        self.release_if_idle();
+        dropped
+    }
+
     /// Drops everything no sendmsg is reading: the connection is closing and will send
     /// nothing more.
     pub fn discard_unsent(&mut self) {
@@ -533,6 +553,42 @@ impl Pending {
             }
         }
         dropped
+    }
+
+    /// [`SendQueue::oldest_tag`].
+    fn oldest_tag(&self) -> Option<Tag> {
+        self.chunks
+            .range(self.protected()..)
+            .find(|chunk| chunk.droppable && chunk.tag.is_some())
+            .and_then(|chunk| chunk.tag)
+    }
+
+    /// [`SendQueue::drop_stale`]: each run of stale chunks goes in one drain, so the chunks
+    /// kept in front (a sendmsg's, up to [`MAX_IOV`]) move once per run, not once per chunk.
+    fn drop_stale(&mut self, mut stale: impl FnMut(Tag) -> bool) -> Dropped {
+        let mut dropped = Dropped::default();
+        let mut at = self.protected();
+        loop {
+            let mut end = at;
+            while let Some(chunk) = self.chunks.get(end) {
+                match chunk.tag.filter(|_| chunk.droppable) {
+                    Some(tag) if stale(tag) => {
+                        let cost = chunk.bytes.len() + CHUNK_OVERHEAD;
+                        self.cost -= cost;
+                        dropped.chunks += 1;
+                        dropped.bytes += cost;
+                        end += 1;
+                    }
+                    _ => break,
+                }
+            }
+            self.chunks.drain(at..end);
+            match self.chunks.get(at) {
+                // Not droppable or untagged: kept, and walked past.
+                Some(chunk) if chunk.tag.filter(|_| chunk.droppable).is_none() => at += 1,
+                _ => return dropped,
+            }
+        }
     }
 
     /// Drops everything no sendmsg is reading: the connection is closing and will send

@@ -267,3 +267,41 @@ fn an_idle_queue_holds_no_heap_memory() {
     assert_eq!(queue.written(), 11);
     assert!(queue.is_idle());
 }
+
+#[test]
+fn stale_messages_go_from_the_front_until_the_first_fresh_one() {
+    let tag = |n| Tag::new(n).expect("non-zero");
+    let mut queue = SendQueue::default();
+    queue.push_tagged(Bytes::from_static(b"in flight"), true, Some(tag(1)));
+    queue.start_send(SendBuf::new());
+    queue.push(Bytes::from_static(b"pong"), false);
+    for n in 2..=5 {
+        queue.push_tagged(Bytes::from_static(b"message"), true, Some(tag(n)));
+    }
+    assert_eq!(
+        queue.oldest_tag(),
+        Some(tag(2)),
+        "past the sendmsg's and the pong"
+    );
+    // Tags 2 and 3 are stale; the sendmsg's chunk and the control frame stay.
+    let dropped = queue.drop_stale(|t| t.get() < 4);
+    let each = 7 + CHUNK_OVERHEAD;
+    assert_eq!(
+        dropped,
+        Dropped {
+            chunks: 2,
+            bytes: 2 * each
+        }
+    );
+    assert_eq!(
+        contents(&queue),
+        [&b"in flight"[..], b"pong", b"message", b"message"]
+    );
+    // The first fresh message ends the walk, even with a stale one behind it.
+    queue.push_tagged(Bytes::from_static(b"late"), true, Some(tag(1)));
+    assert_eq!(queue.drop_stale(|t| t.get() < 4), Dropped::default());
+    assert_eq!(queue.oldest_tag(), Some(tag(4)));
+    let mut tags = Vec::new();
+    queue.complete(9, &mut tags);
+    assert_eq!(tags, [tag(1)]);
+}

@@ -28,6 +28,7 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+    pub const MAX_DELIVERY_LAG: Duration = Duration::from_secs(2);
     pub const MAX_INCOMPLETE_BYTES: usize = 256 << 20;
     pub const MAX_TOPIC_LEN: usize = 256;
     pub const MAX_TOPICS_PER_CONNECTION: usize = 64;
@@ -103,6 +104,12 @@ pub struct ServerConfig {
     pub backpressure: BackpressurePolicy,
     /// What a subscriber gets when published messages pile up past `max_queued_bytes`.
     pub slow_subscriber: SlowSubscriberPolicy,
+    /// How far behind the newest message queued to a subscriber its oldest queued delivery
+    /// may be before `slow_subscriber` acts on it: drop-oldest drops every delivery that
+    /// old, close closes the subscriber. Bounds latency where `max_queued_bytes` bounds
+    /// memory: an overloaded server sheds stale messages instead of queueing seconds of
+    /// backlog. Zero turns it off; at most 30 minutes.
+    pub max_delivery_lag: Duration,
     /// Memory one shard may hold in messages still arriving (fragments and partial frames,
     /// over all its connections); past it the connection holding the most is closed with
     /// 1009.
@@ -169,6 +176,7 @@ impl Default for ServerConfig {
             max_queued_bytes: defaults::MAX_QUEUED_BYTES,
             backpressure: BackpressurePolicy::PauseReading,
             slow_subscriber: SlowSubscriberPolicy::DropOldest,
+            max_delivery_lag: defaults::MAX_DELIVERY_LAG,
             max_incomplete_bytes: defaults::MAX_INCOMPLETE_BYTES,
             max_topic_len: defaults::MAX_TOPIC_LEN,
             max_topics_per_connection: defaults::MAX_TOPICS_PER_CONNECTION,
@@ -318,6 +326,16 @@ impl ServerConfig {
                 return fail(setting, format!("{value:?} is too long to keep time with"));
             }
         }
+        if self.max_delivery_lag > super::pubsub::MAX_LAG {
+            return fail(
+                "max-delivery-lag",
+                format!(
+                    "{:?} is longer than the {:?} a delivery's stamp can measure",
+                    self.max_delivery_lag,
+                    super::pubsub::MAX_LAG
+                ),
+            );
+        }
         for (setting, value) in [
             ("handshake-timeout", self.handshake_timeout),
             ("close-timeout", self.close_timeout),
@@ -442,5 +460,9 @@ mod tests {
             "close-timeout"
         );
         assert_eq!(refused(|c| c.listen.clear()), "listen");
+        assert_eq!(
+            refused(|c| c.max_delivery_lag = Duration::from_secs(3600)),
+            "max-delivery-lag"
+        );
     }
 }

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use crate::proto::frame::{FrameHead, write_frame};
 use crate::proto::{CloseCode, Event, OpCode, Role, Session, SessionConfig};
-use crate::runtime::ConnId;
+use crate::runtime::{ConnId, Tag};
 
 use super::super::admission::Admission;
 use super::super::app::{App, Message};
@@ -168,11 +168,17 @@ impl<A: App> Harness<A> {
         moved
     }
 
-    /// Delivers a message published to `topic` elsewhere, as another shard would.
+    /// Delivers a message published to `topic` elsewhere, as another shard would, published
+    /// now on the harness's clock.
     pub fn deliver(&mut self, topic: &str, message: Message<'_>) {
         self.published += 1;
-        let published = Published::new(topic, self.published, message, None);
-        self.drive(|conn, cx, _| conn.deliver(cx, &published));
+        let mut published = Published::new(topic, self.published, message, None);
+        if let Some(at) = self.shard.clock.instant(self.now) {
+            published = published.published_at_instant(at);
+        }
+        let stamp = self.shard.clock.micros(published.published_at());
+        let stamp = Tag::new(stamp).unwrap_or(Tag::MIN);
+        self.drive(|conn, cx, _| conn.deliver(cx, &published, stamp));
     }
 
     /// The server starts the close handshake, as at shutdown.

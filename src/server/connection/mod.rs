@@ -36,7 +36,7 @@ use super::config::SlowSubscriberPolicy;
 use super::events;
 use super::frames::write_message;
 use super::publish_api::PublishBody;
-use super::pubsub::Published;
+use super::pubsub::{LagBound, Published};
 use super::shard_state::ShardState;
 use super::transport::Transport;
 use super::ws::Ws;
@@ -368,8 +368,9 @@ impl<S> Connection<S> {
     }
 
     /// Queues a published message to this subscriber, then applies the slow-subscriber
-    /// policy if its queue has grown past the bound.
-    pub fn deliver(&mut self, cx: &mut Cx<'_>, published: &Published) {
+    /// policy if its queue has grown past the bound. `stamp` is its publish time on the
+    /// shard's clock (made once for all subscribers).
+    pub fn deliver(&mut self, cx: &mut Cx<'_>, published: &Published, stamp: Tag) {
         let Stage::Open(open) = &mut self.stage else {
             return;
         };
@@ -397,6 +398,21 @@ impl<S> Connection<S> {
             cx.io.send(id, frame);
             cost
         } else {
+            // Stamped with the publish time: the kernel taking it closes the measurement,
+            // and the lag bound measures the deliveries queued before it against it.
+            let newest = stamp.get();
+            if let Some(bound) = LagBound::new(shard.config.max_delivery_lag)
+                && let Some(oldest) = cx.io.oldest_tag(id)
+                && bound.is_stale(newest, oldest.get())
+            {
+                if policy == SlowSubscriberPolicy::Close {
+                    return self.close_slow(cx, "subscriber too slow: lagging past its limit");
+                }
+                let past_half = &mut |queued: Tag| bound.is_past_half(newest, queued.get());
+                let dropped = cx.io.drop_stale(id, past_half);
+                shard.counters().dropped(dropped.chunks);
+                shard.counters().dropped_stale(dropped.chunks);
+            }
             let direction = parts.writer.own_direction();
             let counters = shard.topics.counters();
             let frame = published.frame_for(direction, &mut shard.compressors, counters);
@@ -406,10 +422,7 @@ impl<S> Connection<S> {
                 let dropped = cx.io.drop_oldest(id, limit / 2);
                 shard.counters().dropped(dropped.chunks);
             }
-            // Stamped with the publish time: the kernel taking it closes the measurement.
-            let stamp = shard.clock.micros(published.published_at());
-            cx.io
-                .send_tagged(id, frame, Tag::new(stamp).unwrap_or(Tag::MIN));
+            cx.io.send_tagged(id, frame, stamp);
             cost
         };
         cx.shard.counters().delivered();
@@ -422,14 +435,18 @@ impl<S> Connection<S> {
         };
         if cx.io.queued_bytes(id) > allowance {
             cx.shard.counters().queue_bound_hit();
-            // The close frame should not wait behind messages the subscriber will never read.
-            let dropped = cx.io.drop_oldest(id, 0);
-            cx.shard.counters().dropped(dropped.chunks);
-            cx.shard.counters().slow_closed();
-            let reason = "subscriber too slow: send queue over its limit";
-            return self.close(cx, CloseCode::POLICY_VIOLATION, reason);
+            return self.close_slow(cx, "subscriber too slow: send queue over its limit");
         }
         self.watch_send_queue(cx);
+    }
+
+    /// Closes a subscriber the slow-subscriber policy gave up on, with 1008 and `reason`.
+    fn close_slow(&mut self, cx: &mut Cx<'_>, reason: &str) {
+        // The close frame should not wait behind messages the subscriber will never read.
+        let dropped = cx.io.drop_oldest(cx.id, 0);
+        cx.shard.counters().dropped(dropped.chunks);
+        cx.shard.counters().slow_closed();
+        self.close(cx, CloseCode::POLICY_VIOLATION, reason);
     }
 
     /// The runtime wrote out everything queued for this connection.

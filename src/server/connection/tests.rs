@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::proto::{CloseCode, OpCode};
 use crate::server::app::Message;
-use crate::server::config::{BackpressurePolicy, ServerConfig};
+use crate::server::config::{BackpressurePolicy, ServerConfig, SlowSubscriberPolicy};
 use crate::server::echo::Echo;
 
 use super::harness::{Harness, Seen};
@@ -230,6 +230,59 @@ fn slow_subscribers_lose_their_oldest_messages_down_to_half_the_bound() {
         .filter(|s| matches!(s, Seen::Binary(_)))
         .count();
     assert_eq!(received + dropped, 30);
+}
+
+fn lag_bounded(policy: SlowSubscriberPolicy) -> Harness<Echo> {
+    open(ServerConfig {
+        max_delivery_lag: Duration::from_secs(1),
+        slow_subscriber: policy,
+        ..config()
+    })
+}
+
+#[test]
+fn a_lagging_subscriber_loses_what_waited_past_the_bound_and_keeps_the_rest() {
+    let mut h = lag_bounded(SlowSubscriberPolicy::DropOldest);
+    for n in 0..5u8 {
+        h.deliver("t", Message::Binary(&[n]));
+        h.advance(Duration::from_millis(400));
+    }
+    // Queued at 0, 0.4, 0.8, 1.2 and 1.6 s, unread: at 1.2 s the one of 0 s is more than
+    // the bound behind, and goes with the one of 0.4 s (more than half the bound behind);
+    // at 1.6 s the oldest, of 0.8 s, is within the bound.
+    assert_eq!(h.transport().dropped, 2);
+    let metrics = h.metrics();
+    assert_eq!((metrics.dropped, metrics.dropped_stale), (2, 2));
+    assert!(!h.transport().ended(), "dropping keeps it subscribed");
+    let seen = h.seen();
+    let expected: Vec<Seen> = (2..5u8).map(|n| Seen::Binary(vec![n])).collect();
+    assert_eq!(seen, expected, "the newest, in order");
+}
+
+#[test]
+fn a_subscriber_that_keeps_up_loses_nothing_to_the_lag_bound() {
+    let mut h = lag_bounded(SlowSubscriberPolicy::DropOldest);
+    for n in 0..10u8 {
+        h.deliver("t", Message::Binary(&[n]));
+        h.advance(Duration::from_millis(400));
+        h.write_out(usize::MAX);
+    }
+    assert_eq!(h.transport().dropped, 0);
+    assert_eq!(h.metrics().dropped_stale, 0);
+}
+
+#[test]
+fn the_close_policy_closes_a_subscriber_lagging_past_the_bound() {
+    let mut h = lag_bounded(SlowSubscriberPolicy::Close);
+    h.deliver("t", Message::Binary(&[1]));
+    h.advance(Duration::from_millis(1_500));
+    h.deliver("t", Message::Binary(&[2]));
+    let seen = h.seen();
+    assert!(
+        matches!(&seen[..], [Seen::Close(Some(1008), reason)] if reason.contains("lagging")),
+        "{seen:?}"
+    );
+    assert_eq!(h.metrics().slow_closed, 1);
 }
 
 #[test]

@@ -119,6 +119,12 @@ counters! {
     delivered: counter, "pubsub_delivered_total", "Messages queued to subscribers";
     /// Messages dropped unsent because their subscriber read too slowly.
     dropped: counter, "pubsub_dropped_total", "Messages dropped for slow subscribers";
+    /// Of those, the ones dropped for waiting past `max_delivery_lag` (the rest: past the
+    /// queue's byte bound).
+    dropped_stale: counter, "pubsub_dropped_stale_total", "Messages dropped for lagging past max-delivery-lag";
+    /// Published messages a shard dropped whole, for all its subscribers, because they
+    /// waited past `max_delivery_lag` before their fan-out began (the shard is over capacity).
+    shed: counter, "pubsub_shed_total", "Published messages a shard behind by more than max-delivery-lag dropped before their fan-out";
     /// Subscribers closed with 1008 for reading too slowly.
     slow_closed: counter, "pubsub_slow_closed_total", "Subscribers closed for reading too slowly";
     /// Compressions of published messages shared by every subscriber of one window size
@@ -284,6 +290,14 @@ impl Counters {
 
     pub fn dropped(&self, messages: usize) {
         Self::add(&self.dropped, messages as u64);
+    }
+
+    pub fn dropped_stale(&self, messages: usize) {
+        Self::add(&self.dropped_stale, messages as u64);
+    }
+
+    pub fn shed(&self) {
+        Self::add(&self.shed, 1);
     }
 
     pub fn slow_closed(&self) {

@@ -24,11 +24,17 @@
 //! to the messages that reach that node after it returns (a node numbers a broker message
 //! when it arrives).
 //!
+//! Lag: under the slow-subscriber policy, a subscriber may fall at most
+//! `max_delivery_lag` behind the newest message queued to it (`lag`); older deliveries
+//! still queued are dropped, or the subscriber closed, so an overloaded server sheds
+//! instead of queueing seconds of backlog.
+//!
 //! Bounds: a topic name and the topics per connection are bounded ([`SubscribeError`]); a
 //! shard's queue from other threads is bounded in bytes, and a publish that finds it full is
 //! refused for that shard ([`PublishError`]), never queued without limit.
 
 mod directory;
+mod lag;
 mod published;
 mod router;
 mod shard_topics;
@@ -38,6 +44,7 @@ pub use published::Published;
 pub use router::{PublishError, Publisher, ShardMessage};
 pub use topics::SubscribeError;
 
+pub(crate) use lag::{LagBound, MAX_LAG, shed_before_fanout};
 pub(crate) use router::Hub;
 pub(crate) use shard_topics::ShardTopics;
 pub(crate) use topics::TopicTable;

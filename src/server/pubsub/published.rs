@@ -57,6 +57,13 @@ impl Published {
         }
     }
 
+    /// The same message, published at `at` instead (a test's clock).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn published_at_instant(mut self, at: Instant) -> Self {
+        self.at = at;
+        self
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
     }

@@ -150,6 +150,11 @@ impl ShardTopics {
         self.pending.pop_front()
     }
 
+    /// Whether messages published here wait for their fan-out.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Bytes waiting in other shards' queues, the most of any one shard.
     pub fn largest_backlog(&self) -> usize {
         self.remotes.iter().map(Remote::backlog).max().unwrap_or(0)

@@ -49,6 +49,7 @@ impl ServeArgs {
             SlowSubscriber::DropOldest => SlowSubscriberPolicy::DropOldest,
             SlowSubscriber::Close => SlowSubscriberPolicy::Close,
         };
+        config.max_delivery_lag = self.max_delivery_lag.0;
         config.max_incomplete_bytes = self.max_incomplete.0;
         config.max_topic_len = self.max_topic_len;
         config.max_topics_per_connection = self.max_topics_per_connection;

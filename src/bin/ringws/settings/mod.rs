@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// What a pub/sub subscriber whose queue passes --max-queued gets.
     #[arg(long, value_enum, default_value_t = SlowSubscriber::DropOldest)]
     slow_subscriber: SlowSubscriber,
+    /// How far a subscriber may fall behind the newest message queued to it before
+    /// --slow-subscriber acts on the older ones (drop them, or close); 0 turns it off.
+    #[arg(long, default_value_t = Span(defaults::MAX_DELIVERY_LAG))]
+    max_delivery_lag: Span,
     /// Memory one shard may hold in messages still arriving; past it the client holding the
     /// most is closed with 1009.
     #[arg(long, default_value_t = Size(defaults::MAX_INCOMPLETE_BYTES))]
