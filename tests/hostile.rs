@@ -12,38 +12,13 @@ use std::time::{Duration, Instant};
 use ringws::proto::OpCode;
 use ringws::proto::deflate::{Compressor, Decompressor, DeflateConfig, Direction};
 use ringws::proto::frame::{FrameHead, write_frame};
-use ringws::runtime::socket::{set_int_option, tcp_socket_for, to_sockaddr};
 use support::{
     Server, expect_close, frame, metrics, open, read_frame, read_head, send, tcp_state,
     upgrade_request, wait_for_metrics, within,
 };
 
-/// Connects with a receive buffer of `rcvbuf` bytes, set before the handshake so the
-/// window stays that small: a client that reads nothing then stops the server's sends soon.
 fn connect_small(addr: SocketAddr, rcvbuf: i32) -> TcpStream {
-    let socket = tcp_socket_for(addr).expect("a socket");
-    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf).expect("SO_RCVBUF");
-    let (remote, len) = to_sockaddr(addr);
-    // SAFETY: `remote` holds a sockaddr of `len` bytes for the socket's family.
-    let rc = unsafe {
-        libc::connect(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            (&raw const remote).cast(),
-            len,
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    assert!(
-        rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
-        "{err}"
-    );
-    let stream = TcpStream::from(socket);
-    // Blocking again: the first write waits for the connection to be up.
-    stream.set_nonblocking(false).expect("blocking");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("a read timeout");
-    stream
+    support::connect_small(addr, rcvbuf, Duration::from_secs(20))
 }
 
 /// Upgrades a stream made by [`connect_small`].

@@ -10,7 +10,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringws::proto::OpCode;
-use ringws::runtime::socket::{set_int_option, tcp_socket_for, to_sockaddr};
 use support::{
     Server, expect_close, frame, metrics, open, read_frame, read_head, send, upgrade_request,
     wait_for_metrics,
@@ -267,27 +266,7 @@ fn a_stalled_subscriber_is_closed_with_1008_under_the_close_policy() {
 /// A subscriber whose socket takes little: what it does not read stays in the server's
 /// queue, not in the kernel's buffers.
 fn open_small(addr: SocketAddr, path: &str) -> TcpStream {
-    let socket = tcp_socket_for(addr).expect("a socket");
-    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096).expect("SO_RCVBUF");
-    let (remote, len) = to_sockaddr(addr);
-    // SAFETY: `remote` holds a sockaddr of `len` bytes for the socket's family.
-    let rc = unsafe {
-        libc::connect(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            (&raw const remote).cast(),
-            len,
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    assert!(
-        rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
-        "{err}"
-    );
-    let mut stream = TcpStream::from(socket);
-    stream.set_nonblocking(false).expect("blocking");
-    stream
-        .set_read_timeout(Some(SETTLE))
-        .expect("a read timeout");
+    let mut stream = support::connect_small(addr, 4096, SETTLE);
     stream
         .write_all(upgrade_request(addr, path, &[]).as_bytes())
         .expect("send the upgrade");

@@ -178,6 +178,37 @@ impl Drop for Server {
     }
 }
 
+/// Connects with a receive buffer of `rcvbuf` bytes, set before the handshake so the
+/// window stays that small: a client that reads nothing then stops the server's sends soon.
+/// Blocking, with a read timeout of `read_timeout`.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn connect_small(addr: SocketAddr, rcvbuf: i32, read_timeout: Duration) -> TcpStream {
+    use ringws::runtime::socket::{set_int_option, tcp_socket_for, to_sockaddr};
+    let socket = tcp_socket_for(addr).expect("a socket");
+    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf).expect("SO_RCVBUF");
+    let (remote, len) = to_sockaddr(addr);
+    // SAFETY: `remote` holds a sockaddr of `len` bytes for the socket's family.
+    let rc = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            (&raw const remote).cast(),
+            len,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    assert!(
+        rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
+        "{err}"
+    );
+    let stream = TcpStream::from(socket);
+    // Blocking again: the first write waits for the connection to be up.
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .expect("a read timeout");
+    stream
+}
+
 /// Connects with a read timeout, so a test that waits for bytes that never come fails
 /// instead of hanging.
 pub fn connect(addr: SocketAddr) -> TcpStream {
