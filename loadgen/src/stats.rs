@@ -48,7 +48,7 @@ pub struct Stats {
     /// The latest run of equal latencies (value, count), not yet in `latency_us`. The
     /// messages of one completion batch mostly share their latency (sent together, read
     /// together), so a run costs one histogram record instead of one per message.
-    latency_run: (u64, u64),
+    pub(crate) latency_run: (u64, u64),
     pub handshake_us: Histogram<u64>,
     /// `wss://`: TLS handshakes, those that resumed a session, and the times from the
     /// connect's start to the TLS handshake's end and from there to the 101.
