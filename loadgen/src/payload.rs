@@ -100,7 +100,7 @@ impl Stamp {
         };
         let mut start = ramp_start(stamp.sequence);
         for piece in message[MIN_SIZE..].chunks(256) {
-            if piece != &RAMP[start..start + piece.len()] {
+            if !same_bytes(piece, &RAMP[start..start + piece.len()]) {
                 return Err(Corrupt::Filler);
             }
             start = (start + piece.len()) % 256;
@@ -144,6 +144,27 @@ impl Stamp {
         bytes[16..].copy_from_slice(&extra.to_le_bytes());
         checksum(&bytes)
     }
+}
+
+/// Whether two slices of equal length hold the same bytes, compared eight at a time in
+/// line: the filler of a small message is a few words, where a slice comparison would call
+/// `memcmp`.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |bytes: &[u8]| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(bytes);
+        u64::from_ne_bytes(word)
+    };
+    let (mut left, mut right) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut differ = 0;
+    for (x, y) in (&mut left).zip(&mut right) {
+        differ |= word(x) ^ word(y);
+    }
+    let tail = left.remainder().iter().zip(right.remainder());
+    differ == 0 && tail.fold(0, |differ, (x, y)| differ | (x ^ y)) == 0
 }
 
 fn ramp_start(sequence: u32) -> usize {
@@ -196,14 +217,18 @@ mod tests {
             sequence: 2,
             sent_at_ns: 3,
         };
-        let mut out = Vec::new();
-        stamp.write(300, &mut out);
-        for bit in 0..out.len() * 8 {
-            let mut bad = out.clone();
-            bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(Stamp::read(&bad, 300).is_err(), "bit {bit}");
+        // Fillers of whole words, of words and a tail, and longer than one ramp.
+        for size in [20, 27, 64, 300] {
+            let mut out = Vec::new();
+            stamp.write(size, &mut out);
+            for bit in 0..out.len() * 8 {
+                let mut bad = out.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(Stamp::read(&bad, size).is_err(), "size {size}, bit {bit}");
+            }
+            let short = &out[..size - 1];
+            assert_eq!(Stamp::read(short, size), Err(Corrupt::Length));
         }
-        assert_eq!(Stamp::read(&out[..299], 300), Err(Corrupt::Length));
     }
 
     #[test]

@@ -42,7 +42,13 @@ pub struct Stats {
     pub storm_recovery_us: u64,
     /// `churn`: when clients came back, for the reconnect rate.
     pub reconnect_log: ReconnectLog,
+    /// Complete once merged ([`Stats::merge`]) or sent ([`Stats::to_wire`]); before that
+    /// the latest run of equal latencies may still be in `latency_run`.
     pub latency_us: Histogram<u64>,
+    /// The latest run of equal latencies (value, count), not yet in `latency_us`. The
+    /// messages of one completion batch mostly share their latency (sent together, read
+    /// together), so a run costs one histogram record instead of one per message.
+    pub(crate) latency_run: (u64, u64),
     pub handshake_us: Histogram<u64>,
     /// `wss://`: TLS handshakes, those that resumed a session, and the times from the
     /// connect's start to the TLS handshake's end and from there to the 101.
@@ -87,6 +93,7 @@ impl Default for Stats {
             storm_recovery_us: 0,
             reconnect_log: ReconnectLog::default(),
             latency_us: histogram(),
+            latency_run: (0, 0),
             handshake_us: histogram(),
             tls_handshakes: 0,
             tls_resumed: 0,
@@ -101,7 +108,21 @@ impl Default for Stats {
 
 impl Stats {
     pub fn record_latency(&mut self, micros: u64) {
-        self.latency_us.saturating_record(micros.max(1));
+        let micros = micros.max(1);
+        if self.latency_run.0 == micros {
+            self.latency_run.1 += 1;
+        } else {
+            self.flush_latency_run();
+            self.latency_run = (micros, 1);
+        }
+    }
+
+    /// Records the pending run of equal latencies in `latency_us`.
+    fn flush_latency_run(&mut self) {
+        let (micros, count) = std::mem::take(&mut self.latency_run);
+        if count > 0 {
+            self.latency_us.saturating_record_n(micros, count);
+        }
     }
 
     /// Counts a message with an intact stamp; returns whether it was new (not a duplicate).
@@ -165,7 +186,12 @@ impl Stats {
         self.storm_recovery_us = self.storm_recovery_us.max(other.storm_recovery_us);
         self.reconnect_log.merge(&other.reconnect_log);
         // Same bounds on both sides: adding cannot fail.
+        self.flush_latency_run();
         let _ = self.latency_us.add(&other.latency_us);
+        let (micros, count) = other.latency_run;
+        if count > 0 {
+            self.latency_us.saturating_record_n(micros, count);
+        }
         let _ = self.handshake_us.add(&other.handshake_us);
         self.tls_handshakes += other.tls_handshakes;
         self.tls_resumed += other.tls_resumed;
@@ -273,10 +299,11 @@ impl Stats {
     /// Everything, histograms included, for a parent process to merge exactly.
     pub fn to_wire(&self) -> Value {
         let mut copy = self.clone();
+        copy.flush_latency_run();
         let counters: Vec<u64> = copy.counters_mut().iter().map(|c| **c).collect();
         json!({
             "counters": counters,
-            "latency_us": histogram_to_json(&self.latency_us),
+            "latency_us": histogram_to_json(&copy.latency_us),
             "handshake_us": histogram_to_json(&self.handshake_us),
             "tls_handshake_us": histogram_to_json(&self.tls_handshake_us),
             "upgrade_us": histogram_to_json(&self.upgrade_us),
@@ -313,5 +340,50 @@ impl Stats {
         stats.extensions = value["extensions"].as_str().map(str::to_owned);
         stats.reconnect_log = ReconnectLog::from_wire(&value["reconnect_log"])?;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Latencies with runs of equal values, as completion batches give them.
+    const LATENCIES: [u64; 12] = [0, 1, 1, 5, 5, 5, 900, 5, 5, 70_000, 70_000, 1];
+
+    fn recorded_one_by_one() -> Histogram<u64> {
+        let mut expected = histogram();
+        for micros in LATENCIES {
+            expected.saturating_record(micros.max(1));
+        }
+        expected
+    }
+
+    #[test]
+    fn runs_of_equal_latencies_all_reach_the_merged_histogram() {
+        let mut thread = Stats::default();
+        for micros in LATENCIES {
+            thread.record_latency(micros);
+        }
+        let mut merged = Stats::default();
+        merged.merge(&thread);
+        let expected = recorded_one_by_one();
+        assert_eq!(merged.latency_us, expected);
+        assert_eq!(merged.latency_us.len(), LATENCIES.len() as u64);
+        // Merging into a total that has a run of its own keeps both.
+        merged.record_latency(5);
+        let mut total = Stats::default();
+        total.merge(&merged);
+        assert_eq!(total.latency_us.len(), LATENCIES.len() as u64 + 1);
+        assert_eq!(total.latency_us.count_at(5), expected.count_at(5) + 1);
+    }
+
+    #[test]
+    fn the_wire_carries_the_pending_run() {
+        let mut thread = Stats::default();
+        for micros in LATENCIES {
+            thread.record_latency(micros);
+        }
+        let back = Stats::from_wire(&thread.to_wire()).expect("own wire format reads back");
+        assert_eq!(back.latency_us, recorded_one_by_one());
     }
 }

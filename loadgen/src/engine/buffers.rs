@@ -42,6 +42,12 @@ impl Drop for Mapping {
     }
 }
 
+/// Bytes between the starts of neighbouring buffers beyond their size. Buffers a power of two
+/// apart would start in the same few cache sets: the kernel cycles through every buffer of
+/// the ring, and with small messages each receive would write, and the engine then read, a
+/// line evicted by its neighbours, from memory. One line more staggers them over every set.
+const STAGGER: usize = 64;
+
 /// A registered buffer ring and the buffers it hands out.
 ///
 /// The engine drops it only once no receive is in flight (or leaks it, see
@@ -51,6 +57,8 @@ pub struct Buffers {
     buffers: Mapping,
     count: u16,
     size: usize,
+    /// From one buffer's start to the next: `size` and [`STAGGER`].
+    stride: usize,
     /// Our copy of the tail; the kernel sees it after [`Buffers::publish`].
     tail: u16,
 }
@@ -62,7 +70,8 @@ impl Buffers {
     /// Maps `count` (a power of two) buffers of `size` bytes and registers them.
     pub fn new(submitter: &Submitter<'_>, count: u16, size: usize) -> io::Result<Buffers> {
         let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
-        let buffers = Mapping::new(usize::from(count) * size)?;
+        let stride = size + STAGGER;
+        let buffers = Mapping::new(usize::from(count) * stride)?;
         // SAFETY: `entries` is a page-aligned mapping of `count` entries that lives as long
         // as this value, which outlives every receive that uses it (see the type's docs).
         unsafe {
@@ -73,6 +82,7 @@ impl Buffers {
             buffers,
             count,
             size,
+            stride,
             tail: 0,
         };
         for id in 0..count {
@@ -89,7 +99,7 @@ impl Buffers {
         // SAFETY: buffer `id` lies inside the mapping; the kernel handed it over with the
         // completion and does not touch it again until it is recycled and published.
         unsafe {
-            std::slice::from_raw_parts_mut(self.buffers.ptr.as_ptr().add(id * self.size), len)
+            std::slice::from_raw_parts_mut(self.buffers.ptr.as_ptr().add(id * self.stride), len)
         }
     }
 
@@ -101,7 +111,7 @@ impl Buffers {
         // up to the published tail, and this slot is past it.
         unsafe {
             let entry = &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot);
-            entry.set_addr(self.buffers.ptr.as_ptr().add(usize::from(id) * self.size) as u64);
+            entry.set_addr(self.buffers.ptr.as_ptr().add(usize::from(id) * self.stride) as u64);
             entry.set_len(self.size as u32);
             entry.set_bid(id);
         }

@@ -68,6 +68,9 @@ impl Reader {
         if writer.state == State::Closed {
             return Ok((input.len(), None));
         }
+        if let Some((used, kind)) = self.small_server_message(input) {
+            return Ok((used, Some(event(kind, &input[2..used]))));
+        }
         let mut used = 0;
         while used < input.len() {
             match self.step(&mut input[used..], writer, out) {
@@ -95,6 +98,41 @@ impl Reader {
             }
         }
         Ok((used, None))
+    }
+
+    /// A client's common case, decoded from two header bytes: a whole unfragmented text or
+    /// binary message of at most 125 bytes, unmasked, no RSV bit, at a frame boundary, with
+    /// its payload in `input`. Returns its length and kind; `None` for anything else, which
+    /// the general path then decodes (or fails) as it always does, so this path accepts
+    /// exactly what that one would deliver whole from the same bytes.
+    #[inline]
+    pub(super) fn small_server_message(&self, input: &[u8]) -> Option<(usize, Ready)> {
+        if self.role != Role::Client
+            || self.frame.is_some()
+            || self.message.is_some()
+            || self.pieces.is_some()
+        {
+            return None;
+        }
+        let [b0, b1, ..] = *input else {
+            return None;
+        };
+        // FIN, RSV1-3 clear, opcode text or binary.
+        let kind = match b0 {
+            0x81 => Ready::Text,
+            0x82 => Ready::Binary,
+            _ => return None,
+        };
+        // Mask bit clear and a 7-bit length (126 and 127 announce longer lengths).
+        if b1 > 125 || u64::from(b1) > self.max_message_size {
+            return None;
+        }
+        let end = 2 + usize::from(b1);
+        let payload = input.get(2..end)?;
+        if matches!(kind, Ready::Text) && utf8::validate(payload).is_err() {
+            return None;
+        }
+        Some((end, kind))
     }
 
     /// Drops any partial message after the connection failed.

@@ -416,3 +416,4 @@ fn a_header_split_across_reads_is_held_only_until_it_is_whole() {
 
 mod deflate;
 mod properties;
+mod small_messages;
