@@ -210,9 +210,9 @@ fn a_stalled_subscriber_loses_its_oldest_messages_and_nobody_else_waits() {
     let (publisher, _) = publish_paced(server.addr, "ticks", progress, Duration::ZERO);
     fast.join()
         .expect("the fast subscriber got every message in order");
-    let dropped = wait_for_metrics(server.addr, SETTLE, |m| {
+    wait_for_metrics(server.addr, SETTLE, |m| {
         m["ringws_pubsub_dropped_total"] > 0
-    })["ringws_pubsub_dropped_total"];
+    });
     // The stalled subscriber is still connected and gets an ordered subsequence, ending
     // with the last message: what was dropped was the oldest.
     let mut last = None;
@@ -225,8 +225,13 @@ fn a_stalled_subscriber_loses_its_oldest_messages_and_nobody_else_waits() {
         last = Some(seq);
         received += 1;
     }
-    assert_eq!(received + dropped, u64::from(FLOOD));
+    // Counted once the last message reached the stalled subscriber's queue: its shard may
+    // still have been dropping when the fast subscriber (perhaps on another shard) was done.
     let now = metrics(server.addr);
+    assert_eq!(
+        received + now["ringws_pubsub_dropped_total"],
+        u64::from(FLOOD)
+    );
     assert_eq!(now["ringws_pubsub_slow_closed_total"], 0);
     drop(publisher);
 }
