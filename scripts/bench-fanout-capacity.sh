@@ -15,10 +15,17 @@
 #     --wide              one more row at 100,000 subscribers (`--shards 6`, the generator's
 #                         worker processes and loopback addresses, both cores unpinned)
 #     --wide-rate R       its publish rate (default 1)
+#     --uws DIR --usockets DIR
+#                         also run a uWebSockets pub/sub server (benches/peers/uws-pubsub,
+#                         built from the user's uWebSockets and uSockets source folders) at
+#                         each rate, right after ringws, on the same core
+#     --uws-bin PATH      a uws-pubsub built before, instead
+#     --uws-backpressure BYTES
+#                         its per-subscriber bound (default 4194304, ringws's default)
 #
 # The server runs pinned to core 0 (`--shards 1`), ringws-loadgen pinned to core 1 with one
 # thread. Server CPU counts from the moment every connection is open (the server's
-# `ringws_websockets`) to the last moment all still are: the measurement and its drain,
+# established TCP connections, by `ss`) to the last moment all still are: the measurement and its drain,
 # when the last deliveries arrive, without the generator's connecting and closing; its
 # share of that time is the CPU column. Appends rows to target/bench-fanout/results.md
 # and leaves each step's loadgen JSON and /metrics beside it.
@@ -34,6 +41,7 @@ label=ringws
 ringws_args=""
 wide=0
 wide_rate=1
+uws_dir="" usockets_dir="" uws_bin="" uws_backpressure=$((4 << 20))
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
@@ -44,6 +52,10 @@ while [ $# -gt 0 ]; do
     --ringws-args) ringws_args=$2; shift 2 ;;
     --wide) wide=1; shift ;;
     --wide-rate) wide_rate=$2; shift 2 ;;
+    --uws) uws_dir=$2; shift 2 ;;
+    --usockets) usockets_dir=$2; shift 2 ;;
+    --uws-bin) uws_bin=$2; shift 2 ;;
+    --uws-backpressure) uws_backpressure=$2; shift 2 ;;
     *) echo "bench-fanout-capacity: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -53,6 +65,10 @@ bench_setup "$out"
 if [ -z "$ringws" ]; then
   cargo build --release --quiet --workspace --bins
   ringws=target/release/ringws
+fi
+if [ -z "$uws_bin" ] && [ -n "$uws_dir$usockets_dir" ]; then
+  build_uws_peer uws-pubsub "$uws_dir" "$usockets_dir" "$out"
+  uws_bin="$out/uws-pubsub"
 fi
 loadgen=target/release/ringws-loadgen
 [ -x "$loadgen" ] || cargo build --release --quiet -p ringws-loadgen
@@ -80,6 +96,9 @@ else:
 EOF
 }
 
+# connected ADDR: established TCP connections to the server at ADDR.
+connected() { ss -Htn state established "( sport = :${1##*:} )" | wc -l; }
+
 # metric METRICS NAME: a counter's value, summed over its lines.
 metric() { awk -v n="ringws_$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }' "$1"; }
 
@@ -88,20 +107,24 @@ metric() { awk -v n="ringws_$2" '$1 == n || index($1, n "{") == 1 { s += $2 } EN
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 } >"$out/results.md"
 
-# step NAME SUBSCRIBERS RATE CPUS SHARDS [loadgen args...]
+# step SERVER NAME SUBSCRIBERS RATE CPUS SHARDS [loadgen args...]; SERVER is ringws or uws.
 step() {
-  local name=$1 subs=$2 rate=$3 cpus=$4 shards=$5
-  shift 5
+  local server=$1 name=$2 subs=$3 rate=$4 cpus=$5 shards=$6
+  shift 6
   local log="$out/$name.server.log" j="$out/$name.json" m="$out/$name.metrics"
-  # shellcheck disable=SC2086
-  taskset -c "$cpus" "$ringws" serve --listen 127.0.0.1:0 --shards "$shards" --idle-timeout 0 \
-    --max-connections $((subs + 1000)) $ringws_args >"$log" 2>&1 &
-  started "$log" ringws
+  if [ "$server" = uws ]; then
+    taskset -c "$cpus" "$uws_bin" 0 "$uws_backpressure" >"$log" 2>&1 &
+  else
+    # shellcheck disable=SC2086
+    taskset -c "$cpus" "$ringws" serve --listen 127.0.0.1:0 --shards "$shards" --idle-timeout 0 \
+      --max-connections $((subs + 1000)) $ringws_args >"$log" 2>&1 &
+  fi
+  started "$log" "$server"
   "$@" --url "ws://$addr/pubsub/bench" --scenario fanout --connections "$subs" --rate "$rate" \
     --message-size 20 --duration "$seconds" --quiet --json "$j" >"$out/$name.txt" 2>&1 &
   local gen=$!
   # The server's CPU from the moment every subscriber and the publisher are connected.
-  until [ "$(curl -s "http://$addr/metrics" | metric /dev/stdin websockets)" -ge $((subs + 1)) ] \
+  until [ "$(connected "$addr")" -ge $((subs + 1)) ] \
     || ! kill -0 "$gen" 2>/dev/null; do
     sleep 0.2
   done
@@ -115,7 +138,7 @@ step() {
     local now_ticks now_wall
     now_ticks=$(cpu_ticks "$pid")
     now_wall=$(date +%s.%N)
-    [ "$(curl -s "http://$addr/metrics" | metric /dev/stdin websockets)" -ge $((subs + 1)) ] || break
+    [ "$(connected "$addr")" -ge $((subs + 1)) ] || break
     after=$now_ticks
     wall_after=$now_wall
     sleep 0.2
@@ -124,13 +147,18 @@ step() {
   local used wall
   used=$(( after - before ))
   wall=$(python3 -c "print($wall_after - $wall_before)")
-  curl -s "http://$addr/metrics" >"$m" || true
+  local received dropped="-" p99="-" label=$label
+  if [ "$server" = uws ]; then
+    label=uWebSockets
+  else
+    curl -s "http://$addr/metrics" >"$m" || true
+    dropped=$(metric "$m" pubsub_dropped_total)
+    p99=$(server_p99 "$m")
+  fi
   stop
-  local received dropped
   received=$(field "$j" 'messages_received')
-  dropped=$(metric "$m" pubsub_dropped_total)
   python3 - "$label" "$subs" "$rate" "$j" "$used" "$ticks" "$wall" "$received" "$dropped" \
-    "$(server_p99 "$m")" >>"$out/results.md" <<'EOF'
+    "$p99" >>"$out/results.md" <<'EOF'
 import json, sys
 label, subs, rate, path, used, ticks, wall, received, dropped, sp99 = sys.argv[1:]
 r = json.load(open(path))
@@ -139,16 +167,19 @@ received = int(received)
 ns = f"{cpu * 1e9 / received:,.0f}" if received else "-"
 lat = r["latency_us"]
 print(f"| {label} | {int(subs):,} | {int(rate):,} | {round(r['throughput_msgs_per_sec']):,} "
-      f"| {lat['p50']:,} | {lat['p99']:,} | {sp99} | {r['messages_lost']:,} | {int(dropped):,} "
+      f"| {lat['p50']:,} | {lat['p99']:,} | {sp99} | {r['messages_lost']:,} | {dropped if dropped == '-' else f'{int(dropped):,}'} "
       f"| {100 * cpu / float(wall):.0f}% | {ns} | {r.get('loadgen_cpu_percent', '-')}% |")
 EOF
   tail -1 "$out/results.md"
 }
 
 for rate in $rates; do
-  step "$label-$subscribers-$rate" "$subscribers" "$rate" 0 1 taskset -c 1 "$loadgen" --threads 1 --drain 5
+  step ringws "$label-$subscribers-$rate" "$subscribers" "$rate" 0 1 \
+    taskset -c 1 "$loadgen" --threads 1 --drain 5
+  [ -z "$uws_bin" ] || step uws "uws-$subscribers-$rate" "$subscribers" "$rate" 0 1 \
+    taskset -c 1 "$loadgen" --threads 1 --drain 5
 done
 if [ "$wide" = 1 ]; then
-  step "$label-100000-$wide_rate" 100000 "$wide_rate" 0,1 6 "$loadgen" --drain 10 --connect-timeout 300
+  step ringws "$label-100000-$wide_rate" 100000 "$wide_rate" 0,1 6 "$loadgen" --drain 10 --connect-timeout 300
 fi
 cat "$out/results.md"

@@ -56,20 +56,13 @@ out=target/bench-vs-uws
 bench_setup "$out"
 
 if [ -z "$uws_bin" ]; then
-  [ -f "$uws_dir/src/App.h" ] && [ -f "$usockets_dir/src/libusockets.h" ] || {
+  [ -n "$uws_dir" ] && [ -n "$usockets_dir" ] || {
     echo "bench: give --uws DIR and --usockets DIR (uWebSockets and uSockets source folders)," >&2
     echo "       or --uws-bin PATH (a uws-echo built before)" >&2
     exit 2
   }
-  command -v g++ >/dev/null && command -v gcc >/dev/null \
-    || { echo "bench: gcc and g++ are needed to build the uWebSockets peer" >&2; exit 1; }
-  objects="$out/usockets"
-  rm -rf "$objects" && mkdir -p "$objects"
-  (cd "$objects" && gcc -O3 -DLIBUS_NO_SSL -std=c11 -I"$usockets_dir/src" -c \
-    "$usockets_dir"/src/*.c "$usockets_dir"/src/eventing/*.c "$usockets_dir"/src/crypto/*.c)
+  build_uws_peer uws-echo "$uws_dir" "$usockets_dir" "$out"
   uws_bin="$out/uws-echo"
-  g++ -O3 -std=c++20 -DLIBUS_NO_SSL -DUWS_NO_ZLIB -I"$uws_dir/src" -I"$usockets_dir/src" \
-    benches/peers/uws-echo/main.cpp "$objects"/*.o -o "$uws_bin"
 fi
 
 [ "$ringws_bin" = target/release/ringws ] && cargo build --release --quiet -p ringws --bins

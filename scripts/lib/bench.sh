@@ -5,6 +5,9 @@
 #                          $addr to the address it prints (`listening on ADDR`)
 #   stop                   stops the server in $pid (also on exit)
 #   field FILE EXPR        evaluates a Python expression over a JSON report's fields
+#   build_uws_peer NAME UWS USOCKETS OUT
+#                          compiles benches/peers/NAME/main.cpp against uWebSockets and
+#                          uSockets source folders (epoll, no SSL, -O3) into OUT/NAME
 
 bench_setup() {
   mkdir -p "$1"
@@ -31,3 +34,19 @@ started() {
 }
 
 field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, r))" "$@"; }
+
+build_uws_peer() {
+  local name=$1 uws=$2 usockets=$3 out=$4
+  [ -f "$uws/src/App.h" ] && [ -f "$usockets/src/libusockets.h" ] || {
+    echo "bench: $uws and $usockets are not uWebSockets and uSockets source folders" >&2
+    exit 2
+  }
+  command -v g++ >/dev/null && command -v gcc >/dev/null \
+    || { echo "bench: gcc and g++ are needed to build the uWebSockets peer" >&2; exit 1; }
+  local objects="$out/usockets"
+  rm -rf "$objects" && mkdir -p "$objects"
+  (cd "$objects" && gcc -O3 -DLIBUS_NO_SSL -std=c11 -I"$usockets/src" -c \
+    "$usockets"/src/*.c "$usockets"/src/eventing/*.c "$usockets"/src/crypto/*.c)
+  g++ -O3 -std=c++20 -DLIBUS_NO_SSL -DUWS_NO_ZLIB -I"$uws/src" -I"$usockets/src" \
+    "benches/peers/$name/main.cpp" "$objects"/*.o -o "$out/$name"
+}
