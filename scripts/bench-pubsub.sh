@@ -3,7 +3,9 @@
 # 10,000 subscribers; then the slow-subscriber check: fast subscribers' p99 with 10% of
 # subscribers on slow-3g, against a run where all are on wifi.
 #
-#   scripts/bench-pubsub.sh [SECONDS]        default 10 s per measurement
+#   scripts/bench-pubsub.sh [SECONDS] [PART]  default 10 s per measurement; PART is `all`
+#                                              (default) or `isolation`, the slow-subscriber
+#                                              check alone
 #
 # The server runs pinned to core 0 (`ringws serve --shards 1`), ringws-loadgen pinned to
 # core 1 with one thread: the numbers are a floor set by whichever side saturates first,
@@ -17,6 +19,11 @@ cd "$(dirname "$0")/.."
 
 . scripts/lib/bench.sh
 seconds="${1:-10}"
+part="${2:-all}"
+case "$part" in
+  all|isolation) ;;
+  *) echo "bench-pubsub: PART is all or isolation, not $part" >&2; exit 2 ;;
+esac
 out=target/bench-pubsub
 bench_setup "$out"
 
@@ -41,14 +48,19 @@ fanout() {
     --connections "$subscribers" --rate "$rate" --message-size "$size" --threads 1 \
     --duration "$seconds" --drain 5 --quiet --json "$out/$name.json" "$@" \
     | tee "$out/$name.txt" || true
+  curl -s "http://$addr/metrics" >"$out/$name.metrics" || true
   stop
 }
 
-{
+# metric METRICS NAME: a counter's value, summed over its lines.
+metric() { awk -v n="ringws_$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }' "$1"; }
+
+: >"$out/results.md"
+[ "$part" = all ] && {
   echo "| subscribers | published msg/s | deliveries/s | p50 µs | p99 µs | p99.9 µs | lost | generator CPU |"
   echo "|---|---|---|---|---|---|---|---|"
-} >"$out/results.md"
-for run in "1000 200" "1000 1000" "10000 20" "10000 100"; do
+} >>"$out/results.md"
+[ "$part" = all ] && for run in "1000 200" "1000 1000" "10000 20" "10000 100"; do
   set -- $run
   name="fanout-$1-$2"
   fanout "$name" "$1" "$2" 64
@@ -57,7 +69,7 @@ for run in "1000 200" "1000 1000" "10000 20" "10000 100"; do
 done
 
 # 100,000 subscribers: six shards, worker processes, both cores shared.
-for rate in 1 10; do
+[ "$part" = all ] && for rate in 1 10; do
   name="fanout-100000-$rate"
   start_server 0,1 6 110000
   "$loadgen" --url "ws://$addr/pubsub/bench" --scenario fanout --connections 100000 \
@@ -69,13 +81,13 @@ for rate in 1 10; do
 done
 
 echo >>"$out/results.md"
-echo "| population (1,000 subscribers, 100 msg/s of 1 KiB) | wifi p50 µs | wifi p99 µs | slow-3g p99 µs | lost |" >>"$out/results.md"
-echo "|---|---|---|---|---|" >>"$out/results.md"
+echo "| population (1,000 subscribers, 100 msg/s of 1 KiB) | wifi p50 µs | wifi p99 µs | slow-3g p99 µs | lost | dropped as stale by the server |" >>"$out/results.md"
+echo "|---|---|---|---|---|---|" >>"$out/results.md"
 for mix in "100:wifi" "90:wifi,10:slow-3g"; do
   name="isolation-${mix//[:,]/-}"
   fanout "$name" 1000 100 1024 --profile-mix "$mix"
   j="$out/$name.json"
   slow=$(field "$j" 'next((p["latency_us"]["p99"] for p in profiles if p["name"] == "slow-3g"), "-")')
-  echo "| $mix | $(field "$j" 'profiles[0]["latency_us"]["p50"]') | $(field "$j" 'profiles[0]["latency_us"]["p99"]') | $slow | $(field "$j" 'messages_lost') |" >>"$out/results.md"
+  echo "| $mix | $(field "$j" 'profiles[0]["latency_us"]["p50"]') | $(field "$j" 'profiles[0]["latency_us"]["p99"]') | $slow | $(field "$j" 'messages_lost') | $(metric "$out/$name.metrics" pubsub_dropped_stale_total) |" >>"$out/results.md"
 done
 cat "$out/results.md"
