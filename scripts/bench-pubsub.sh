@@ -3,9 +3,10 @@
 # 10,000 subscribers; then the slow-subscriber check: fast subscribers' p99 with 10% of
 # subscribers on slow-3g, against a run where all are on wifi.
 #
-#   scripts/bench-pubsub.sh [SECONDS] [PART]  default 10 s per measurement; PART is `all`
-#                                              (default) or `isolation`, the slow-subscriber
-#                                              check alone
+#   scripts/bench-pubsub.sh [SECONDS] [PART] [FLAGS...]
+#       SECONDS   per measurement, default 10
+#       PART      `all` (default) or `isolation`, the slow-subscriber check alone
+#       FLAGS     more `ringws serve` flags, e.g. --send-buffer 64KiB
 #
 # The server runs pinned to core 0 (`ringws serve --shards 1`), ringws-loadgen pinned to
 # core 1 with one thread: the numbers are a floor set by whichever side saturates first,
@@ -20,6 +21,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/bench.sh
 seconds="${1:-10}"
 part="${2:-all}"
+shift $(($# < 2 ? $# : 2))
+server_flags=("$@")
 case "$part" in
   all|isolation) ;;
   *) echo "bench-pubsub: PART is all or isolation, not $part" >&2; exit 2 ;;
@@ -34,7 +37,7 @@ loadgen=target/release/ringws-loadgen
 start_server() {
   local log="$out/server.log" cpus=${1:-0} shards=${2:-1} max=${3:-20000}
   taskset -c "$cpus" target/release/ringws serve --listen 127.0.0.1:0 --shards "$shards" \
-    --idle-timeout 0 --max-connections "$max" >"$log" 2>&1 &
+    --idle-timeout 0 --max-connections "$max" "${server_flags[@]}" >"$log" 2>&1 &
   started "$log" ringws
 }
 

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringws::runtime::socket::{get_int_option, set_int_option, set_keepalive, set_user_timeout};
+use ringws::runtime::socket::{
+    get_int_option, set_int_option, set_keepalive, set_send_buffer, set_user_timeout,
+};
 use ringws::runtime::{
     self, CloseCause, Config, ConnId, Handler, Io, Keepalive, Runtime, ShardContext,
 };
@@ -243,7 +245,7 @@ fn abort_resets_the_connection() {
 }
 
 #[test]
-fn accepted_sockets_inherit_the_listeners_user_timeout_and_keepalive() {
+fn accepted_sockets_inherit_the_listeners_user_timeout_keepalive_and_send_buffer() {
     // What the runtime relies on to set these once per listener: Linux copies them to every
     // socket a listener accepts.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -254,6 +256,7 @@ fn accepted_sockets_inherit_the_listeners_user_timeout_and_keepalive() {
         count: 4,
     };
     set_keepalive(&listener, Some(keepalive)).unwrap();
+    assert_eq!(set_send_buffer(&listener, 24 << 10).unwrap(), 24 << 10);
     let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (accepted, _) = listener.accept().unwrap();
     let tcp = |name| get_int_option(&accepted, libc::IPPROTO_TCP, name).unwrap();
@@ -263,6 +266,12 @@ fn accepted_sockets_inherit_the_listeners_user_timeout_and_keepalive() {
     assert_eq!(tcp(libc::TCP_KEEPCNT), 4);
     let keepalive_on = get_int_option(&accepted, libc::SOL_SOCKET, libc::SO_KEEPALIVE).unwrap();
     assert_eq!(keepalive_on, 1);
+    let send_buffer = get_int_option(&accepted, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap();
+    assert_eq!(
+        send_buffer,
+        48 << 10,
+        "the kernel reports twice the size set"
+    );
 }
 
 #[test]

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Makes sure Debian's nats-server and redis-server are installed (the cluster tests start
-# their own, on free ports), and openssl (for their TLS certificates).
+# their own, on free ports), openssl (for their TLS certificates), and ss from iproute2
+# (the operations tests read the server's socket memory with it).
 set -euo pipefail
 missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v ss >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

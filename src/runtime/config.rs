@@ -50,6 +50,11 @@ pub struct Config {
     pub tcp_user_timeout: Duration,
     /// TCP keepalive of accepted sockets, so a peer that vanished while idle is noticed.
     pub keepalive: Option<Keepalive>,
+    /// SO_SNDBUF of accepted sockets: what the kernel holds of a connection's outgoing
+    /// bytes beyond the handler's own queue. Zero leaves the kernel's autotuning (up to
+    /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default), where a slow reader's backlog is
+    /// out of the handler's sight; the kernel caps a set size at `net.core.wmem_max`.
+    pub send_buffer: usize,
     /// Cost a shard's mailbox holds at most before [`Remote::try_send`](super::Remote::try_send)
     /// refuses.
     pub mailbox_bytes: usize,
@@ -102,6 +107,11 @@ impl Default for Keepalive {
     }
 }
 
+/// The smallest and largest SO_SNDBUF [`Config::send_buffer`] takes (the kernel doubles it,
+/// in a C int).
+const MIN_SEND_BUFFER: usize = 4 << 10;
+const MAX_SEND_BUFFER: usize = 1 << 30;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -120,6 +130,7 @@ impl Default for Config {
             linger: defaults::LINGER,
             tcp_user_timeout: defaults::TCP_USER_TIMEOUT,
             keepalive: Some(Keepalive::default()),
+            send_buffer: 0,
             mailbox_bytes: defaults::MAILBOX_BYTES,
             mailbox_batch: defaults::MAILBOX_BATCH,
         }
@@ -175,6 +186,12 @@ impl Config {
             "tcp_user_timeout",
             self.tcp_user_timeout.as_millis() <= i32::MAX as u128,
             "0 to 24 days (milliseconds in a C int)",
+        )?;
+        check(
+            "send_buffer",
+            self.send_buffer == 0
+                || (MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&self.send_buffer),
+            "0 (the kernel's autotuning) or 4 KiB to 1 GiB",
         )?;
         if let Some(keepalive) = &self.keepalive {
             let seconds = Duration::from_secs(1)..=Duration::from_secs(MAX_KEEPALIVE_SECS);
@@ -258,6 +275,8 @@ mod tests {
         assert!(refused(|c| c.ring_entries = 1 << 15).contains("ring_entries"));
         assert!(refused(|c| c.recv_buffers = 1000).contains("recv_buffers must be a power of two"));
         assert!(refused(|c| c.recv_buffers = 0).contains("recv_buffers"));
+        assert!(refused(|c| c.send_buffer = 100).contains("send_buffer"));
+        assert!(refused(|c| c.send_buffer = 2 << 30).contains("send_buffer"));
         assert!(refused(|c| c.recv_buffer_size = 0).contains("recv_buffer_size"));
         assert!(refused(|c| c.timer_tick = Duration::ZERO).contains("timer_tick"));
         assert!(refused(|c| c.backlog = 0).contains("backlog"));

@@ -42,6 +42,16 @@ fn listen(addr: SocketAddr, tls: bool, config: &Config) -> io::Result<OwnedFd> {
         socket::set_user_timeout(&socket, config.tcp_user_timeout)?;
     }
     socket::set_keepalive(&socket, config.keepalive)?;
+    if config.send_buffer != 0 {
+        let granted = socket::set_send_buffer(&socket, config.send_buffer)?;
+        if granted < config.send_buffer {
+            tracing::warn!(
+                requested = config.send_buffer,
+                granted,
+                "the kernel caps the send buffer at net.core.wmem_max: raise it with sysctl"
+            );
+        }
+    }
     // SAFETY: listen takes no pointers; the descriptor is ours.
     if unsafe { libc::listen(socket.as_raw_fd(), config.backlog) } != 0 {
         return Err(io::Error::last_os_error());

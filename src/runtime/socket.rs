@@ -1,7 +1,7 @@
 //! Socket addresses and options as the C API wants them: shared by the listeners and by
 //! clients (the load generator) that make their own sockets.
 //!
-//! TCP_USER_TIMEOUT and the keepalive settings are inherited: Linux copies them from a
+//! TCP_USER_TIMEOUT, the keepalive settings and SO_SNDBUF are inherited: Linux copies them from a
 //! listening socket to every socket it accepts (`tests/runtime_bounds.rs` proves it), so the
 //! runtime sets them once per listener rather than once per connection.
 
@@ -79,6 +79,18 @@ pub fn set_user_timeout(socket: &impl AsRawFd, timeout: Duration) -> io::Result<
     let millis = i32::try_from(timeout.as_millis())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user timeout too long"))?;
     set_int_option(socket, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis)
+}
+
+/// Sets SO_SNDBUF to `bytes` and returns what the kernel granted, in the same terms: it
+/// caps the size at `net.core.wmem_max` (and doubles it for its own bookkeeping, which
+/// getsockopt reports). Setting it turns off the kernel's send buffer autotuning. Linux
+/// copies it from a listening socket to the sockets it accepts.
+pub fn set_send_buffer(socket: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
+    let requested = i32::try_from(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "send buffer too large"))?;
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_SNDBUF, requested)?;
+    let granted = get_int_option(socket, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    Ok(usize::try_from(granted / 2).unwrap_or(0))
 }
 
 /// Turns TCP keepalive on with `keepalive`'s timing (whole seconds), or off for `None`.

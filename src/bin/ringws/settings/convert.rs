@@ -66,6 +66,7 @@ impl ServeArgs {
             ..Keepalive::default()
         });
         runtime.linger = self.linger.0;
+        runtime.send_buffer = self.send_buffer.0;
         runtime.backlog = self.backlog;
         runtime.ring_entries = self.ring_entries;
         runtime.recv_buffers = self.recv_buffers;

@@ -135,6 +135,11 @@ pub struct ServeArgs {
     /// kernel's default (about 15 minutes).
     #[arg(long, default_value_t = Span(runtime_defaults::TCP_USER_TIMEOUT))]
     tcp_user_timeout: Span,
+    /// SO_SNDBUF of accepted sockets: bytes the kernel holds for a connection beyond the
+    /// server's own queue. 0 leaves the kernel's autotuning (up to 4 MiB by default), in
+    /// which a slow subscriber's backlog is hidden from --max-queued and --max-delivery-lag.
+    #[arg(long, default_value_t = Size(0))]
+    send_buffer: Size,
     /// Idle time before TCP keepalive probes (then every 10 s, 6 tries); 0 turns keepalive off.
     #[arg(long, default_value_t = Span(runtime_defaults::KEEPALIVE_IDLE))]
     keepalive: Span,
