@@ -124,13 +124,9 @@ pub fn decode_header(buf: &[u8]) -> Result<Decoded, ProtocolError> {
     {
         return Err(header_violation(b0, payload_len));
     }
+    // `total` bytes are there, so a masked header's key is: one load, no bounds checks.
     let mask = if masked {
-        Some([
-            buf[mask_at],
-            buf[mask_at + 1],
-            buf[mask_at + 2],
-            buf[mask_at + 3],
-        ])
+        buf.get(mask_at..total).and_then(|key| key.try_into().ok())
     } else {
         None
     };

@@ -304,6 +304,8 @@ impl<S> Connection<S> {
         let Stage::Open(Open { reader, parts }) = &mut self.stage else {
             return;
         };
+        // Once a read, not once a message: unpacking the stored address is not free.
+        let peer = self.peer.addr();
         let mut asked = Asked::default();
         let mut data = data;
         let mut ended = false;
@@ -317,7 +319,7 @@ impl<S> Connection<S> {
             let (used, event) = match result {
                 Ok(read) => read,
                 Err(err) => {
-                    tracing::debug!(peer = %self.peer.addr(), code = u16::from(err.code), reason = err.reason, "protocol error");
+                    tracing::debug!(peer = %peer, code = u16::from(err.code), reason = err.reason, "protocol error");
                     note_ending(&mut self.ending, err.code, err.reason);
                     ended = true;
                     continue;
@@ -326,12 +328,12 @@ impl<S> Connection<S> {
             match event {
                 Some(Event::Text(text)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::new(cx, self.peer.addr(), parts, &mut asked).batched();
+                    let mut ws = Ws::new(cx, peer, parts, &mut asked).batched();
                     app.on_message(&mut ws, Message::Text(text));
                 }
                 Some(Event::Binary(bytes)) => {
                     cx.shard.counters().message_in();
-                    let mut ws = Ws::new(cx, self.peer.addr(), parts, &mut asked).batched();
+                    let mut ws = Ws::new(cx, peer, parts, &mut asked).batched();
                     app.on_message(&mut ws, Message::Binary(bytes));
                 }
                 Some(Event::Close(frame)) => {
