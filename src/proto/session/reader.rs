@@ -71,6 +71,9 @@ impl Reader {
         if let Some((used, kind)) = self.small_server_message(input) {
             return Ok((used, Some(event(kind, &input[2..used]))));
         }
+        if let Some((used, kind, start)) = self.whole_client_message(input) {
+            return Ok((used, Some(event(kind, &input[start..used]))));
+        }
         let mut used = 0;
         while used < input.len() {
             match self.step(&mut input[used..], writer, out) {
@@ -133,6 +136,54 @@ impl Reader {
             return None;
         }
         Some((end, kind))
+    }
+
+    /// A server's common case, decoded from a masked header with a 7- or 16-bit length: a
+    /// whole unfragmented text or binary message, no RSV bit, at a frame boundary, with its
+    /// payload in `input`, which is unmasked in place. Returns its end and kind, and where
+    /// its payload starts; `None` for anything else, with `input` as it was, which the
+    /// general path then decodes (or fails) as it always does, so this path accepts exactly
+    /// what that one would deliver whole from the same bytes.
+    #[inline]
+    pub(super) fn whole_client_message(&self, input: &mut [u8]) -> Option<(usize, Ready, usize)> {
+        let [b0, b1, ..] = *input else {
+            return None;
+        };
+        // FIN, RSV1-3 clear, opcode text or binary.
+        let kind = match b0 {
+            0x81 => Ready::Text,
+            0x82 => Ready::Binary,
+            _ => return None,
+        };
+        if self.role != Role::Server
+            || self.frame.is_some()
+            || self.message.is_some()
+            || self.pieces.is_some()
+        {
+            return None;
+        }
+        // Mask bit set; a 7-bit length, or 126 and a 16-bit one (127 announces 64 bits).
+        let (len, key_at) = match b1 ^ 0x80 {
+            len @ 0..=125 => (usize::from(len), 2),
+            126 => (
+                usize::from(u16::from_be_bytes([*input.get(2)?, *input.get(3)?])),
+                4,
+            ),
+            _ => return None,
+        };
+        if len as u64 > self.max_message_size {
+            return None;
+        }
+        let start = key_at + 4;
+        let key: [u8; 4] = input.get(key_at..start)?.try_into().ok()?;
+        let payload = input.get_mut(start..start + len)?;
+        apply_mask(payload, key, 0);
+        if matches!(kind, Ready::Text) && utf8::validate(payload).is_err() {
+            // Masked again, as it came: the general path fails it with its own answer.
+            apply_mask(payload, key, 0);
+            return None;
+        }
+        Some((start + len, kind, start))
     }
 
     /// Drops any partial message after the connection failed.
