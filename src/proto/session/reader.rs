@@ -110,22 +110,10 @@ impl Reader {
     /// exactly what that one would deliver whole from the same bytes.
     #[inline]
     pub(super) fn small_server_message(&self, input: &[u8]) -> Option<(usize, Ready)> {
-        if self.role != Role::Client
-            || self.frame.is_some()
-            || self.message.is_some()
-            || self.pieces.is_some()
-        {
-            return None;
-        }
         let [b0, b1, ..] = *input else {
             return None;
         };
-        // FIN, RSV1-3 clear, opcode text or binary.
-        let kind = match b0 {
-            0x81 => Ready::Text,
-            0x82 => Ready::Binary,
-            _ => return None,
-        };
+        let kind = self.whole_message_start(Role::Client, b0)?;
         // Mask bit clear and a 7-bit length (126 and 127 announce longer lengths).
         if b1 > 125 || u64::from(b1) > self.max_message_size {
             return None;
@@ -149,19 +137,7 @@ impl Reader {
         let [b0, b1, ..] = *input else {
             return None;
         };
-        // FIN, RSV1-3 clear, opcode text or binary.
-        let kind = match b0 {
-            0x81 => Ready::Text,
-            0x82 => Ready::Binary,
-            _ => return None,
-        };
-        if self.role != Role::Server
-            || self.frame.is_some()
-            || self.message.is_some()
-            || self.pieces.is_some()
-        {
-            return None;
-        }
+        let kind = self.whole_message_start(Role::Server, b0)?;
         // Mask bit set; a 7-bit length, or 126 and a 16-bit one (127 announces 64 bits).
         let (len, key_at) = match b1 ^ 0x80 {
             len @ 0..=125 => (usize::from(len), 2),
@@ -184,6 +160,25 @@ impl Reader {
             return None;
         }
         Some((start + len, kind, start))
+    }
+
+    /// What a short path may take: for a session of `role` at a frame boundary with
+    /// nothing in progress, a first header byte of FIN, RSV1-3 clear and opcode text or
+    /// binary.
+    #[inline]
+    fn whole_message_start(&self, role: Role, b0: u8) -> Option<Ready> {
+        if self.role != role
+            || self.frame.is_some()
+            || self.message.is_some()
+            || self.pieces.is_some()
+        {
+            return None;
+        }
+        match b0 {
+            0x81 => Some(Ready::Text),
+            0x82 => Some(Ready::Binary),
+            _ => None,
+        }
     }
 
     /// Drops any partial message after the connection failed.
