@@ -54,8 +54,8 @@ for size in $sizes; do
     log="$out/$build-$size.log" counts="$out/$build-$size.callgrind"
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$counts" "$bin" serve \
       --listen 127.0.0.1:0 --shards 1 --idle-timeout 0 --max-connections 1000 >"$log" 2>&1 &
-    # Under valgrind the server takes seconds to start.
-    for _ in $(seq 300); do grep -q 'listening on' "$log" && break; sleep 0.1; done
+    # Under valgrind the server takes seconds to start, a minute on a busy host.
+    for _ in $(seq 1200); do grep -q 'listening on' "$log" && break; sleep 0.1; done
     started "$log" "$build"
     text="$out/$build-$size.txt"
     taskset -c 1 "$epoll" --url "ws://$addr/bench" --connections 100 --pipeline 16 \
