@@ -11,6 +11,10 @@ use crate::proto::{ProtocolError, Role};
 
 use super::*;
 
+/// The most a frame's announced length reserves for its assembly before its bytes arrive:
+/// one receive buffer's worth.
+const ASSEMBLY_RESERVE_MAX: usize = 64 << 10;
+
 impl Reader {
     pub(super) fn new(role: Role, config: SessionConfig) -> Self {
         Self {
@@ -326,6 +330,13 @@ impl Reader {
                 .feed(chunk)
                 .map_err(|_| ProtocolError::invalid_payload("invalid UTF-8 in text message"))?;
         }
+        // The frame's length is known: room for all of it at once, not a reallocation and
+        // a copy of what came so far at every read it spans. Bounded, so a length a peer
+        // declares and never sends holds little.
+        let frame_len = usize::try_from(frame.remaining).unwrap_or(usize::MAX);
+        pieces
+            .assembled
+            .reserve(frame_len.min(ASSEMBLY_RESERVE_MAX));
         pieces.assembled.extend_from_slice(chunk);
         if !last {
             // The rest comes in a later frame or read.

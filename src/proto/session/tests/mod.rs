@@ -414,6 +414,38 @@ fn a_header_split_across_reads_is_held_only_until_it_is_whole() {
     );
 }
 
+#[test]
+fn a_frame_split_across_reads_is_assembled_in_room_for_its_whole_length() {
+    let payload: Vec<u8> = (0..16_384u32).map(|i| i as u8).collect();
+    let frame = cframe(OpCode::Binary, true, &payload);
+    let mut session = Session::new(Role::Server, SessionConfig::default());
+    let mut out = Vec::new();
+    let (first, rest) = frame.split_at(5_000);
+    let mut first = first.to_vec();
+    let (used, event) = session.read(&mut first, &mut out).unwrap();
+    assert_eq!((used, event), (5_000, None));
+    assert_eq!(
+        session.reader.held_bytes(),
+        payload.len(),
+        "room for the announced length, taken once"
+    );
+    let mut rest = rest.to_vec();
+    let (_, event) = session.read(&mut rest, &mut out).unwrap();
+    assert_eq!(event, Some(Event::Binary(&payload[..])));
+}
+
+#[test]
+fn an_announced_length_alone_reserves_at_most_one_receive_buffer() {
+    // A 1 MiB frame announced, and 100 bytes of it sent.
+    let frame = cframe(OpCode::Binary, true, &vec![1; 1 << 20]);
+    let mut session = Session::new(Role::Server, SessionConfig::default());
+    let mut out = Vec::new();
+    let mut start = frame[..114].to_vec();
+    session.read(&mut start, &mut out).unwrap();
+    assert_eq!(session.reader.buffered_bytes(), 100);
+    assert_eq!(session.reader.held_bytes(), 64 << 10);
+}
+
 mod deflate;
 mod properties;
 mod small_messages;
