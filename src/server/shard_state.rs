@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
+
 use crate::runtime::{ConnId, Health};
 
 use super::admission::Admission;
@@ -36,6 +38,9 @@ pub(crate) struct ShardState {
     pub health: Health,
     pub clock: Clock,
     pub arena: Arena,
+    /// The message being delivered, when the reader assembled it in its own memory: a
+    /// send of it shares it instead of copying it into the arena.
+    pub delivered: Option<Bytes>,
     pub compressors: SharedCompressors,
     pub topics: ShardTopics,
     /// Bytes held by messages still arriving, over all of the shard's connections.
@@ -59,6 +64,7 @@ impl ShardState {
             config,
             clock,
             arena: Arena::default(),
+            delivered: None,
             topics,
             incomplete_bytes: 0,
         }

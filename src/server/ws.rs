@@ -172,16 +172,25 @@ impl<A: App + ?Sized> Ws<'_, A> {
         Ok(())
     }
 
-    /// Sends a payload that lies in the receive buffer being delivered straight from there:
-    /// its header from the arena, then the payload itself, lent. `Ok(false)` when it cannot
-    /// go that way (it lies elsewhere, too many buffers are lent, or the connection
-    /// compresses), and nothing was written.
+    /// Sends a payload that lies in the message being delivered straight from where it
+    /// lies (the receive buffer, or the reader's assembly): its header from the arena, then
+    /// the payload itself, shared. `Ok(false)` when it cannot go that way (it lies
+    /// elsewhere, too many buffers are lent, or the connection compresses), and nothing was
+    /// written.
     fn send_lent(&mut self, opcode: OpCode, payload: &[u8]) -> Result<bool, SendError> {
         if self.parts.writer.own_direction().is_some() {
             return Ok(false);
         }
-        let Some(lent) = self.io.lend(payload) else {
-            return Ok(false);
+        let delivered = self.shard.delivered.as_ref().filter(|whole| {
+            let (start, base) = (payload.as_ptr() as usize, whole.as_ptr() as usize);
+            start >= base && start + payload.len() <= base + whole.len()
+        });
+        let lent = match delivered {
+            Some(whole) => whole.slice_ref(payload),
+            None => match self.io.lend(payload) {
+                Some(lent) => lent,
+                None => return Ok(false),
+            },
         };
         let out = self.shard.arena.room(MAX_HEADER_LEN);
         if !self.parts.writer.send_header(opcode, payload.len(), out)? {

@@ -12,7 +12,7 @@ mod writer;
 
 use std::ops::Range;
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 
 use super::close::{CloseCode, CloseFrame};
 use super::deflate::{Decompressor, DeflateParams};
@@ -184,6 +184,9 @@ struct Pieces {
     inflater: Option<Box<Decompressor>>,
     /// Payload of a message assembled from several frames or reads.
     assembled: Vec<u8>,
+    /// The assembled message being delivered, as shared bytes: the caller may keep a
+    /// handle on it (to send it on) instead of copying it.
+    delivered: Bytes,
     utf8: Utf8Validator,
     /// Payload of a control frame split across reads.
     control: Vec<u8>,

@@ -1,6 +1,6 @@
 //! The receiving half: frames decoded, unmasked, validated and reassembled into events.
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 
 use crate::proto::deflate::{Decompressor, DeflateParams, Direction};
 use crate::proto::frame::decode_header;
@@ -47,7 +47,7 @@ impl Reader {
             (Some(inflater), true) => inflater.memory(),
             _ => 0,
         };
-        pieces.assembled.capacity() + pieces.control.capacity() + inflating
+        pieces.assembled.capacity() + pieces.delivered.len() + pieces.control.capacity() + inflating
     }
 
     /// Frees the buffer the last event lent out, once the caller is done with the event
@@ -67,6 +67,19 @@ impl Reader {
         input: &'a mut [u8],
         writer: &mut Writer,
         out: &mut B,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+        self.read_sharing(input, writer, out, &mut None)
+    }
+
+    /// [`Reader::read`], which also puts in `shared` a handle on the event's payload when
+    /// it was assembled in the reader's own memory (from several frames or reads), so the
+    /// caller can send it on without copying it.
+    pub fn read_sharing<'a, B: BufMut>(
+        &'a mut self,
+        input: &'a mut [u8],
+        writer: &mut Writer,
+        out: &mut B,
+        shared: &mut Option<Bytes>,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         self.free_delivered_buffer();
         if writer.state == State::Closed {
@@ -92,7 +105,11 @@ impl Reader {
                     };
                     let payload: &'a [u8] = match at {
                         Location::Input(range) => &input[start + range.start..start + range.end],
-                        Location::Message => self.pieces.as_deref().map_or(&[], |p| &p.assembled),
+                        Location::Message => self.pieces.as_deref_mut().map_or(&[], |p| {
+                            p.delivered = Bytes::from(std::mem::take(&mut p.assembled));
+                            *shared = Some(p.delivered.clone());
+                            &p.delivered
+                        }),
                         Location::Control => self.pieces.as_deref().map_or(&[], |p| &p.control),
                     };
                     return Ok((used, Some(event(kind, payload))));
@@ -209,7 +226,7 @@ impl Reader {
             return;
         };
         match std::mem::take(&mut self.lent) {
-            Lent::Message => pieces.assembled = Vec::new(),
+            Lent::Message => pieces.delivered = Bytes::new(),
             Lent::Control => pieces.control = Vec::new(),
             Lent::Nothing => {}
         }
@@ -224,6 +241,7 @@ impl Reader {
                 pieces.header_len == 0
                     && pieces.inflater.is_none()
                     && pieces.assembled.capacity() == 0
+                    && pieces.delivered.is_empty()
                     && pieces.control.capacity() == 0
             });
         if idle {

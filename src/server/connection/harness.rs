@@ -131,6 +131,12 @@ impl<A: App> Harness<A> {
 
     /// The client sends one masked frame.
     pub fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
+        self.send_frame_split(opcode, fin, payload, &[]);
+    }
+
+    /// The client sends one masked frame, in reads ending at `cuts` (ascending offsets
+    /// into the frame).
+    pub fn send_frame_split(&mut self, opcode: OpCode, fin: bool, payload: &[u8], cuts: &[usize]) {
         let mut frame = BytesMut::new();
         let head = FrameHead {
             opcode,
@@ -138,7 +144,11 @@ impl<A: App> Harness<A> {
             compressed: false,
         };
         write_frame(&mut frame, head, payload, Some([1, 2, 3, 4]));
-        self.receive(&frame);
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([frame.len()]) {
+            self.receive(&frame[start..end]);
+            start = end;
+        }
     }
 
     /// Moves the clock on by `by`, handling every deadline that passes on the way, as the

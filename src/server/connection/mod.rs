@@ -315,7 +315,8 @@ impl<S> Connection<S> {
             // Replies the protocol writes (pong, the close reply, the failing close frame)
             // and the application's sends stay in the arena until the read ends, so a burst
             // of messages is answered in one queued chunk, not one each.
-            let result = reader.read(data, &mut parts.writer, cx.shard.arena.room(256));
+            let (arena, delivered) = (cx.shard.arena.room(256), &mut cx.shard.delivered);
+            let result = reader.read_sharing(data, &mut parts.writer, arena, delivered);
             let (used, event) = match result {
                 Ok(read) => read,
                 Err(err) => {
@@ -352,6 +353,9 @@ impl<S> Connection<S> {
                     }
                 }
                 Some(Event::Ping(_)) | None => {}
+            }
+            if cx.shard.delivered.is_some() {
+                cx.shard.delivered = None;
             }
             data = &mut data[used..];
         }

@@ -41,6 +41,19 @@ fn an_upgrade_opens_and_messages_echo() {
 }
 
 #[test]
+fn a_large_message_split_across_reads_echoes_intact() {
+    let mut h = open(config());
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    h.send_frame_split(OpCode::Binary, true, &payload, &[7_000, 13_000]);
+    h.send_frame_split(OpCode::Text, true, &[b'w'; 9_000], &[1]);
+    assert_eq!(
+        h.seen(),
+        [Seen::Binary(payload), Seen::Text("w".repeat(9_000))]
+    );
+    assert_eq!(h.incomplete_bytes(), 0);
+}
+
+#[test]
 fn a_slow_handshake_gets_408_at_its_deadline_and_not_before() {
     let mut h = Harness::new(config(), Echo);
     h.receive(b"GET / HTTP/1.1\r\nHost: x\r\n");

@@ -435,6 +435,51 @@ fn a_frame_split_across_reads_is_assembled_in_room_for_its_whole_length() {
 }
 
 #[test]
+fn an_assembled_message_is_shared_with_the_caller_and_one_read_whole_is_not() {
+    let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let frame = cframe(OpCode::Binary, true, &payload);
+    let mut session = Session::new(Role::Server, SessionConfig::default());
+    let mut out = Vec::new();
+    let (first, rest) = frame.split_at(3_000);
+    let (mut first, mut rest) = (first.to_vec(), rest.to_vec());
+    let mut shared = None;
+    let (_, event) = session
+        .reader
+        .read_sharing(&mut first, &mut session.writer, &mut out, &mut shared)
+        .unwrap();
+    assert_eq!((event, &shared), (None, &None));
+    let (_, event) = session
+        .reader
+        .read_sharing(&mut rest, &mut session.writer, &mut out, &mut shared)
+        .unwrap();
+    let Some(Event::Binary(delivered)) = event else {
+        panic!("the message: {event:?}");
+    };
+    let shared = shared.expect("the assembled payload is shared");
+    assert_eq!(delivered, &payload[..]);
+    assert_eq!(
+        (shared.as_ptr(), shared.len()),
+        (delivered.as_ptr(), delivered.len()),
+        "the same memory, not a copy"
+    );
+    session.read(&mut [], &mut out).unwrap();
+    assert!(
+        session.reader.pieces.is_none(),
+        "the reader lets go of it; the caller's handle keeps it"
+    );
+    assert_eq!(&shared[..], &payload[..]);
+
+    let mut whole = frame.clone();
+    let mut shared = None;
+    let (_, event) = session
+        .reader
+        .read_sharing(&mut whole, &mut session.writer, &mut out, &mut shared)
+        .unwrap();
+    assert_eq!(event, Some(Event::Binary(&payload[..])));
+    assert!(shared.is_none(), "read in place: nothing of the reader's");
+}
+
+#[test]
 fn an_announced_length_alone_reserves_at_most_one_receive_buffer() {
     // A 1 MiB frame announced, and 100 bytes of it sent.
     let frame = cframe(OpCode::Binary, true, &vec![1; 1 << 20]);
