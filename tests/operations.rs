@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ringws::proto::OpCode;
-use support::{Server, connect, open, read_frame, read_to_close, send};
+use support::{Server, connect, open, read_frame, read_to_close, send, socket_memory};
 
 /// Log lines until `done` holds for one of them (parsed as JSON); panics after 10 s.
 fn wait_for_log(
@@ -330,29 +330,6 @@ fn the_watchdog_is_fed_while_the_shards_turn() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// The send buffer (`tb`, in bytes) of the server's side of the connection from `client`,
-/// as `ss` reads it from the kernel.
-fn server_send_buffer(server: std::net::SocketAddr, client: std::net::SocketAddr) -> u64 {
-    let filter = format!(
-        "( sport = :{} and dport = :{} )",
-        server.port(),
-        client.port()
-    );
-    let out = Command::new("ss")
-        .args(["-Htmn", "state", "established", &filter])
-        .output()
-        .expect("run ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let at = text
-        .find(",tb")
-        .unwrap_or_else(|| panic!("no socket memory in ss's answer: {text}"));
-    text[at + 3..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no send buffer in ss's answer: {text}"))
-}
-
 #[test]
 fn send_buffer_sizes_every_accepted_socket_and_a_cap_above_the_kernels_is_named() {
     let server = Server::start(&["--shards", "2", "--send-buffer", "24KiB"]);
@@ -360,7 +337,7 @@ fn send_buffer_sizes_every_accepted_socket_and_a_cap_above_the_kernels_is_named(
         let client = open(server.addr, "/echo");
         let local = client.local_addr().expect("address");
         // The kernel doubles the size for its own bookkeeping; autotuning is off.
-        assert_eq!(server_send_buffer(server.addr, local), 48 << 10);
+        assert_eq!(socket_memory(server.addr, local).send_buffer, 48 << 10);
     }
 
     let (tx, logs) = mpsc::channel();
@@ -369,7 +346,7 @@ fn send_buffer_sizes_every_accepted_socket_and_a_cap_above_the_kernels_is_named(
             "--log-format",
             "json",
             "--shards",
-            "1",
+            "2",
             "--send-buffer",
             "1GiB",
         ],
@@ -379,4 +356,9 @@ fn send_buffer_sizes_every_accepted_socket_and_a_cap_above_the_kernels_is_named(
     let message = warning["message"].as_str().unwrap_or_default();
     assert!(message.contains("net.core.wmem_max"), "{warning}");
     assert_eq!(warning["requested"], 1u64 << 30);
+    // Said once for the server, not once for each shard's listener.
+    let again = std::iter::from_fn(|| logs.recv_timeout(Duration::from_millis(500)).ok())
+        .filter(|line| line.contains("wmem_max"))
+        .count();
+    assert_eq!(again, 0);
 }

@@ -15,25 +15,40 @@ pub(crate) fn bind_all(config: &Config) -> io::Result<Vec<Vec<OwnedFd>>> {
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..config.shards).map(|_| Vec::new()).collect();
     let plain = config.listen.iter().map(|addr| (addr, false));
     let tls = config.tls_listen.iter().map(|addr| (addr, true));
+    // The kernel's cap is the same for every socket: said once, not once a socket.
+    let mut send_buffer = config.send_buffer;
     for (&addr, tls) in plain.chain(tls) {
         ensure_free(addr)?;
-        let first = listen(addr, tls, config)?;
+        let first = listen(addr, tls, config, &mut send_buffer)?;
         let bound = local_addr(&first)?;
         per_shard[0].push(first);
         for sockets in per_shard.iter_mut().skip(1) {
-            sockets.push(listen(bound, tls, config)?);
+            sockets.push(listen(bound, tls, config, &mut send_buffer)?);
         }
+    }
+    if send_buffer < config.send_buffer {
+        tracing::warn!(
+            requested = config.send_buffer,
+            granted = send_buffer,
+            "the kernel caps the send buffer at net.core.wmem_max: raise it with sysctl"
+        );
     }
     Ok(per_shard)
 }
 
 /// Creates a listening socket bound to `addr` with SO_REUSEPORT, carrying the options
-/// accepted sockets inherit.
+/// accepted sockets inherit. `send_buffer` is lowered to what the kernel granted of
+/// `config.send_buffer`, where it granted less.
 ///
 /// A TLS socket also gets TCP_NODELAY: a server's session tickets and its 101 leave in two
 /// writes, and Nagle would hold the second until the client's delayed ACK of the first
 /// (40 ms on Linux), in every wss handshake.
-fn listen(addr: SocketAddr, tls: bool, config: &Config) -> io::Result<OwnedFd> {
+fn listen(
+    addr: SocketAddr,
+    tls: bool,
+    config: &Config,
+    send_buffer: &mut usize,
+) -> io::Result<OwnedFd> {
     let socket = bind(addr, true)?;
     if tls {
         set_int_option(&socket, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
@@ -44,13 +59,7 @@ fn listen(addr: SocketAddr, tls: bool, config: &Config) -> io::Result<OwnedFd> {
     socket::set_keepalive(&socket, config.keepalive)?;
     if config.send_buffer != 0 {
         let granted = socket::set_send_buffer(&socket, config.send_buffer)?;
-        if granted < config.send_buffer {
-            tracing::warn!(
-                requested = config.send_buffer,
-                granted,
-                "the kernel caps the send buffer at net.core.wmem_max: raise it with sysctl"
-            );
-        }
+        *send_buffer = granted.min(*send_buffer);
     }
     // SAFETY: listen takes no pointers; the descriptor is ours.
     if unsafe { libc::listen(socket.as_raw_fd(), config.backlog) } != 0 {
@@ -125,8 +134,14 @@ mod tests {
     fn tls_listeners_hand_tcp_nodelay_to_their_connections() {
         let config = Config::default();
         for tls in [false, true] {
-            let socket = listen(SocketAddr::from(([127, 0, 0, 1], 0)), tls, &config)
-                .expect("a listening socket");
+            let mut send_buffer = 0;
+            let socket = listen(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                tls,
+                &config,
+                &mut send_buffer,
+            )
+            .expect("a listening socket");
             let addr = local_addr(&socket).expect("its address");
             let listener = TcpListener::from(socket);
             let _client = TcpStream::connect(addr).expect("connect");
