@@ -249,6 +249,84 @@ fn a_publisher_flooding_empty_frames_at_a_stalled_subscriber_costs_little_per_me
 }
 
 #[test]
+fn stalled_subscribers_hold_no_more_than_the_send_buffer_in_the_kernel() {
+    // The byte bound alone sheds here (no lag bound), so what the server holds per stalled
+    // subscriber is its 4 MiB queue in user space and, with `--send-buffer`, 64 KiB (the
+    // kernel doubles it to 128 KiB) in the kernel. Without it, autotuning grew each of
+    // these sockets' buffers to tcp_wmem's maximum, 4 MiB on this kernel, and filled it.
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--send-buffer",
+        "64KiB",
+        "--max-delivery-lag",
+        "0",
+    ]);
+    let stalled: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut stream = connect_small(server.addr, 4096);
+            upgrade(&mut stream, server.addr, "/pubsub/wide", &[]);
+            stream
+        })
+        .collect();
+    let mut fast = open(server.addr, "/pubsub/wide");
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = {
+        let received = std::sync::Arc::clone(&received);
+        std::thread::spawn(move || {
+            loop {
+                let (header, payload) = read_frame(&mut fast);
+                if header.opcode == OpCode::Text {
+                    return;
+                }
+                assert_eq!(payload.len(), 16 << 10);
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    wait_for_metrics(server.addr, Duration::from_secs(5), |m| {
+        m["ringws_pubsub_subscriptions"] == 17
+    });
+    let rss_before = server.rss_bytes();
+    let mut publisher = open(server.addr, "/pubsub/wide");
+    // 2,000 messages of 16 KiB: 32 MiB to each subscriber, eight times its queue's bound,
+    // in batches the subscriber that reads takes before the next (1.6 MB, under its bound).
+    let batch = frame(OpCode::Binary, true, &vec![7; 16 << 10]).repeat(100);
+    for sent in (100..=2_000).step_by(100) {
+        publisher.write_all(&batch).expect("publish");
+        within(
+            Duration::from_secs(10),
+            "the reading subscriber kept up",
+            || received.load(std::sync::atomic::Ordering::Relaxed) == sent,
+        );
+    }
+    send(&mut publisher, OpCode::Text, true, b"end");
+    counting.join().expect("the subscriber that reads");
+    for stream in &stalled {
+        let client = stream.local_addr().expect("address");
+        let kernel = support::socket_memory(server.addr, client);
+        assert_eq!(kernel.send_buffer, 128 << 10, "{kernel:?}");
+        // The kernel may take one segment past the buffer before it stops the sender.
+        assert!(
+            kernel.queued <= kernel.send_buffer + (64 << 10),
+            "{kernel:?}"
+        );
+    }
+    let m = metrics(server.addr);
+    assert!(m["ringws_pubsub_dropped_total"] > 0, "{m:?}");
+    let grown = server.rss_bytes().saturating_sub(rss_before);
+    println!("{grown} B grown for 16 stalled subscribers");
+    let first = stalled[0].local_addr().expect("address");
+    println!(
+        "{:?} in the kernel for one",
+        support::socket_memory(server.addr, first)
+    );
+    // 16 queues of at most 4 MiB, and the fast subscriber's.
+    assert!(grown < 112 << 20, "the flood grew the server by {grown} B");
+    still_served(server.addr);
+}
+
+#[test]
 fn empty_compressed_continuations_after_a_large_first_fragment_cost_their_size() {
     let server = Server::start(&["--shards", "1", "--deflate", "shared"]);
     let mut client = TcpStream::connect(server.addr).expect("connect");

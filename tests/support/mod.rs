@@ -359,6 +359,43 @@ pub fn wait_for_metrics(
     }
 }
 
+/// What the kernel holds for the server's side of one connection, as `ss -m` reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketMemory {
+    /// The send buffer's size (`tb`): the kernel doubles what was set, for its bookkeeping.
+    pub send_buffer: u64,
+    /// Bytes queued for sending, with their overhead (`w`).
+    pub queued: u64,
+}
+
+/// [`SocketMemory`] of the server's side of the connection from `client`.
+pub fn socket_memory(server: SocketAddr, client: SocketAddr) -> SocketMemory {
+    let filter = format!(
+        "( sport = :{} and dport = :{} )",
+        server.port(),
+        client.port()
+    );
+    let out = Command::new("ss")
+        .args(["-Htmn", "state", "established", &filter])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        let at = text
+            .find(&format!(",{name}"))
+            .unwrap_or_else(|| panic!("no {name} in ss's answer: {text}"));
+        text[at + 1 + name.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number for {name} in ss's answer: {text}"))
+    };
+    SocketMemory {
+        send_buffer: field("tb"),
+        queued: field("w"),
+    }
+}
+
 /// The kernel's state of the TCP connection between `local` and `remote` (as seen from
 /// `local`), from /proc/net/tcp: `None` once no socket of that pair exists.
 pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<&'static str> {
