@@ -68,18 +68,18 @@ impl Reader {
         writer: &mut Writer,
         out: &mut B,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
-        self.read_sharing(input, writer, out, &mut None)
+        self.read_sharing(input, writer, out, None)
     }
 
-    /// [`Reader::read`], which also puts in `shared` a handle on the event's payload when
-    /// it was assembled in the reader's own memory (from several frames or reads), so the
-    /// caller can send it on without copying it.
+    /// [`Reader::read`], which also puts in `shared`, when given, a handle on the event's
+    /// payload when it was assembled in the reader's own memory (from several frames or
+    /// reads), so the caller can send it on without copying it.
     pub fn read_sharing<'a, B: BufMut>(
         &'a mut self,
         input: &'a mut [u8],
         writer: &mut Writer,
         out: &mut B,
-        shared: &mut Option<Bytes>,
+        shared: Option<&mut Option<Bytes>>,
     ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         self.free_delivered_buffer();
         if writer.state == State::Closed {
@@ -105,11 +105,15 @@ impl Reader {
                     };
                     let payload: &'a [u8] = match at {
                         Location::Input(range) => &input[start + range.start..start + range.end],
-                        Location::Message => self.pieces.as_deref_mut().map_or(&[], |p| {
-                            p.delivered = Bytes::from(std::mem::take(&mut p.assembled));
-                            *shared = Some(p.delivered.clone());
-                            &p.delivered
-                        }),
+                        Location::Message => match (self.pieces.as_deref_mut(), shared) {
+                            (Some(p), Some(shared)) => {
+                                p.delivered = Bytes::from(std::mem::take(&mut p.assembled));
+                                *shared = Some(p.delivered.clone());
+                                &p.delivered
+                            }
+                            (Some(p), None) => &p.assembled,
+                            (None, _) => &[],
+                        },
                         Location::Control => self.pieces.as_deref().map_or(&[], |p| &p.control),
                     };
                     return Ok((used, Some(event(kind, payload))));
@@ -226,7 +230,10 @@ impl Reader {
             return;
         };
         match std::mem::take(&mut self.lent) {
-            Lent::Message => pieces.delivered = Bytes::new(),
+            Lent::Message => {
+                pieces.assembled = Vec::new();
+                pieces.delivered = Bytes::new();
+            }
             Lent::Control => pieces.control = Vec::new(),
             Lent::Nothing => {}
         }

@@ -316,7 +316,7 @@ impl<S> Connection<S> {
             // and the application's sends stay in the arena until the read ends, so a burst
             // of messages is answered in one queued chunk, not one each.
             let (arena, delivered) = (cx.shard.arena.room(256), &mut cx.shard.delivered);
-            let result = reader.read_sharing(data, &mut parts.writer, arena, delivered);
+            let result = reader.read_sharing(data, &mut parts.writer, arena, Some(delivered));
             let (used, event) = match result {
                 Ok(read) => read,
                 Err(err) => {
@@ -354,6 +354,7 @@ impl<S> Connection<S> {
                 }
                 Some(Event::Ping(_)) | None => {}
             }
+            // The shared payload was for this event's callback only.
             if cx.shard.delivered.is_some() {
                 cx.shard.delivered = None;
             }

@@ -445,12 +445,12 @@ fn an_assembled_message_is_shared_with_the_caller_and_one_read_whole_is_not() {
     let mut shared = None;
     let (_, event) = session
         .reader
-        .read_sharing(&mut first, &mut session.writer, &mut out, &mut shared)
+        .read_sharing(&mut first, &mut session.writer, &mut out, Some(&mut shared))
         .unwrap();
     assert_eq!((event, &shared), (None, &None));
     let (_, event) = session
         .reader
-        .read_sharing(&mut rest, &mut session.writer, &mut out, &mut shared)
+        .read_sharing(&mut rest, &mut session.writer, &mut out, Some(&mut shared))
         .unwrap();
     let Some(Event::Binary(delivered)) = event else {
         panic!("the message: {event:?}");
@@ -473,7 +473,7 @@ fn an_assembled_message_is_shared_with_the_caller_and_one_read_whole_is_not() {
     let mut shared = None;
     let (_, event) = session
         .reader
-        .read_sharing(&mut whole, &mut session.writer, &mut out, &mut shared)
+        .read_sharing(&mut whole, &mut session.writer, &mut out, Some(&mut shared))
         .unwrap();
     assert_eq!(event, Some(Event::Binary(&payload[..])));
     assert!(shared.is_none(), "read in place: nothing of the reader's");
