@@ -191,3 +191,44 @@ fn connections_reset_while_their_echoes_wait_leave_the_server_serving() {
         burst_and_check_on(&server, "/after", wire, expected);
     }
 }
+
+#[test]
+fn a_burst_after_a_quiet_spell_is_echoed_whole_while_the_posted_buffers_widen() {
+    // A shard keeps only as many receive buffers posted as recent turns took. After a spell
+    // of one client's round trips that is the minimum, 32, so 96 connections bursting at
+    // once find the kernel short of buffers: their receives must start again and every echo
+    // come back intact.
+    let server = Server::start(&[]);
+    let mut quiet = open(server.addr, "/quiet");
+    for i in 0..400 {
+        let body = payload(i, 20);
+        send(&mut quiet, OpCode::Binary, true, &body);
+        assert_eq!(read_frame(&mut quiet).1, body, "round trip {i}");
+    }
+    let streams: Vec<TcpStream> = (0..96).map(|_| open(server.addr, "/burst")).collect();
+    let start = std::sync::Barrier::new(streams.len());
+    thread::scope(|scope| {
+        for (seed, mut stream) in streams.into_iter().enumerate() {
+            let start = &start;
+            scope.spawn(move || {
+                let (wire, expected) = mixed_burst(seed as u32);
+                let mut writer = stream.try_clone().expect("clone the socket");
+                start.wait();
+                let sender = thread::spawn(move || writer.write_all(&wire).expect("the burst"));
+                for (index, (opcode, body)) in expected.iter().enumerate() {
+                    let (header, got) = read_frame(&mut stream);
+                    assert_eq!(header.opcode, *opcode, "connection {seed}, frame {index}");
+                    assert!(
+                        got == *body,
+                        "connection {seed}, frame {index}: payload differs"
+                    );
+                }
+                sender.join().expect("the sender thread");
+            });
+        }
+    });
+    let dry = support::metrics(server.addr)["ringws_receives_ran_dry_total"];
+    assert!(dry > 0, "the burst never ran the posted buffers short");
+    send(&mut quiet, OpCode::Binary, true, b"still served");
+    assert_eq!(read_frame(&mut quiet).1, b"still served");
+}

@@ -4,12 +4,25 @@
 use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
 use super::lending::Pool;
+use window::Window;
+
+mod window;
+
+/// Receives that found no buffer posted, over the process.
+static RAN_DRY: AtomicU64 = AtomicU64::new(0);
+
+/// Receives that found no receive buffer posted and were started again, over the process:
+/// the window of posted buffers widening to a burst, or, when it keeps climbing under steady
+/// load, too few `--recv-buffers` for the traffic.
+pub fn receives_ran_dry() -> u64 {
+    RAN_DRY.load(Ordering::Relaxed)
+}
 
 /// The provided-buffer group of every shard's ring (each ring has its own groups).
 pub(crate) const BUFFER_GROUP: u16 = 0;
@@ -71,8 +84,13 @@ pub(crate) struct BufRing {
     buffer_size: usize,
     /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
     tail: u16,
-    /// Buffers back from loan, taken from the pool's list by [`BufRing::reclaim`].
-    returned: Vec<u16>,
+    /// Buffers posted and not yet seen handed out (an upper bound: the kernel may have
+    /// taken some whose completions are still to be reaped).
+    posted: u16,
+    /// How many to keep posted.
+    window: Window,
+    /// Buffers given back and not posted, the last given back on top: the warmest in cache.
+    spare: Vec<u16>,
 }
 
 impl BufRing {
@@ -102,13 +120,27 @@ impl BufRing {
             count,
             buffer_size,
             tail: 0,
-            returned: Vec::new(),
+            posted: 0,
+            window: Window::new(count),
+            spare: Vec::with_capacity(usize::from(count)),
         };
-        for id in 0..count {
-            ring.push(id);
-        }
+        // Buffer 0 is posted first: the kernel takes buffers in the order they are posted.
+        ring.spare.extend((0..count).rev());
         ring.publish();
         Ok(ring)
+    }
+
+    /// Notes that the kernel handed out a buffer with a completion.
+    pub fn handed_out(&mut self) {
+        self.posted = self.posted.saturating_sub(1);
+        self.window.handed_out();
+    }
+
+    /// Notes that a receive ended for want of a posted buffer.
+    pub fn ran_dry(&mut self) {
+        RAN_DRY.fetch_add(1, Ordering::Relaxed);
+        self.posted = 0;
+        self.window.ran_dry();
     }
 
     /// The first `len` bytes of buffer `id`, which the kernel filled for a completion.
@@ -127,17 +159,12 @@ impl BufRing {
 
     /// Gives back every buffer whose loans have all ended.
     pub fn reclaim(&mut self) {
-        let mut returned = std::mem::take(&mut self.returned);
-        self.pool.take_returned(&mut returned);
-        for id in returned.drain(..) {
-            self.recycle(id);
-        }
-        self.returned = returned;
+        self.pool.take_returned(&mut self.spare);
     }
 
-    /// Gives buffer `id` back; the kernel sees it after the next [`BufRing::publish`].
+    /// Gives buffer `id` back; [`BufRing::publish`] posts it when the window wants it.
     pub fn recycle(&mut self, id: u16) {
-        self.push(id % self.count);
+        self.spare.push(id % self.count);
     }
 
     fn push(&mut self, id: u16) {
@@ -153,8 +180,19 @@ impl BufRing {
         self.tail = self.tail.wrapping_add(1);
     }
 
-    /// Makes every recycled buffer visible to the kernel.
+    /// Ends a turn: posts as many spare buffers as the window wants, warmest first, and makes
+    /// them visible to the kernel.
     pub fn publish(&mut self) {
+        let target = self.window.end_turn();
+        let before = self.tail;
+        while self.posted < target {
+            let Some(id) = self.spare.pop() else { break };
+            self.push(id);
+            self.posted += 1;
+        }
+        if self.tail == before {
+            return;
+        }
         // SAFETY: the tail field overlays the first entry's reserved field, as the kernel
         // defines it; the entries mapping is page aligned. The release store orders the entry
         // writes before the kernel can see the new tail.

@@ -253,7 +253,11 @@ impl<H: Handler> Shard<H> {
             .map(|s| (s.phase(), s.is_paused()));
         let ring = self.io.rings.ring_of(index);
         let buffers = &mut self.buffers[ring];
+        if result == -libc::ENOBUFS {
+            buffers.ran_dry();
+        }
         if let Some(id) = buffer {
+            buffers.handed_out();
             let mut lent = false;
             if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
                 let data = buffers.filled(id, len);

@@ -37,6 +37,7 @@ mod user_data;
 
 use std::net::SocketAddr;
 
+pub use buf_ring::receives_ran_dry;
 pub use config::{Config, Keepalive, defaults};
 pub use health::Health;
 pub use io_handle::Io;

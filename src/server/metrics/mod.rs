@@ -487,6 +487,13 @@ impl Metrics {
             kernel.key_updates_received,
             kernel.key_updates_sent
         );
+        let _ = write!(
+            out,
+            "# HELP ringws_receives_ran_dry_total Receives that found no receive buffer posted and were started again (steady growth: raise --recv-buffers).\n\
+             # TYPE ringws_receives_ran_dry_total counter\n\
+             ringws_receives_ran_dry_total {}\n",
+            crate::runtime::receives_ran_dry()
+        );
         for (name, help, value) in per_shard {
             let _ = write!(
                 out,
