@@ -19,6 +19,8 @@
 #   --ringws-args "ARGS"        more `ringws serve` flags for ringws (e.g. buffer sizes)
 #   --baseline-args "ARGS"      the same for the baseline, which may be this tree's build:
 #                               compares settings rather than builds
+#   --peers none                with --baseline: run only ringws and the baseline, for
+#                               more rounds of a before/after in the same time
 #
 # Every server is started once and pinned to core 0 (`ringws serve --shards 1`;
 # uws-echo and tokio-tungstenite on one thread each); the independent epoll client
@@ -33,7 +35,7 @@ cd "$(dirname "$0")/.."
 
 . scripts/lib/bench.sh
 uws_dir="" usockets_dir="" uws_bin="" ringws_bin=target/release/ringws baseline=""
-ringws_args="" baseline_args=""
+ringws_args="" baseline_args="" peers=all
 seconds=5 rounds=5 sizes="20 1024 16384"
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || { echo "bench: $1 needs a value" >&2; exit 2; }
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
     --baseline) baseline=$2 ;;
     --ringws-args) ringws_args=$2 ;;
     --baseline-args) baseline_args=$2 ;;
+    --peers) peers=$2 ;;
     *) echo "bench: unknown option $1 (see the head of $0)" >&2; exit 2 ;;
   esac
   shift 2
@@ -55,7 +58,13 @@ done
 out=target/bench-vs-uws
 bench_setup "$out"
 
-if [ -z "$uws_bin" ]; then
+case "$peers" in
+  all) ;;
+  none) [ -n "$baseline" ] || { echo "bench: --peers none needs --baseline" >&2; exit 2; } ;;
+  *) echo "bench: --peers is all or none" >&2; exit 2 ;;
+esac
+
+if [ "$peers" = all ] && [ -z "$uws_bin" ]; then
   [ -n "$uws_dir" ] && [ -n "$usockets_dir" ] || {
     echo "bench: give --uws DIR and --usockets DIR (uWebSockets and uSockets source folders)," >&2
     echo "       or --uws-bin PATH (a uws-echo built before)" >&2
@@ -66,12 +75,13 @@ if [ -z "$uws_bin" ]; then
 fi
 
 [ "$ringws_bin" = target/release/ringws ] && cargo build --release --quiet -p ringws --bins
-cargo build --release --quiet --manifest-path benches/peers/tungstenite-echo/Cargo.toml
+[ "$peers" = all ] && cargo build --release --quiet --manifest-path benches/peers/tungstenite-echo/Cargo.toml
 cargo build --release --quiet --manifest-path benches/peers/epoll-client/Cargo.toml
 epoll=benches/peers/epoll-client/target/release/epoll-client
 
 # Start every server once; each stays up for the whole run.
-servers=(ringws uws tungstenite)
+servers=(ringws)
+[ "$peers" = all ] && servers+=(uws tungstenite)
 [ -n "$baseline" ] && servers+=(baseline)
 declare -A pids addrs
 for server in "${servers[@]}"; do
