@@ -3,7 +3,7 @@
 //! The kernel takes provided buffers in the order they were posted, so a buffer given back
 //! now is filled again only after every buffer posted before it. With all of them posted, a
 //! receive writes into the buffer used longest ago: at 1 KiB messages, 256 buffers of which
-//! each receive fills about 16 KiB is 4 MiB cycled through, far past the core's cache, and
+//! each receive fills about 18 KiB is 4.5 MiB cycled through, far past the core's cache, and
 //! the kernel's copy into them was the largest single cost in the profile. Posting only as
 //! many as recent turns took keeps the cycle short, so receives land in memory still cached;
 //! the rest wait, last returned on top, until a busier turn needs them.
