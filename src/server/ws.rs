@@ -182,8 +182,8 @@ impl<A: App + ?Sized> Ws<'_, A> {
             return Ok(false);
         }
         let delivered = self.shard.delivered.as_ref().filter(|whole| {
-            let (start, base) = (payload.as_ptr() as usize, whole.as_ptr() as usize);
-            start >= base && start + payload.len() <= base + whole.len()
+            let (part, whole) = (payload.as_ptr_range(), whole.as_ptr_range());
+            whole.start <= part.start && part.end <= whole.end
         });
         let lent = match delivered {
             Some(whole) => whole.slice_ref(payload),

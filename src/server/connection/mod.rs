@@ -355,9 +355,7 @@ impl<S> Connection<S> {
                 Some(Event::Ping(_)) | None => {}
             }
             // The shared payload was for this event's callback only.
-            if cx.shard.delivered.is_some() {
-                cx.shard.delivered = None;
-            }
+            cx.shard.delivered = None;
             data = &mut data[used..];
         }
         reader.release_delivered();

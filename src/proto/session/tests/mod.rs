@@ -98,6 +98,17 @@ fn cframe(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A server session that has read the first `at` bytes of `frame`, all taken and no event
+/// yet, and what it wrote.
+fn server_read_first(frame: &[u8], at: usize) -> (Session, Vec<u8>) {
+    let mut session = Session::new(Role::Server, SessionConfig::default());
+    let mut out = Vec::new();
+    let mut first = frame[..at].to_vec();
+    let (used, event) = session.read(&mut first, &mut out).unwrap();
+    assert_eq!((used, event), (at, None));
+    (session, out)
+}
+
 fn concat(frames: &[Vec<u8>]) -> Vec<u8> {
     frames.concat()
 }
@@ -392,19 +403,14 @@ fn idle_session_is_small_and_frees_message_buffers() {
 #[test]
 fn a_header_split_across_reads_is_held_only_until_it_is_whole() {
     let frame = cframe(OpCode::Binary, true, &[7; 300]);
-    let mut session = Session::new(Role::Server, SessionConfig::default());
-    let mut out = Vec::new();
     // Two bytes of an eight-byte header (a masked frame with a 16-bit length), then the rest.
-    let (first, rest) = frame.split_at(2);
-    let mut first = first.to_vec();
-    let (used, event) = session.read(&mut first, &mut out).unwrap();
-    assert_eq!((used, event), (2, None));
+    let (mut session, mut out) = server_read_first(&frame, 2);
     assert!(
         session.reader.pieces.is_some(),
         "the partial header is kept"
     );
     assert_eq!(session.reader.buffered_bytes(), 2);
-    let mut rest = rest.to_vec();
+    let mut rest = frame[2..].to_vec();
     let (_, event) = session.read(&mut rest, &mut out).unwrap();
     assert_eq!(event, Some(Event::Binary(&[7; 300][..])));
     session.read(&mut [], &mut out).unwrap();
@@ -418,18 +424,13 @@ fn a_header_split_across_reads_is_held_only_until_it_is_whole() {
 fn a_frame_split_across_reads_is_assembled_in_room_for_its_whole_length() {
     let payload: Vec<u8> = (0..16_384u32).map(|i| i as u8).collect();
     let frame = cframe(OpCode::Binary, true, &payload);
-    let mut session = Session::new(Role::Server, SessionConfig::default());
-    let mut out = Vec::new();
-    let (first, rest) = frame.split_at(5_000);
-    let mut first = first.to_vec();
-    let (used, event) = session.read(&mut first, &mut out).unwrap();
-    assert_eq!((used, event), (5_000, None));
+    let (mut session, mut out) = server_read_first(&frame, 5_000);
     assert_eq!(
         session.reader.held_bytes(),
         payload.len(),
         "room for the announced length, taken once"
     );
-    let mut rest = rest.to_vec();
+    let mut rest = frame[5_000..].to_vec();
     let (_, event) = session.read(&mut rest, &mut out).unwrap();
     assert_eq!(event, Some(Event::Binary(&payload[..])));
 }
@@ -483,10 +484,7 @@ fn an_assembled_message_is_shared_with_the_caller_and_one_read_whole_is_not() {
 fn an_announced_length_alone_reserves_at_most_one_receive_buffer() {
     // A 1 MiB frame announced, and 100 bytes of it sent.
     let frame = cframe(OpCode::Binary, true, &vec![1; 1 << 20]);
-    let mut session = Session::new(Role::Server, SessionConfig::default());
-    let mut out = Vec::new();
-    let mut start = frame[..114].to_vec();
-    session.read(&mut start, &mut out).unwrap();
+    let (session, _) = server_read_first(&frame, 114);
     assert_eq!(session.reader.buffered_bytes(), 100);
     assert_eq!(session.reader.held_bytes(), 64 << 10);
 }
