@@ -9,7 +9,8 @@ use crate::proto::{OpCode, SendError};
 
 /// Frames are written into one growing buffer and split off as shared [`Bytes`]: no heap
 /// allocation per frame until a block is used up. A frame that must wait in a queue behind
-/// a send in flight is copied out by the runtime, so a slow reader never keeps a block alive.
+/// a send in flight is copied out by the runtime, so a slow reader never keeps a block alive,
+/// and once all of a block's frames are sent the next turn writes from its start again.
 #[derive(Default)]
 pub(crate) struct Arena {
     buf: BytesMut,
@@ -20,6 +21,12 @@ impl Arena {
 
     /// The buffer, with room for at least `hint` more bytes.
     pub fn room(&mut self, hint: usize) -> &mut BytesMut {
+        // Once every frame cut from the block has been sent, the next one starts again at
+        // the block's beginning: a turn writes its frames where the turn before did, and
+        // the kernel's copy of them reads lines still in cache.
+        if self.buf.is_empty() {
+            let _ = self.buf.try_reclaim(Self::BLOCK);
+        }
         if self.buf.capacity() - self.buf.len() < hint {
             self.buf.reserve(hint.max(Self::BLOCK));
         }
@@ -96,5 +103,42 @@ pub(crate) fn write_message(
     match shared {
         Some(compressor) => writer.send_compressed(opcode, payload, compressor, out),
         None => writer.send(opcode, payload, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BufMut;
+
+    use super::Arena;
+
+    fn write(arena: &mut Arena, bytes: &[u8]) -> bytes::Bytes {
+        arena.room(bytes.len()).put_slice(bytes);
+        arena.take().expect("written")
+    }
+
+    #[test]
+    fn a_block_is_written_from_its_start_again_once_its_frames_are_sent() {
+        let mut arena = Arena::default();
+        let first = write(&mut arena, b"first turn");
+        let second = write(&mut arena, b"same turn");
+        assert_ne!(first.as_ptr(), second.as_ptr());
+        let start = first.as_ptr();
+        drop((first, second));
+        let next_turn = write(&mut arena, b"next turn");
+        assert_eq!(next_turn.as_ptr(), start);
+        assert_eq!(&next_turn[..], b"next turn");
+    }
+
+    #[test]
+    fn a_frame_still_queued_is_never_written_over() {
+        let mut arena = Arena::default();
+        let queued = write(&mut arena, b"still queued");
+        let sent = write(&mut arena, b"sent");
+        drop(sent);
+        let next = write(&mut arena, b"next");
+        assert_eq!(&queued[..], b"still queued");
+        assert_eq!(&next[..], b"next");
+        assert!(next.as_ptr() > queued.as_ptr());
     }
 }
