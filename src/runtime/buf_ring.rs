@@ -2,6 +2,7 @@
 //! connection holds no buffer while it has nothing to read.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -10,16 +11,16 @@ use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
 use super::lending::Pool;
-use window::Window;
+use order::Order;
 
-mod window;
+mod order;
 
 /// Receives that found no buffer posted, over the process.
 static RAN_DRY: AtomicU64 = AtomicU64::new(0);
 
 /// Receives that found no receive buffer posted and were started again, over the process:
-/// the window of posted buffers widening to a burst, or, when it keeps climbing under steady
-/// load, too few `--recv-buffers` for the traffic.
+/// every buffer was in use at once, by a burst or by loans; climbing under steady load, it
+/// means too few `--recv-buffers` for the traffic.
 pub fn receives_ran_dry() -> u64 {
     RAN_DRY.load(Ordering::Relaxed)
 }
@@ -82,21 +83,20 @@ pub(crate) struct BufRing {
     pool: Arc<Pool>,
     count: u16,
     buffer_size: usize,
-    /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
-    tail: u16,
-    /// Buffers posted and not yet seen handed out (an upper bound: the kernel may have
-    /// taken some whose completions are still to be reaped).
-    posted: u16,
-    /// How many to keep posted.
-    window: Window,
-    /// Buffers given back and not posted, the last given back on top: the warmest in cache.
-    spare: Vec<u16>,
+    /// Which buffer is posted where; the given-back ones go in front (see `order`).
+    order: Order,
+    /// The ring the buffers are registered with, to check the counted head against the
+    /// kernel's in debug builds.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    ring_fd: RawFd,
 }
 
 impl BufRing {
-    /// Maps `count` buffers of `buffer_size` bytes and registers them as group `group`.
+    /// Maps `count` buffers of `buffer_size` bytes and registers them as group `group` of
+    /// the ring `ring_fd`, whose `submitter` is given.
     pub fn new(
         submitter: &Submitter<'_>,
+        ring_fd: RawFd,
         count: u16,
         buffer_size: usize,
         group: u16,
@@ -119,28 +119,24 @@ impl BufRing {
             pool: Arc::new(Pool::new(buffers, count, buffer_size)),
             count,
             buffer_size,
-            tail: 0,
-            posted: 0,
-            window: Window::new(count),
-            spare: Vec::with_capacity(usize::from(count)),
+            order: Order::new(count),
+            ring_fd,
         };
-        // Buffer 0 is posted first: the kernel takes buffers in the order they are posted.
-        ring.spare.extend((0..count).rev());
-        ring.publish();
+        for id in 0..count {
+            post(&ring.entries, &ring.pool, buffer_size, id, id);
+        }
+        ring.store_tail();
         Ok(ring)
     }
 
-    /// Notes that the kernel handed out a buffer with a completion.
-    pub fn handed_out(&mut self) {
-        self.posted = self.posted.saturating_sub(1);
-        self.window.handed_out();
+    /// Notes that the kernel handed out buffer `id` with a completion.
+    pub fn handed_out(&mut self, id: u16) {
+        self.order.handed_out(id);
     }
 
     /// Notes that a receive ended for want of a posted buffer.
     pub fn ran_dry(&mut self) {
         RAN_DRY.fetch_add(1, Ordering::Relaxed);
-        self.posted = 0;
-        self.window.ran_dry();
     }
 
     /// The first `len` bytes of buffer `id`, which the kernel filled for a completion.
@@ -159,46 +155,96 @@ impl BufRing {
 
     /// Gives back every buffer whose loans have all ended.
     pub fn reclaim(&mut self) {
-        self.pool.take_returned(&mut self.spare);
+        self.pool.take_returned(self.order.returned());
     }
 
-    /// Gives buffer `id` back; [`BufRing::publish`] posts it when the window wants it.
+    /// Gives buffer `id` back; [`BufRing::publish`] posts it.
     pub fn recycle(&mut self, id: u16) {
-        self.spare.push(id % self.count);
+        self.order.returned().push(id % self.count);
     }
 
-    fn push(&mut self, id: u16) {
-        let slot = usize::from(self.tail & (self.count - 1));
-        // SAFETY: `slot` < `count`, inside the entries mapping; the kernel reads entries only
-        // up to the published tail, and this slot is past it.
-        unsafe {
-            let entry = &mut *self.entries.ptr.as_ptr().cast::<BufRingEntry>().add(slot);
-            entry.set_addr(self.pool.buffer(id).as_ptr() as u64);
-            entry.set_len(self.buffer_size as u32);
-            entry.set_bid(id);
+    /// Ends a turn: posts the buffers given back and makes them visible to the kernel.
+    ///
+    /// `settled` is the ring's word that every completion of its entries so far has been
+    /// reaped and it ran with deferred task work, so the kernel took buffers only inside
+    /// those entries and the count of what it took is exact: then the buffers given back go
+    /// where the kernel reads next, warm in cache.
+    pub fn publish(&mut self, settled: bool) {
+        let (entries, pool, size) = (&self.entries, &self.pool, self.buffer_size);
+        let moved = self
+            .order
+            .end_turn(settled, |slot, id| post(entries, pool, size, slot, id));
+        if moved {
+            self.store_tail();
+            #[cfg(debug_assertions)]
+            if settled {
+                self.check_head();
+            }
         }
-        self.tail = self.tail.wrapping_add(1);
     }
 
-    /// Ends a turn: posts as many spare buffers as the window wants, warmest first, and makes
-    /// them visible to the kernel.
-    pub fn publish(&mut self) {
-        let target = self.window.end_turn();
-        let before = self.tail;
-        while self.posted < target {
-            let Some(id) = self.spare.pop() else { break };
-            self.push(id);
-            self.posted += 1;
-        }
-        if self.tail == before {
-            return;
-        }
+    /// Publishes the tail to the kernel.
+    fn store_tail(&mut self) {
         // SAFETY: the tail field overlays the first entry's reserved field, as the kernel
         // defines it; the entries mapping is page aligned. The release store orders the entry
         // writes before the kernel can see the new tail.
         unsafe {
             let tail = BufRingEntry::tail(self.entries.ptr.as_ptr().cast::<BufRingEntry>());
-            (*tail.cast::<AtomicU16>()).store(self.tail, Ordering::Release);
+            (*tail.cast::<AtomicU16>()).store(self.order.tail(), Ordering::Release);
         }
+    }
+
+    /// Asserts that the head counted from completions is the kernel's (Linux 6.8 reports
+    /// it; older kernels are not checked).
+    #[cfg(debug_assertions)]
+    fn check_head(&self) {
+        #[repr(C)]
+        struct Status {
+            group: u32,
+            head: u32,
+            reserved: [u32; 8],
+        }
+        const IORING_REGISTER_PBUF_STATUS: libc::c_long = 26;
+        let mut status = Status {
+            group: u32::from(BUFFER_GROUP),
+            head: 0,
+            reserved: [0; 8],
+        };
+        // SAFETY: io_uring_register(2) reads the group from and writes the head into
+        // `status`, a live struct of the layout the kernel defines, and nothing else.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.ring_fd,
+                IORING_REGISTER_PBUF_STATUS,
+                &mut status as *mut Status,
+                1,
+            )
+        };
+        if rc == 0 {
+            assert_eq!(
+                status.head as u16,
+                self.order.head(),
+                "the receive buffers' counted head differs from the kernel's"
+            );
+        }
+    }
+}
+
+/// Writes ring entry `slot` of `entries` to post buffer `id` of `pool`.
+fn post(entries: &Mapping, pool: &Pool, buffer_size: usize, slot: u16, id: u16) {
+    // SAFETY: `slot` is masked to the ring, inside the entries mapping. The kernel reads
+    // entries only up to the published tail, so one past it is ours; and one between its
+    // head and the tail only inside `io_uring_enter`, while `Order` rewrites such an entry
+    // only between entries of a ring whose every completion was reaped (see `publish`).
+    unsafe {
+        let entry = &mut *entries
+            .ptr
+            .as_ptr()
+            .cast::<BufRingEntry>()
+            .add(usize::from(slot));
+        entry.set_addr(pool.buffer(id).as_ptr() as u64);
+        entry.set_len(buffer_size as u32);
+        entry.set_bid(id);
     }
 }

@@ -167,9 +167,9 @@ impl<H: Handler> Shard<H> {
             let more_work = self.handler.on_turn(&mut self.io);
             self.io.advance_offloads();
             self.io.flush();
-            for buffers in &mut self.buffers {
+            for (ring, buffers) in self.buffers.iter_mut().enumerate() {
                 buffers.reclaim();
-                buffers.publish();
+                buffers.publish(self.io.rings.get(ring).settled());
             }
             let extra_ready = self.io.rings.submit_extra()?;
             let wait = if self.mail_ready || extra_ready || more_work {
@@ -257,7 +257,7 @@ impl<H: Handler> Shard<H> {
             buffers.ran_dry();
         }
         if let Some(id) = buffer {
-            buffers.handed_out();
+            buffers.handed_out(id);
             let mut lent = false;
             if let (Some(state), Ok(len @ 1..)) = (state, usize::try_from(result)) {
                 let data = buffers.filled(id, len);
@@ -426,8 +426,10 @@ fn open_rings(config: &Config, layout: Layout) -> io::Result<(Rings, Vec<BufRing
     )?;
     let buffers = (0..rings.len())
         .map(|ring| {
+            let ring_fd = rings.get(ring).fd();
             BufRing::new(
                 &rings.get(ring).submitter(),
+                ring_fd,
                 recv_buffers_of(ring, config.recv_buffers),
                 config.recv_buffer_size,
                 BUFFER_GROUP,

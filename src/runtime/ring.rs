@@ -135,6 +135,12 @@ pub(crate) struct Ring {
     uring: IoUring,
     /// Requests pushed whose last completion is not reaped yet.
     in_flight: usize,
+    /// Whether the kernel runs this ring's task work only inside our entries (deferred
+    /// task running), never behind our back.
+    defers: bool,
+    /// Whether every completion of our entries so far has been reaped (see
+    /// [`Ring::settled`]).
+    reaped_all: bool,
 }
 
 /// How many times one reap enters the kernel for completions it still holds: enough for a
@@ -171,13 +177,13 @@ impl Ring {
         if wake.is_some() {
             builder.setup_taskrun_flag();
         }
-        let uring = match builder.build(entries) {
-            Ok(ring) => ring,
+        let (uring, defers) = match builder.build(entries) {
+            Ok(ring) => (ring, true),
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(
                     "io_uring SINGLE_ISSUER/DEFER_TASKRUN unavailable (Linux 6.1): using the plain setup"
                 );
-                IoUring::builder().setup_cqsize(cq).build(entries)?
+                (IoUring::builder().setup_cqsize(cq).build(entries)?, false)
             }
             Err(err) => return Err(err),
         };
@@ -196,11 +202,26 @@ impl Ring {
         Ok(Self {
             uring,
             in_flight: 0,
+            defers,
+            reaped_all: false,
         })
     }
 
     pub fn submitter(&self) -> Submitter<'_> {
         self.uring.submitter()
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.uring.as_raw_fd()
+    }
+
+    /// Whether nothing the kernel did for this ring is unknown to us: it runs task work
+    /// only inside our entries, and every completion since the last of them was reaped
+    /// (none waits in the overflow list). Then every receive buffer it took was named by a
+    /// completion we saw, and the entries it has not taken are ours to rewrite until the
+    /// next entry.
+    pub fn settled(&self) -> bool {
+        self.defers && self.reaped_all
     }
 
     /// Queues `entry` for the next kernel entry, handing the queue over first if it is full.
@@ -219,6 +240,7 @@ impl Ring {
                 return;
             }
             // The submission queue is full: hand it to the kernel and retry.
+            self.reaped_all = false;
             if let Err(err) = self.uring.submit() {
                 tracing::error!("io_uring submit failed with a full queue: {err}");
                 std::thread::yield_now();
@@ -247,10 +269,12 @@ impl Ring {
                 result: c.result(),
                 flags: c.flags(),
             }));
-            let waiting = {
+            let (overflow, waiting) = {
                 let submission = self.uring.submission();
-                submission.cq_overflow() || submission.taskrun()
+                let overflow = submission.cq_overflow();
+                (overflow, overflow || submission.taskrun())
             };
+            self.reaped_all = !overflow;
             // An entry that ran as much deferred work as the kernel runs by default may have
             // left more behind, without a flag to say so.
             let large = into.len() - before >= KERNEL_DEFERRED_PER_ENTRY;
@@ -283,6 +307,7 @@ impl Ring {
 
     /// Submits what was pushed and waits up to `wait` for `want` completions.
     fn enter_for(&mut self, want: usize, wait: Duration) -> io::Result<()> {
+        self.reaped_all = false;
         let timeout = Timespec::from(wait);
         let args = SubmitArgs::new().timespec(&timeout);
         match self.uring.submitter().submit_with_args(want, &args) {
