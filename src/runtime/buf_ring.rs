@@ -7,10 +7,10 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
-use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
 use super::lending::Pool;
+use super::ring::Ring;
 use order::Order;
 
 mod order;
@@ -92,15 +92,9 @@ pub(crate) struct BufRing {
 }
 
 impl BufRing {
-    /// Maps `count` buffers of `buffer_size` bytes and registers them as group `group` of
-    /// the ring `ring_fd`, whose `submitter` is given.
-    pub fn new(
-        submitter: &Submitter<'_>,
-        ring_fd: RawFd,
-        count: u16,
-        buffer_size: usize,
-        group: u16,
-    ) -> io::Result<Self> {
+    /// Maps `count` buffers of `buffer_size` bytes and registers them with `ring` as group
+    /// `group`.
+    pub fn new(ring: &Ring, count: u16, buffer_size: usize, group: u16) -> io::Result<Self> {
         if !count.is_power_of_two() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -112,21 +106,26 @@ impl BufRing {
         // SAFETY: `entries` is a page-aligned mapping of `count` entries that lives as long as
         // this value, which outlives the ring's use of it (see the type's docs).
         unsafe {
-            submitter.register_buf_ring_with_flags(entries.ptr.as_ptr() as u64, count, group, 0)?
+            ring.submitter().register_buf_ring_with_flags(
+                entries.ptr.as_ptr() as u64,
+                count,
+                group,
+                0,
+            )?
         };
-        let mut ring = Self {
+        let mut buf_ring = Self {
             entries,
             pool: Arc::new(Pool::new(buffers, count, buffer_size)),
             count,
             buffer_size,
             order: Order::new(count),
-            ring_fd,
+            ring_fd: ring.fd(),
         };
         for id in 0..count {
-            post(&ring.entries, &ring.pool, buffer_size, id, id);
+            post(&buf_ring.entries, &buf_ring.pool, buffer_size, id, id);
         }
-        ring.store_tail();
-        Ok(ring)
+        buf_ring.store_tail();
+        Ok(buf_ring)
     }
 
     /// Notes that the kernel handed out buffer `id` with a completion.

@@ -426,10 +426,8 @@ fn open_rings(config: &Config, layout: Layout) -> io::Result<(Rings, Vec<BufRing
     )?;
     let buffers = (0..rings.len())
         .map(|ring| {
-            let ring_fd = rings.get(ring).fd();
             BufRing::new(
-                &rings.get(ring).submitter(),
-                ring_fd,
+                rings.get(ring),
                 recv_buffers_of(ring, config.recv_buffers),
                 config.recv_buffer_size,
                 BUFFER_GROUP,
