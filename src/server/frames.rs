@@ -21,12 +21,6 @@ impl Arena {
 
     /// The buffer, with room for at least `hint` more bytes.
     pub fn room(&mut self, hint: usize) -> &mut BytesMut {
-        // Once every frame cut from the block has been sent, the next one starts again at
-        // the block's beginning: a turn writes its frames where the turn before did, and
-        // the kernel's copy of them reads lines still in cache.
-        if self.buf.is_empty() {
-            let _ = self.buf.try_reclaim(Self::BLOCK);
-        }
         if self.buf.capacity() - self.buf.len() < hint {
             self.buf.reserve(hint.max(Self::BLOCK));
         }
@@ -37,6 +31,15 @@ impl Arena {
     /// [`Arena::room`] starts a new one and copies what is pending into it.
     pub fn fits(&self, hint: usize) -> bool {
         self.buf.capacity() - self.buf.len() >= hint
+    }
+
+    /// Starts the next frames at the block's beginning if every frame cut from it has been
+    /// sent: a turn then writes its frames where the turn before did, and the kernel's copy
+    /// of them reads lines still in cache. Called once a read, not once a frame.
+    pub fn rewind(&mut self) {
+        if self.buf.is_empty() {
+            let _ = self.buf.try_reclaim(Self::BLOCK);
+        }
     }
 
     /// Bytes written since the last take.
@@ -113,6 +116,7 @@ mod tests {
     use super::Arena;
 
     fn write(arena: &mut Arena, bytes: &[u8]) -> bytes::Bytes {
+        arena.rewind();
         arena.room(bytes.len()).put_slice(bytes);
         arena.take().expect("written")
     }

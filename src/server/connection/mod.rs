@@ -306,6 +306,7 @@ impl<S> Connection<S> {
         };
         // Once a read, not once a message: unpacking the stored address is not free.
         let peer = self.peer.addr();
+        cx.shard.arena.rewind();
         let mut asked = Asked::default();
         let mut data = data;
         let mut ended = false;
