@@ -10,7 +10,7 @@ use crate::proto::{OpCode, SendError};
 /// Frames are written into one growing buffer and split off as shared [`Bytes`]: no heap
 /// allocation per frame until a block is used up. A frame that must wait in a queue behind
 /// a send in flight is copied out by the runtime, so a slow reader never keeps a block alive,
-/// and once all of a block's frames are sent the next turn writes from its start again.
+/// and once all of a block's frames are sent the next read writes from its start again.
 #[derive(Default)]
 pub(crate) struct Arena {
     buf: BytesMut,
