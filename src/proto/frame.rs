@@ -224,7 +224,6 @@ impl FrameHead {
 }
 
 /// Appends a whole frame to `out`, masking the payload with `mask` when given.
-#[inline]
 pub fn write_frame<B: BufMut>(out: &mut B, head: FrameHead, payload: &[u8], mask: Option<[u8; 4]>) {
     let header = FrameHeader {
         fin: head.fin,
@@ -385,22 +384,34 @@ mod tests {
         for len in [0usize, 1, 12, 125, 126, 127, 65_535, 65_536, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let head = FrameHead::whole(OpCode::Text);
-            // Room to spare: the header and payload go into the spare room at once.
-            let mut roomy = bytes::BytesMut::with_capacity(len + 64);
+            let mut expected = b"before".to_vec();
+            let mut header = [0u8; MAX_HEADER_LEN];
+            let n = encode_header(
+                &mut header,
+                &FrameHeader {
+                    fin: true,
+                    rsv1: false,
+                    opcode: OpCode::Text,
+                    mask: None,
+                    payload_len: len as u64,
+                },
+            );
+            expected.extend_from_slice(&header[..n]);
+            expected.extend_from_slice(&payload);
+            let total = n + len;
+            // Room to spare: header and payload go into the spare room in one step.
+            let mut roomy = bytes::BytesMut::with_capacity(6 + total + MAX_HEADER_LEN);
             roomy.extend_from_slice(b"before");
             write_frame(&mut roomy, head, &payload, None);
-            // No room at all: each part is reserved and appended on its own.
-            let mut tight = bytes::BytesMut::new();
-            tight.extend_from_slice(b"before");
-            write_frame(&mut tight, head, &payload, None);
-            assert_eq!(roomy, tight, "{len}");
-            let Ok(Decoded::Header(header, n)) = decode_header(&roomy[6..]) else {
-                panic!("no header at {len}")
-            };
-            assert_eq!(header.payload_len, len as u64);
-            assert_eq!(&roomy[6 + n..], &payload[..], "{len}");
+            assert_eq!(&roomy[..], &expected[..], "one step, {len}");
+            // One byte short: each part is reserved and appended on its own.
+            let mut short = bytes::BytesMut::with_capacity(6 + total - 1);
+            short.extend_from_slice(b"before");
+            write_frame(&mut short, head, &payload, None);
+            assert_eq!(&short[..], &expected[..], "two steps, {len}");
         }
     }
+
     #[test]
     fn close_reason_is_cut_on_a_char_boundary() {
         let reason = "é".repeat(100);
