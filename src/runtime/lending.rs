@@ -48,10 +48,19 @@ impl Pool {
     }
 
     /// Takes the buffers whose loans have all ended; each counts as out no more.
+    ///
+    /// Called every turn: with nothing out (messages under the lending size, the usual
+    /// case) it reads one word and takes no lock, whose locked instructions would wait
+    /// for the turn's stores to drain.
     pub fn take_returned(&self, into: &mut Vec<u16>) {
+        if self.out.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut returned = self.returned.lock().unwrap_or_else(PoisonError::into_inner);
-        self.out.fetch_sub(returned.len() as u32, Ordering::Relaxed);
-        into.append(&mut returned);
+        if !returned.is_empty() {
+            self.out.fetch_sub(returned.len() as u32, Ordering::Relaxed);
+            into.append(&mut returned);
+        }
     }
 
     /// Ends one loan of buffer `id`; true when it was the last.
