@@ -12,6 +12,7 @@
 //! chunks. Only sealed chunks are ever written, so plaintext is never in the kernel's hands
 //! and is never copied on the way in.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
@@ -98,22 +99,18 @@ impl SendQueue {
 
     fn pending(&mut self) -> &mut Pending {
         let sealing = self.is_sealing();
-        self.pending.get_or_insert_with(|| {
-            Box::new(Pending {
-                sealing,
-                ..Pending::default()
-            })
-        })
+        self.pending.get_or_insert_with(|| Pending::new(sealing))
     }
 
-    /// Frees the queue's state once nothing is queued or in flight.
+    /// Gives up the queue's state once nothing is queued or in flight.
     fn release_if_idle(&mut self) {
         if self
             .pending
             .as_ref()
             .is_some_and(|pending| pending.is_idle())
+            && let Some(pending) = self.pending.take()
         {
-            self.pending = None;
+            pending.recycle();
         }
     }
 
@@ -283,6 +280,21 @@ impl SendQueue {
     }
 }
 
+thread_local! {
+    /// States of queues that went idle on this thread, for the next queue to take: an echo
+    /// would otherwise allocate a state and its chunk list for every burst it answers and
+    /// free both once the burst is written. The boxes are what is kept, so they stay boxed.
+    #[allow(clippy::vec_box)]
+    static SPARE_STATES: RefCell<Vec<Box<Pending>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare states a thread keeps at most.
+const SPARE_STATES_MAX: usize = 64;
+
+/// A spare state keeps its chunk list's room up to this many chunks; a larger list is freed,
+/// so the spares stay a few kilobytes.
+const SPARE_CHUNK_ROOM: usize = 16;
+
 /// What a queue holds while anything is queued or in flight.
 #[derive(Default)]
 struct Pending {
@@ -306,6 +318,37 @@ struct Pending {
 }
 
 impl Pending {
+    /// A state for a queue, a spare one if this thread has one.
+    fn new(sealing: bool) -> Box<Self> {
+        let mut pending = SPARE_STATES
+            .try_with(|spares| spares.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        pending.sealing = sealing;
+        pending
+    }
+
+    /// Keeps this idle state as a spare, its chunk list's room with it, or frees it.
+    fn recycle(mut self: Box<Self>) {
+        debug_assert!(self.is_idle());
+        if self.chunks.capacity() > SPARE_CHUNK_ROOM {
+            return;
+        }
+        let chunks = std::mem::take(&mut self.chunks);
+        *self = Pending {
+            chunks,
+            ..Pending::default()
+        };
+        // A thread that is ending has no spares left to keep: the state is freed.
+        let _ = SPARE_STATES.try_with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < SPARE_STATES_MAX {
+                spares.push(self);
+            }
+        });
+    }
+
     fn push_tagged(&mut self, bytes: Bytes, droppable: bool, tag: Option<Tag>) {
         if droppable || self.sending.is_none() || self.sealing {
             if self.tail.is_some() {

@@ -269,6 +269,38 @@ fn an_idle_queue_holds_no_heap_memory() {
 }
 
 #[test]
+fn a_state_given_up_comes_back_clean_to_the_next_queue() {
+    let mut tags = Vec::new();
+    let mut busy = SendQueue::default();
+    busy.push(Bytes::from_static(b"hello"), false);
+    busy.start_send(SendBuf::new());
+    busy.push(Bytes::from_static(b" world"), false);
+    busy.complete(3, &mut tags);
+    busy.start_send(SendBuf::new());
+    busy.complete(8, &mut tags);
+    assert!(busy.pending.is_none(), "all written: the state is given up");
+
+    // The next queue on this thread takes a state as new, whichever its mode.
+    let mut sealing = SendQueue::sealing();
+    sealing.push(Bytes::from_static(b"plain"), true);
+    let taken = state(&sealing);
+    assert!(taken.sealing && taken.sealed == 0 && taken.head_offset == 0);
+    assert!(taken.tail.is_none() && taken.sending.is_none());
+    assert_eq!(sealing.cost(), 5 + CHUNK_OVERHEAD);
+    assert_eq!(contents(&sealing), [&b"plain"[..]]);
+    sealing.discard_plaintext();
+    assert!(sealing.pending.is_none());
+
+    let mut plain = queue_of(&[(b"again", false)]);
+    assert!(!state(&plain).sealing);
+    assert_eq!(plain.cost(), 5 + CHUNK_OVERHEAD);
+    plain.start_send(SendBuf::new());
+    assert_eq!(iov(&plain, 0), b"again");
+    plain.complete(5, &mut tags);
+    assert!(plain.is_idle() && tags.is_empty());
+}
+
+#[test]
 fn stale_messages_go_from_the_front_until_the_first_fresh_one() {
     let tag = |n| Tag::new(n).expect("non-zero");
     let mut queue = SendQueue::default();
