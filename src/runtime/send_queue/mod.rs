@@ -292,7 +292,7 @@ thread_local! {
 const SPARE_STATES_MAX: usize = 64;
 
 /// A spare state keeps its chunk list's room up to this many chunks; a larger list is freed,
-/// so the spares stay a few kilobytes.
+/// so a spare stays under a kilobyte and a thread's spares under 64 KiB.
 const SPARE_CHUNK_ROOM: usize = 16;
 
 /// What a queue holds while anything is queued or in flight.
