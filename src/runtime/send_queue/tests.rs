@@ -277,6 +277,7 @@ fn a_state_given_up_comes_back_clean_to_the_next_queue() {
     busy.push(Bytes::from_static(b" world"), false);
     busy.complete(3, &mut tags);
     busy.start_send(SendBuf::new());
+    let given_up: *const Pending = state(&busy);
     busy.complete(8, &mut tags);
     assert!(busy.pending.is_none(), "all written: the state is given up");
 
@@ -284,6 +285,10 @@ fn a_state_given_up_comes_back_clean_to_the_next_queue() {
     let mut sealing = SendQueue::sealing();
     sealing.push(Bytes::from_static(b"plain"), true);
     let taken = state(&sealing);
+    assert!(
+        std::ptr::eq(taken, given_up),
+        "the state given up on this thread is taken again"
+    );
     assert!(taken.sealing && taken.sealed == 0 && taken.head_offset == 0);
     assert!(taken.tail.is_none() && taken.sending.is_none());
     assert_eq!(sealing.cost(), 5 + CHUNK_OVERHEAD);
