@@ -104,12 +104,7 @@ impl SendQueue {
 
     /// Gives up the queue's state once nothing is queued or in flight.
     fn release_if_idle(&mut self) {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|pending| pending.is_idle())
-            && let Some(pending) = self.pending.take()
-        {
+        if let Some(pending) = self.pending.take_if(|pending| pending.is_idle()) {
             pending.recycle();
         }
     }
